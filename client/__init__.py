@@ -1,0 +1,1 @@
+"""The hospital side: the Flower ClientApp and local training."""

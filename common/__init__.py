@@ -1,0 +1,1 @@
+"""Code shared by the hospitals' ClientApp and the aggregation ServerApp."""

@@ -1,0 +1,152 @@
+"""The run configuration: validated once from Flower's ``run_config``, then frozen.
+
+Keys are kebab-case, with Flower's own names where Flower has one. Every bad value is
+reported as one line naming the key, the value given and what is expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
+
+from common.models import MODELS
+from common.presets import PRESETS
+
+__all__ = ["ConfigError", "RunConfig", "parse_run_config"]
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one line a user can act on."""
+
+
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a number, not a boolean")
+    return value
+
+
+def _one_of(choices: Mapping[str, object]) -> Any:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"one of {', '.join(repr(c) for c in choices)}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _classes(value: str) -> str:
+    names = [c.strip() for c in value.split(",")] if value else []
+    if any(not n for n in names) or len(set(names)) != len(names):
+        raise ValueError("a comma-separated list of distinct, non-empty class names, or ''")
+    if value and len(names) < 2:
+        raise ValueError("at least two class names")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_no_bool), Field(strict=True)]
+Float = Annotated[float, BeforeValidator(_no_bool)]
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class RunConfig(BaseModel):
+    """Every run-config key with its type, range and default (mirrors pyproject)."""
+
+    model_config = ConfigDict(
+        alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+    num_server_rounds: Int = Field(3, ge=1)
+    fraction_train: Float = Field(1.0, gt=0.0, le=1.0)
+    fraction_evaluate: Float = Field(1.0, ge=0.0, le=1.0)
+    min_train_nodes: Int = Field(2, ge=1)
+    min_evaluate_nodes: Int = Field(2, ge=0)
+    local_epochs: Int = Field(1, ge=1)
+    batch_size: Int = Field(32, ge=1, le=4096)
+    learning_rate: Float = Field(1e-3, gt=0.0, le=10.0)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    momentum: Float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: Float = Field(0.0, ge=0.0)
+    dataset: Annotated[str, _one_of(PRESETS)] = "brain-mri"
+    classes: Annotated[str, AfterValidator(_classes)] = ""
+    data_root: str = Field("data/samples/brain-mri", min_length=1)
+    image_size: Int = Field(96, ge=32, le=1024)
+    partitioner: Literal["iid", "dirichlet", "natural"] = "dirichlet"
+    dirichlet_alpha: Float = Field(0.5, gt=0.0)
+    local_val_fraction: Float = Field(0.1, ge=0.0, le=0.5)
+    model: Annotated[str, _one_of(MODELS)] = "resnet18"
+    pretrained_weights: str = ""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: Int = Field(42, ge=0)
+    output_dir: str = Field("runs", min_length=1)
+    run_name: str = ""
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The class list: the ``classes`` override, else the dataset preset's."""
+        if self.classes:
+            return tuple(c.strip() for c in self.classes.split(","))
+        return PRESETS[self.dataset].classes
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The resolved config as Flower-style kebab-case keys."""
+        return self.model_dump(by_alias=True)
+
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "string_type": "a string",
+    "greater_than": "a value > {gt}",
+    "greater_than_equal": "a value >= {ge}",
+    "less_than": "a value < {lt}",
+    "less_than_equal": "a value <= {le}",
+    "literal_error": "one of {expected}",
+    "string_too_short": "a non-empty string",
+}
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    template = _EXPECTED.get(error["type"])
+    if template is not None:
+        return template.format(**error.get("ctx", {}))
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def parse_run_config(values: Mapping[str, Any], *, source: str = "run config") -> RunConfig:
+    """Validate Flower's ``run_config`` mapping into a frozen :class:`RunConfig`.
+
+    Raises:
+        ConfigError: one line per problem; an unknown key gets the closest valid key.
+    """
+    known = {field.alias or name for name, field in RunConfig.model_fields.items()}
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(known))}"
+            raise ConfigError(f"{source}: unknown key {key!r}{hint}")
+    try:
+        return RunConfig.model_validate(dict(values))
+    except ValidationError as err:
+        lines = []
+        for error in err.errors():
+            key = str(error["loc"][0]) if error["loc"] else "?"
+            given = values.get(key, error.get("input"))
+            lines.append(f"{source}: {key!r} = {given!r} is invalid; expected {_describe(error)}")
+        raise ConfigError("\n".join(lines)) from None

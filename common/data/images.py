@@ -1,0 +1,201 @@
+"""Image loading: ImageFolder trees and MedMNIST ``.npz`` files, decoded once.
+
+Images are decoded, converted to the preset's channels and resized once per process,
+then held as one ``uint8`` tensor ``(N, C, S, S)``. Training epochs and rounds reuse it
+and only apply the (cheap) tensor augmentation. An unreadable or truncated file is
+skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageSet",
+    "TensorImageDataset",
+    "decode_image",
+    "load_folder",
+    "load_npz",
+    "load_split",
+    "resolve_test_folder",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Decoded images of one split.
+
+    Attributes:
+        images: ``uint8`` tensor ``(N, C, S, S)``.
+        labels: ``int64`` tensor ``(N,)`` of indices into ``classes``.
+        paths: the source of each image, relative to the data root.
+        classes: the fixed class list (preset or config), never a folder listing.
+        skipped: ``(path, reason)`` of every file that could not be read.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    paths: tuple[str, ...]
+    classes: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...] = field(default=())
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: Sequence[int]) -> ImageSet:
+        """The images at ``indices``, in that order."""
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        return ImageSet(
+            images=self.images[index],
+            labels=self.labels[index],
+            paths=tuple(self.paths[i] for i in index.tolist()),
+            classes=self.classes,
+            skipped=self.skipped,
+        )
+
+    def class_counts(self) -> list[int]:
+        """Number of images per class, in class order."""
+        return torch.bincount(self.labels, minlength=len(self.classes)).tolist()
+
+
+class TensorImageDataset(Dataset[tuple[torch.Tensor, int]]):
+    """A map-style dataset over an :class:`ImageSet`, applying ``transform`` per item."""
+
+    def __init__(self, images: ImageSet, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.images.images[index]), int(self.images.labels[index])
+
+
+def decode_image(path: str | Path, *, channels: int, size: int) -> torch.Tensor:
+    """Decode one image file into a ``uint8`` tensor ``(channels, size, size)``.
+
+    Raises:
+        OSError: the file is unreadable, truncated or not an image.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            converted = img.convert("L" if channels == 1 else "RGB")
+    except (UnidentifiedImageError, ValueError, SyntaxError) as err:
+        raise OSError(str(err)) from err
+    resized = converted.resize((size, size), Image.Resampling.BILINEAR)
+    array = np.asarray(resized, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def _class_dirs(folder: Path, classes: Sequence[str]) -> list[tuple[int, Path]]:
+    if not folder.is_dir():
+        raise ValueError(f"data folder {str(folder)!r} does not exist; expected <folder>/<class>/<images>")
+    dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [p.name for p in dirs if p.name not in classes]
+    if unknown:
+        raise ValueError(
+            f"{folder}: class folder(s) {', '.join(map(repr, unknown))} not in the class list; "
+            f"expected only: {', '.join(classes)}"
+        )
+    return [(classes.index(p.name), p) for p in dirs]
+
+
+@lru_cache(maxsize=8)
+def _load_folder_cached(folder: str, root: str, classes: tuple[str, ...], channels: int, size: int) -> ImageSet:
+    images: list[torch.Tensor] = []
+    labels: list[int] = []
+    paths: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    for label, class_dir in _class_dirs(Path(folder), classes):
+        for path in sorted(class_dir.rglob("*")):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            rel = str(path.relative_to(root))
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                skipped.append((rel, "not an image file"))
+                continue
+            try:
+                images.append(decode_image(path, channels=channels, size=size))
+            except OSError as err:
+                skipped.append((rel, f"unreadable: {err}"))
+                continue
+            labels.append(label)
+            paths.append(rel)
+    if skipped:
+        log.warning("%s: skipped %d unreadable or non-image file(s)", folder, len(skipped))
+    stacked = torch.stack(images) if images else torch.empty((0, channels, size, size), dtype=torch.uint8)
+    return ImageSet(stacked, torch.tensor(labels, dtype=torch.long), tuple(paths), classes, tuple(skipped))
+
+
+def load_folder(
+    folder: str | Path, *, classes: Sequence[str], channels: int, size: int, root: str | Path | None = None
+) -> ImageSet:
+    """Load ``folder/<class>/*`` with labels from the fixed ``classes`` list.
+
+    A class missing from the folder simply has no images; its label index is unchanged.
+    A folder named after no class in ``classes`` raises ``ValueError``. Paths are stored
+    relative to ``root`` (default: the parent of ``folder``).
+    """
+    folder = Path(folder).resolve()
+    root_path = Path(root).resolve() if root is not None else folder.parent
+    return _load_folder_cached(str(folder), str(root_path), tuple(classes), channels, size)
+
+
+def load_npz(path: str | Path, split: str, *, classes: Sequence[str], channels: int, size: int) -> ImageSet:
+    """Load one split of a MedMNIST-style ``.npz`` (``{split}_images``, ``{split}_labels``)."""
+    path = Path(path)
+    with np.load(path, allow_pickle=False) as archive:
+        keys = (f"{split}_images", f"{split}_labels")
+        missing = [k for k in keys if k not in archive]
+        if missing:
+            raise ValueError(f"{path.name}: missing array(s) {', '.join(missing)}; expected MedMNIST keys {keys}")
+        raw, raw_labels = archive[keys[0]], archive[keys[1]].reshape(-1)
+    if raw.ndim not in (3, 4) or len(raw) != len(raw_labels):
+        raise ValueError(f"{path.name}: {keys[0]} has shape {raw.shape}; expected (N, H, W) or (N, H, W, C) matching {keys[1]}")
+    if raw_labels.size and (raw_labels.min() < 0 or raw_labels.max() >= len(classes)):
+        raise ValueError(f"{path.name}: labels span {raw_labels.min()}..{raw_labels.max()}; expected 0..{len(classes) - 1}")
+    mode = "L" if channels == 1 else "RGB"
+    images = []
+    for array in raw:
+        img = Image.fromarray(array.squeeze().astype(np.uint8)).convert(mode)
+        resized = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+        images.append(torch.from_numpy(resized.reshape(size, size, -1).copy()).permute(2, 0, 1))
+    stacked = torch.stack(images) if images else torch.empty((0, channels, size, size), dtype=torch.uint8)
+    paths = tuple(f"{path.name}#{split}/{i}" for i in range(len(images)))
+    return ImageSet(stacked, torch.as_tensor(raw_labels, dtype=torch.long), paths, tuple(classes))
+
+
+def load_split(root: str | Path, split: str, *, classes: Sequence[str], channels: int, size: int) -> ImageSet:
+    """Load ``split`` (``train`` or ``test``) of a data root: an ImageFolder tree or an ``.npz``."""
+    root = Path(root)
+    if root.suffix == ".npz":
+        if not root.is_file():
+            raise ValueError(f"data-root {str(root)!r} does not exist; expected a MedMNIST .npz file")
+        return load_npz(root, split, classes=classes, channels=channels, size=size)
+    if not root.is_dir():
+        raise ValueError(f"data-root {str(root)!r} does not exist; expected a folder with train/ and test/")
+    return load_folder(root / split, classes=classes, channels=channels, size=size, root=root)
+
+
+def resolve_test_folder(path: str | Path) -> Path:
+    """``PATH/test`` when it exists, else ``PATH`` (both are ``<class>/*`` trees)."""
+    path = Path(path)
+    return path / "test" if (path / "test").is_dir() else path

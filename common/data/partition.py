@@ -1,0 +1,64 @@
+"""Seeded splits of one data root into hospitals, with flwr-datasets partitioners."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from datasets import Dataset
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
+
+__all__ = ["PARTITIONERS", "partition_indices", "split_train_val"]
+
+PARTITIONERS = ("iid", "dirichlet")
+
+
+def _make_partitioner(name: str, num_partitions: int, *, alpha: float, seed: int, n: int) -> Partitioner:
+    if name == "iid":
+        return IidPartitioner(num_partitions=num_partitions)
+    if name == "dirichlet":
+        min_size = max(1, min(10, n // (4 * num_partitions)))
+        return DirichletPartitioner(
+            num_partitions=num_partitions,
+            partition_by="label",
+            alpha=alpha,
+            min_partition_size=min_size,
+            self_balancing=False,
+            seed=seed,
+        )
+    raise ValueError(f"partitioner = {name!r} is invalid; expected one of: {', '.join(PARTITIONERS)}")
+
+
+def partition_indices(
+    labels: Sequence[int], *, num_partitions: int, partitioner: str, alpha: float = 0.5, seed: int = 42
+) -> list[list[int]]:
+    """Split the indices ``0..len(labels)-1`` into ``num_partitions`` hospitals.
+
+    The result depends only on the labels, the partitioner, ``alpha`` and ``seed``, so
+    every simulated hospital computes the same split independently.
+
+    Returns:
+        One sorted index list per partition; together they cover every index once.
+    """
+    if num_partitions < 1:
+        raise ValueError(f"num_partitions = {num_partitions} is invalid; expected at least 1")
+    n = len(labels)
+    if n < num_partitions:
+        raise ValueError(f"{n} training images cannot be split into {num_partitions} hospitals")
+    dataset = Dataset.from_dict({"label": list(map(int, labels)), "index": list(range(n))})
+    if partitioner == "iid":
+        dataset = dataset.shuffle(seed=seed).flatten_indices()
+    splitter = _make_partitioner(partitioner, num_partitions, alpha=alpha, seed=seed, n=n)
+    splitter.dataset = dataset
+    return [sorted(splitter.load_partition(pid)["index"]) for pid in range(num_partitions)]
+
+
+def split_train_val(indices: Sequence[int], *, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Hold out a seeded ``val_fraction`` of a hospital's indices as its local test split."""
+    order = np.random.default_rng(seed).permutation(len(indices))
+    n_val = int(round(len(indices) * val_fraction))
+    if val_fraction > 0 and len(indices) >= 2:
+        n_val = min(max(n_val, 1), len(indices) - 1)
+    val = sorted(indices[i] for i in order[:n_val])
+    train = sorted(indices[i] for i in order[n_val:])
+    return train, val

@@ -1,0 +1,46 @@
+"""Set-up that every party derives identically from the run config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from common.config import RunConfig
+from common.models import ModelSpec, build_model, load_pretrained
+from common.presets import DatasetPreset, get_preset
+
+__all__ = ["initial_model", "model_spec", "preset_for", "resolve_path"]
+
+
+def preset_for(cfg: RunConfig) -> DatasetPreset:
+    """The dataset preset of the run."""
+    return get_preset(cfg.dataset)
+
+
+def model_spec(cfg: RunConfig) -> ModelSpec:
+    """The architecture, classes, size, channels and normalisation of the run's model."""
+    preset = preset_for(cfg)
+    return ModelSpec(
+        architecture=cfg.model,
+        classes=cfg.class_names,
+        image_size=cfg.image_size,
+        channels=preset.channels,
+        mean=preset.mean,
+        std=preset.std,
+    )
+
+
+def resolve_path(value: str, *, key: str) -> Path:
+    """A path from the config: absolute, or relative to the working directory."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (Path.cwd() / path)
+
+
+def initial_model(cfg: RunConfig) -> nn.Module:
+    """The run's starting model: seeded fresh weights, or the local pretrained file."""
+    spec = model_spec(cfg)
+    model = build_model(spec.architecture, num_classes=len(spec.classes), in_channels=spec.channels, seed=cfg.seed)
+    if cfg.pretrained_weights:
+        load_pretrained(model, resolve_path(cfg.pretrained_weights, key="pretrained-weights"))
+    return model

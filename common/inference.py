@@ -1,0 +1,80 @@
+"""Device selection and batched inference, shared by the server, evaluator and CLI."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from common.data.images import ImageSet, TensorImageDataset
+
+__all__ = ["autocast", "loader", "predict", "resolve_device"]
+
+
+def resolve_device(preference: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU raises ``ValueError``."""
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device = 'cuda' but no CUDA GPU is visible; expected 'auto' or 'cpu'")
+    if preference in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """bf16 autocast on CUDA; a no-op on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def loader(
+    images: ImageSet,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    batch_size: int,
+    device: torch.device,
+    shuffle: bool = False,
+    drop_last: bool = False,
+    seed: int = 0,
+) -> DataLoader[tuple[torch.Tensor, int]]:
+    """A DataLoader over decoded images; pinned memory when feeding a GPU."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        TensorImageDataset(images, transform),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        generator=generator,
+        pin_memory=device.type == "cuda",
+    )
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    images: ImageSet,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    batch_size: int = 64,
+    device: torch.device | None = None,
+) -> tuple[np.ndarray, float]:
+    """Class probabilities ``(N, K)`` and the mean cross-entropy over ``images``."""
+    device = device or resolve_device()
+    model = model.to(device).eval()
+    chunks: list[np.ndarray] = []
+    loss_sum = 0.0
+    for x, y in loader(images, transform, batch_size=batch_size, device=device):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        chunks.append(torch.softmax(logits, dim=1).cpu().numpy().astype(np.float64))
+    n = len(images)
+    probs = np.concatenate(chunks) if chunks else np.empty((0, len(images.classes)))
+    return probs, loss_sum / max(n, 1)

@@ -1,0 +1,213 @@
+"""Model registry and the model directory format (``model.safetensors`` + ``model.json``).
+
+All architectures but ``cnn3`` come from torchvision. Loading a model never unpickles:
+weights are read with safetensors, or with ``torch.load(weights_only=True)`` for a
+user's pretrained ``.pt``/``.pth`` file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torchvision import models as tvm
+
+__all__ = [
+    "MODELS",
+    "ModelSpec",
+    "build_model",
+    "load_pretrained",
+    "save_model_dir",
+    "load_model_dir",
+    "state_dict_to_cpu",
+]
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+SPEC_FILE = "model.json"
+FORMAT_VERSION = 1
+
+
+class _CNN3(nn.Module):
+    """The small baseline: 3 conv blocks (conv-BN-ReLU-pool) and a linear classifier."""
+
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        width = in_channels
+        for out in (32, 64, 128):
+            blocks += [
+                nn.Conv2d(width, out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
+            width = out
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``(batch, channels, H, W)`` images to ``(batch, classes)`` logits."""
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def _first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    if conv.in_channels == in_channels:
+        return conv
+    return nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        bias=conv.bias is not None,
+    )
+
+
+def _resnet(factory: Callable[..., tvm.ResNet]) -> Callable[[int, int], nn.Module]:
+    def build(num_classes: int, in_channels: int) -> nn.Module:
+        model = factory(weights=None, num_classes=num_classes)
+        model.conv1 = _first_conv(model.conv1, in_channels)
+        return model
+
+    return build
+
+
+def _densenet121(num_classes: int, in_channels: int) -> nn.Module:
+    model = tvm.densenet121(weights=None, num_classes=num_classes)
+    model.features.conv0 = _first_conv(model.features.conv0, in_channels)
+    return model
+
+
+def _features0(factory: Callable[..., nn.Module]) -> Callable[[int, int], nn.Module]:
+    def build(num_classes: int, in_channels: int) -> nn.Module:
+        model = factory(weights=None, num_classes=num_classes)
+        model.features[0] = _first_conv(model.features[0], in_channels)
+        return model
+
+    return build
+
+
+def _inception_v3(num_classes: int, in_channels: int) -> nn.Module:
+    model = tvm.inception_v3(
+        weights=None, num_classes=num_classes, aux_logits=False, init_weights=True
+    )
+    model.transform_input = False
+    model.Conv2d_1a_3x3.conv = _first_conv(model.Conv2d_1a_3x3.conv, in_channels)
+    return model
+
+
+MODELS: dict[str, Callable[[int, int], nn.Module]] = {
+    "cnn3": _CNN3,
+    "resnet18": _resnet(tvm.resnet18),
+    "resnet34": _resnet(tvm.resnet34),
+    "resnet50": _resnet(tvm.resnet50),
+    "densenet121": _densenet121,
+    "alexnet": _features0(tvm.alexnet),
+    "vgg11": _features0(tvm.vgg11),
+    "inception_v3": _inception_v3,
+}
+
+MIN_IMAGE_SIZE = {"inception_v3": 75, "alexnet": 63}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model and feed it images (``model.json``)."""
+
+    architecture: str
+    classes: tuple[str, ...]
+    image_size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_json(self) -> dict[str, object]:
+        """The JSON form, with the file format version."""
+        return {"format_version": FORMAT_VERSION, **asdict(self)}
+
+
+def build_model(architecture: str, *, num_classes: int, in_channels: int, seed: int | None = None) -> nn.Module:
+    """Build an untrained model; ``seed`` makes the initial weights reproducible."""
+    if architecture not in MODELS:
+        raise ValueError(f"unknown model {architecture!r}; expected one of: {', '.join(MODELS)}")
+    if in_channels not in (1, 3):
+        raise ValueError(f"in_channels = {in_channels} is invalid; expected 1 or 3")
+    if num_classes < 2:
+        raise ValueError(f"num_classes = {num_classes} is invalid; expected at least 2")
+    if seed is None:
+        return MODELS[architecture](num_classes, in_channels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MODELS[architecture](num_classes, in_channels)
+
+
+def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
+    """Load local pretrained weights into ``model``, adapting what can be adapted.
+
+    A 3-channel first convolution is averaged into a 1-channel one; tensors whose shape
+    still differs (typically the classifier) keep their fresh initialisation.
+
+    Returns:
+        The names of the parameters left at their fresh initialisation.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"pretrained-weights = {str(path)!r} is not a file; expected a local .safetensors, .pt or .pth file")
+    if path.suffix == ".safetensors":
+        source = load_file(path)
+    else:
+        source = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(source, dict):
+            raise ValueError(f"pretrained-weights = {str(path)!r} holds no state dict")
+    target = model.state_dict()
+    loaded, skipped = {}, []
+    for name, tensor in target.items():
+        weight = source.get(name)
+        if weight is not None and weight.ndim == 4 and weight.shape[1] == 3 and tensor.shape[1] == 1:
+            weight = weight.mean(dim=1, keepdim=True)
+        if weight is None or weight.shape != tensor.shape:
+            skipped.append(name)
+        else:
+            loaded[name] = weight.to(tensor.dtype)
+    model.load_state_dict(loaded, strict=False)
+    log.info("pretrained weights: %d tensors loaded from %s, %d left fresh", len(loaded), path.name, len(skipped))
+    return skipped
+
+
+def state_dict_to_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached, contiguous CPU copy of the model's state dict."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_model_dir(directory: str | Path, model: nn.Module, spec: ModelSpec) -> Path:
+    """Write ``model.safetensors`` and ``model.json`` into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(state_dict_to_cpu(model), directory / MODEL_FILE)
+    (directory / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=2))
+    return directory
+
+
+def load_model_dir(directory: str | Path) -> tuple[nn.Module, ModelSpec]:
+    """Rebuild the model saved in ``directory``; never unpickles."""
+    directory = Path(directory)
+    spec_path, weights_path = directory / SPEC_FILE, directory / MODEL_FILE
+    if not spec_path.is_file() or not weights_path.is_file():
+        raise ValueError(f"{directory} is not a model directory; expected {SPEC_FILE} and {MODEL_FILE}")
+    raw = json.loads(spec_path.read_text())
+    if raw.pop("format_version", None) != FORMAT_VERSION:
+        raise ValueError(f"{spec_path}: unsupported format_version; expected {FORMAT_VERSION}")
+    spec = ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    model = build_model(spec.architecture, num_classes=len(spec.classes), in_channels=spec.channels)
+    model.load_state_dict(load_file(weights_path), strict=True)
+    model.eval()
+    return model, spec

@@ -1,0 +1,106 @@
+"""Dataset presets: the fixed class list, channels, size and augmentation of each modality."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["DatasetPreset", "PRESETS", "get_preset"]
+
+
+@dataclass(frozen=True)
+class DatasetPreset:
+    """What every party agrees on for one dataset.
+
+    Attributes:
+        name: registry key, e.g. ``"brain-mri"``.
+        classes: class names in label-index order. Never taken from a folder listing.
+        channels: 1 (gray) or 3 (RGB) input channels.
+        image_size: the size the source paper trains at, in pixels (square).
+        mean: per-channel normalisation mean.
+        std: per-channel normalisation standard deviation.
+        rotation: training augmentation, maximum rotation in degrees.
+        flips: training augmentation, random horizontal and vertical flips.
+        zoom: training augmentation, maximum relative zoom in or out.
+        shift: training augmentation, maximum shift as a fraction of the size.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    rotation: float
+    flips: bool
+    zoom: float
+    shift: float
+
+
+_GRAY = {"channels": 1, "mean": (0.5,), "std": (0.25,)}
+_RGB = {"channels": 3, "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+
+PRESETS: dict[str, DatasetPreset] = {
+    "brain-mri": DatasetPreset(
+        name="brain-mri",
+        classes=("glioma", "meningioma", "notumor", "pituitary"),
+        image_size=150,
+        rotation=20.0,
+        flips=True,
+        zoom=0.1,
+        shift=0.1,
+        **_GRAY,
+    ),
+    "chest-xray": DatasetPreset(
+        name="chest-xray",
+        classes=("NORMAL", "PNEUMONIA"),
+        image_size=224,
+        rotation=10.0,
+        flips=False,
+        zoom=0.1,
+        shift=0.05,
+        **_GRAY,
+    ),
+    "chest-xray-covid": DatasetPreset(
+        name="chest-xray-covid",
+        classes=("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"),
+        image_size=224,
+        rotation=10.0,
+        flips=False,
+        zoom=0.1,
+        shift=0.05,
+        **_GRAY,
+    ),
+    "histology": DatasetPreset(
+        name="histology",
+        classes=(
+            "normal",
+            "adenoma",
+            "adenocarcinoma-well",
+            "adenocarcinoma-moderately",
+            "adenocarcinoma-poorly",
+        ),
+        image_size=224,
+        rotation=90.0,
+        flips=True,
+        zoom=0.0,
+        shift=0.0,
+        **_RGB,
+    ),
+    "histology-kather": DatasetPreset(
+        name="histology-kather",
+        classes=("tumor", "stroma", "complex", "lympho", "debris", "mucosa", "adipose", "empty"),
+        image_size=150,
+        rotation=90.0,
+        flips=True,
+        zoom=0.0,
+        shift=0.0,
+        **_RGB,
+    ),
+}
+
+
+def get_preset(name: str) -> DatasetPreset:
+    """Return the preset called ``name``; raise ``ValueError`` naming the valid ones."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of: {', '.join(PRESETS)}")
+    return PRESETS[name]

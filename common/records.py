@@ -1,0 +1,34 @@
+"""Names of the records and keys that travel in Flower messages, in one style."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ARRAYS",
+    "CONFIG",
+    "METRICS",
+    "NUM_EXAMPLES",
+    "SERVER_ROUND",
+    "TRAIN_LOSS",
+    "TRAIN_ACCURACY",
+    "TRAIN_SECONDS",
+    "EVAL_LOSS",
+    "EVAL_ACCURACY",
+    "HOSPITAL",
+    "SKIPPED_IMAGES",
+    "CLASS_COUNTS",
+]
+
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+
+NUM_EXAMPLES = "num-examples"
+SERVER_ROUND = "server-round"
+TRAIN_LOSS = "train-loss"
+TRAIN_ACCURACY = "train-accuracy"
+TRAIN_SECONDS = "train-seconds"
+EVAL_LOSS = "eval-loss"
+EVAL_ACCURACY = "eval-accuracy"
+HOSPITAL = "hospital"
+SKIPPED_IMAGES = "skipped-images"
+CLASS_COUNTS = "class-counts"

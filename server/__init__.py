@@ -1,0 +1,1 @@
+"""The aggregation side: the Flower ServerApp, strategy, central evaluation and run directory."""

@@ -1,0 +1,76 @@
+"""The run directory of DESIGN: ``output-dir/<run-name>/`` and everything in it."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from common.config import RunConfig
+from common.data import ImageSet
+from common.models import ModelSpec, save_model_dir
+from common.reporting import render_markdown, write_json, write_predictions_csv
+
+__all__ = ["RunDirectory"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunDirectory:
+    """Paths of one run's outputs, created on :meth:`create`."""
+
+    path: Path
+
+    @classmethod
+    def create(cls, cfg: RunConfig, *, run_id: int, output_dir: Path) -> RunDirectory:
+        """Make ``output_dir/<run-name>`` and write ``config.json``."""
+        name = cfg.run_name or f"{cfg.dataset}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{run_id}"
+        path = output_dir / name
+        path.mkdir(parents=True, exist_ok=True)
+        write_json(path / "config.json", cfg.to_run_config())
+        return cls(path)
+
+    @property
+    def history_file(self) -> Path:
+        """``history.json``."""
+        return self.path / "history.json"
+
+    def checkpoint(self, server_round: int, model: nn.Module, spec: ModelSpec) -> Path:
+        """Save the global model after ``server_round`` under ``checkpoints/``; keep the latest only."""
+        target = self.path / "checkpoints" / f"round-{server_round:04d}"
+        save_model_dir(target, model, spec)
+        for old in (self.path / "checkpoints").glob("round-*"):
+            if old != target:
+                shutil.rmtree(old)
+        return target
+
+    def finish(
+        self,
+        *,
+        model: nn.Module,
+        spec: ModelSpec,
+        report: dict[str, Any],
+        test: ImageSet,
+        probabilities: np.ndarray,
+        summary: dict[str, Any],
+    ) -> None:
+        """Write ``report.json``, ``predictions.csv``, ``report.md`` and ``model/``."""
+        save_model_dir(self.path / "model", model, spec)
+        write_json(self.path / "report.json", report)
+        write_predictions_csv(
+            self.path / "predictions.csv",
+            paths=test.paths,
+            y_true=test.labels.tolist(),
+            probabilities=probabilities,
+            classes=spec.classes,
+        )
+        markdown = render_markdown(report, title="medsilo central evaluation", summary=summary)
+        (self.path / "report.md").write_text(markdown)
+        log.info("run directory complete: %s", self.path)

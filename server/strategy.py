@@ -1,0 +1,146 @@
+"""Flower's FedAvg, extended to vet each reply and record every hospital's figures."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from common import records as rk
+from server.history import RunHistory
+
+__all__ = ["MedsiloFedAvg", "reply_problem"]
+
+log = logging.getLogger(__name__)
+
+
+def _hospital_name(msg: Message) -> str:
+    info = msg.content.config_records.get(rk.HOSPITAL)
+    name = info.get("name") if info is not None else None
+    return str(name) if name else f"node-{msg.metadata.src_node_id}"
+
+
+def reply_problem(msg: Message, *, expected: ArrayRecord | None) -> str | None:
+    """Why a reply cannot be aggregated, or ``None`` when it is sound.
+
+    Args:
+        msg: a reply from a hospital.
+        expected: the global arrays sent this round, for training replies; the reply's
+            arrays must have the same keys, shapes and dtypes. ``None`` for evaluation.
+    """
+    if msg.has_error():
+        return f"error reply: {msg.error.reason}"
+    content = msg.content
+    metrics = list(content.metric_records.values())
+    if len(metrics) != 1:
+        return f"expected one MetricRecord, got {len(metrics)}"
+    weight = metrics[0].get(rk.NUM_EXAMPLES)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+        return f"'{rk.NUM_EXAMPLES}' = {weight!r}; expected a number >= 0"
+    if expected is None:
+        return None
+    if weight <= 0:
+        return f"'{rk.NUM_EXAMPLES}' = {weight!r}; expected a number > 0 for training"
+    arrays = list(content.array_records.values())
+    if len(arrays) != 1:
+        return f"expected one ArrayRecord, got {len(arrays)}"
+    got = arrays[0]
+    if set(got.keys()) != set(expected.keys()):
+        return f"ArrayRecord keys differ from the global model's ({len(got)} vs {len(expected)})"
+    for key, array in expected.items():
+        if tuple(got[key].shape) != tuple(array.shape):
+            return f"array {key!r} has shape {tuple(got[key].shape)}; expected {tuple(array.shape)}"
+    return None
+
+
+class MedsiloFedAvg(FedAvg):
+    """FedAvg that rejects a bad reply (logged with the hospital) instead of the round.
+
+    It records each hospital's metrics, payload bytes and failures, plus the round
+    timings, into a :class:`RunHistory`.
+    """
+
+    def __init__(self, *, history: RunHistory, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.history = history
+        self._sent: ArrayRecord | None = None
+        self._started: dict[str, float] = {}
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """Sample hospitals and send them the global model."""
+        self._sent = arrays
+        self._started["train"] = time.perf_counter()
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def _vet(self, server_round: int, replies: Iterable[Message], *, stage: str) -> list[Message]:
+        valid: list[Message] = []
+        for msg in replies:
+            problem = reply_problem(msg, expected=self._sent if stage == "train" else None)
+            if problem is None and valid:
+                keys = set(next(iter(valid[0].content.metric_records.values())).keys())
+                got = set(next(iter(msg.content.metric_records.values())).keys())
+                if got != keys:
+                    problem = f"metric keys {sorted(got)} differ from the other hospitals' {sorted(keys)}"
+            if problem is None:
+                valid.append(msg)
+                continue
+            log.warning("round %d %s: rejected reply from %s (node %d): %s", server_round, stage, _hospital_name(msg), msg.metadata.src_node_id, problem)
+            self.history.fail(server_round, node_id=msg.metadata.src_node_id, stage=stage, reason=problem)
+        return valid
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Vet the replies, record each hospital, then aggregate the valid ones with FedAvg."""
+        timings = self.history.round(server_round)["timings"]
+        timings["train_s"] = time.perf_counter() - self._started.pop("train", time.perf_counter())
+        valid = self._vet(server_round, replies, stage="train")
+        for msg in valid:
+            metrics = next(iter(msg.content.metric_records.values()))
+            arrays = next(iter(msg.content.array_records.values()))
+            info = msg.content.config_records.get(rk.HOSPITAL)
+            record = self.history.hospital(server_round, _hospital_name(msg))
+            record.update(
+                {
+                    "node_id": msg.metadata.src_node_id,
+                    "examples": int(metrics[rk.NUM_EXAMPLES]),
+                    "train_loss": metrics.get(rk.TRAIN_LOSS),
+                    "train_accuracy": metrics.get(rk.TRAIN_ACCURACY),
+                    "train_seconds": metrics.get(rk.TRAIN_SECONDS),
+                    "skipped_images": metrics.get(rk.SKIPPED_IMAGES),
+                    "class_counts": list(info[rk.CLASS_COUNTS]) if info is not None and rk.CLASS_COUNTS in info else None,
+                    "bytes_sent": sum(len(a.data) for a in arrays.values()),
+                    "epsilon": None,
+                }
+            )
+        start = time.perf_counter()
+        if valid:
+            aggregated, metrics = super().aggregate_train(server_round, valid)
+        else:
+            log.warning("round %d: no valid training reply; the global model is unchanged", server_round)
+            aggregated, metrics = None, None
+        timings["aggregate_s"] = time.perf_counter() - start
+        self.history.round(server_round)["federated_train"] = dict(metrics) if metrics is not None else None
+        return aggregated, metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """Send the new global model to hospitals for local evaluation."""
+        self._started["evaluate"] = time.perf_counter()
+        return super().configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Vet and record the hospitals' local evaluation, then average it."""
+        timings = self.history.round(server_round)["timings"]
+        timings["federated_evaluate_s"] = time.perf_counter() - self._started.pop("evaluate", time.perf_counter())
+        valid = self._vet(server_round, replies, stage="evaluate")
+        for msg in valid:
+            metrics = next(iter(msg.content.metric_records.values()))
+            self.history.hospital(server_round, _hospital_name(msg)).update(
+                {"eval_examples": int(metrics[rk.NUM_EXAMPLES]), "eval_loss": metrics.get(rk.EVAL_LOSS), "eval_accuracy": metrics.get(rk.EVAL_ACCURACY)}
+            )
+        weighted = [m for m in valid if next(iter(m.content.metric_records.values()))[rk.NUM_EXAMPLES] > 0]
+        metrics = super().aggregate_evaluate(server_round, weighted) if weighted else None
+        self.history.round(server_round)["federated_evaluate"] = dict(metrics) if metrics is not None else None
+        return metrics
