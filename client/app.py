@@ -13,6 +13,7 @@ from client.training import train_local
 from common import records as rk
 from common.config import parse_run_config
 from common.data import build_transform
+from common.logs import use_flower_logging
 from common.experiment import model_spec, preset_for
 from common.inference import predict, resolve_device
 from common.models import build_model, state_dict_to_cpu
@@ -20,6 +21,7 @@ from common.models import build_model, state_dict_to_cpu
 log = logging.getLogger(__name__)
 
 app = ClientApp()
+use_flower_logging()
 
 
 def _model_from(msg: Message, context: Context) -> tuple[torch.nn.Module, object, object, torch.device]:

@@ -73,7 +73,7 @@ def train_local(
             loss.backward()
             optimizer.step()
             seen += len(y)
-            loss_sum += float(loss) * len(y)
+            loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
         log.info("epoch %d/%d: %d images, loss %.4f", epoch + 1, cfg.local_epochs, seen, loss_sum / max(seen, 1))
     return TrainResult(

@@ -9,6 +9,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import ConfigError, parse_run_config
+from common.logs import use_flower_logging
 from common.experiment import initial_model, model_spec, resolve_path
 from common.models import state_dict_to_cpu
 from server.central import CentralEvaluator
@@ -24,7 +25,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Validate the config, run FedAvg with central evaluation, write the run directory."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    use_flower_logging()
     start = time.perf_counter()
     try:
         cfg = parse_run_config(context.run_config)

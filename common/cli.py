@@ -1,0 +1,125 @@
+"""The ``medsilo`` command line. Flower's own commands still run the federations."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from common.data.check import check_data_root
+from common.data.images import load_folder, resolve_test_folder
+from common.data.synth import write_synthetic_tree
+from common.data.transforms import normalize
+from common.inference import predict, resolve_device
+from common.metrics import classification_report
+from common.models import load_model_dir
+from common.presets import PRESETS
+from common.reporting import render_markdown, write_json, write_predictions_csv
+
+__all__ = ["app"]
+
+app = typer.Typer(help="medsilo: federated medical image classification on Flower.", no_args_is_help=True)
+data_app = typer.Typer(help="Create and check data roots.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Turn a ``ValueError`` into one red line and exit code 2, without a traceback."""
+    try:
+        yield
+    except ValueError as err:
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {err}", highlight=False)
+        raise typer.Exit(code=2) from None
+
+
+@data_app.command("synth")
+def data_synth(
+    modality: str = typer.Option(..., help=f"dataset preset: {', '.join(PRESETS)}"),
+    out: Path = typer.Option(..., help="folder to write ROOT/{train,test}/<class>/ into"),
+    train_per_class: int = typer.Option(40, min=1),
+    test_per_class: int = typer.Option(10, min=0),
+    size: int = typer.Option(64, min=32, max=1024),
+    seed: int = typer.Option(0, min=0),
+) -> None:
+    """Write a synthetic ImageFolder tree whose classes a CNN can learn."""
+    with _one_line_errors():
+        root = write_synthetic_tree(
+            out, modality=modality, train_per_class=train_per_class, test_per_class=test_per_class, size=size, seed=seed
+        )
+    console.print(f"wrote synthetic {modality} data to {root}")
+
+
+@data_app.command("check")
+def data_check(
+    root: Path = typer.Argument(..., help="data root: ROOT/<split>/<class>/<images>"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the full report as JSON"),
+) -> None:
+    """Report class counts per split, unreadable files and exact duplicates."""
+    with _one_line_errors():
+        result = check_data_root(root)
+    classes = sorted({c for counts in result["splits"].values() for c in counts})
+    table = Table(title=f"class counts in {root}")
+    table.add_column("split")
+    for name in classes:
+        table.add_column(name, justify="right")
+    for split, counts in result["splits"].items():
+        table.add_row(split, *(str(counts.get(c, 0)) for c in classes))
+    console.print(table)
+    console.print(f"unreadable files: {len(result['unreadable'])}")
+    for item in result["unreadable"][:20]:
+        console.print(f"  {item['path']}: {item['reason']}", highlight=False)
+    for split, groups in result["duplicates_within"].items():
+        extra = sum(len(g) - 1 for g in groups)
+        console.print(f"duplicates within {split}: {len(groups)} group(s), {extra} redundant file(s)")
+    console.print(f"duplicates across splits: {len(result['duplicates_across'])} group(s)")
+    for group in result["duplicates_across"][:10]:
+        console.print("  " + " == ".join(group), highlight=False)
+    if json_out is not None:
+        write_json(json_out, result)
+
+
+@app.command("evaluate")
+def evaluate(
+    model: Path = typer.Option(..., help="model directory (model.safetensors + model.json)"),
+    data: Path = typer.Option(..., help="test folder: PATH/<class>/* or PATH/test/<class>/*"),
+    out: Path = typer.Option(..., help="folder for report.json, predictions.csv and report.md"),
+    batch_size: int = typer.Option(64, min=1),
+    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+) -> None:
+    """Score a saved model on any test folder, in the run directory's report schema."""
+    with _one_line_errors():
+        net, spec = load_model_dir(model)
+        folder = resolve_test_folder(data)
+        images = load_folder(folder, classes=spec.classes, channels=spec.channels, size=spec.image_size)
+        if len(images) == 0:
+            raise ValueError(f"{folder} holds no readable images of the classes {', '.join(spec.classes)}")
+        probs, loss = predict(
+            net, images, normalize(spec.mean, spec.std), batch_size=batch_size, device=resolve_device(device)
+        )
+        report = classification_report(images.labels.numpy(), probs, spec.classes, loss=loss)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "report.json", report)
+    write_predictions_csv(
+        out / "predictions.csv", paths=images.paths, y_true=images.labels.tolist(), probabilities=probs, classes=spec.classes
+    )
+    summary = {"model": f"{spec.architecture} ({model})", "test data": str(folder), "skipped files": len(images.skipped)}
+    (out / "report.md").write_text(render_markdown(report, title="medsilo evaluation", summary=summary))
+    console.print(f"accuracy {report['accuracy']:.4f} on {report['n']} images; report in {out}")
+    if images.skipped:
+        console.print(f"skipped {len(images.skipped)} unreadable file(s)")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

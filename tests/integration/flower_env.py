@@ -1,0 +1,89 @@
+"""Fixtures that run real Flower processes and always stop them by PID."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+LOCAL_SUPERLINK_PORT = 39091
+
+
+def _port_busy(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def processes_of(flwr_home: Path) -> list[psutil.Process]:
+    """Every live process started with ``FLWR_HOME`` = ``flwr_home`` (they inherit it)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("FLWR_HOME") == str(flwr_home) and proc.pid != os.getpid():
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def stop_all(flwr_home: Path) -> None:
+    """Terminate, then kill, every process of this ``FLWR_HOME``, by PID."""
+    procs = processes_of(flwr_home)
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+
+
+@dataclass(frozen=True)
+class Flower:
+    """A temporary ``FLWR_HOME`` and the environment every Flower command needs."""
+
+    home: Path
+    env: dict[str, str]
+
+    def run(self, *args: str, cwd: Path, timeout: float = 420) -> subprocess.CompletedProcess[str]:
+        """Run ``flwr ARGS`` to completion and return its output."""
+        return subprocess.run(
+            [str(BIN / "flwr"), *args], cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+
+
+@pytest.fixture
+def flower(tmp_path: Path) -> Iterator[Flower]:
+    """A Flower environment in ``tmp_path``; every process it starts is stopped afterwards."""
+    if _port_busy(LOCAL_SUPERLINK_PORT):
+        pytest.fail(f"port {LOCAL_SUPERLINK_PORT} is in use: stop the running local SuperLink (make stop) first")
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RAY_DEDUP_LOGS": "0",
+    }
+    try:
+        yield Flower(home, env)
+    finally:
+        stop_all(home)
+        assert not processes_of(home), "processes outlived the test"

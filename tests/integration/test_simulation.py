@@ -1,0 +1,92 @@
+"""A real ``flwr run`` simulation on small synthetic data, checked file by file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, Flower
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
+
+from common.data.synth import write_synthetic_tree
+from common.models import load_model_dir
+from common.reporting import read_predictions_csv
+
+REPORT_KEYS = {"classes", "n", "accuracy", "balanced_accuracy", "loss", "macro", "weighted", "per_class", "confusion_matrix"}
+PER_CLASS_KEYS = {"precision", "recall", "f1", "specificity", "npv", "auroc", "average_precision", "support"}
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_tree(
+        tmp_path_factory.mktemp("data") / "synthetic-mri", modality="brain-mri", train_per_class=24, test_per_class=8, size=40, seed=3
+    )
+
+
+def test_flwr_run_writes_the_run_directory(flower: Flower, synthetic_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    overrides = (
+        f"model='cnn3' image-size=32 num-server-rounds=2 local-epochs=2 batch-size=16 learning-rate=0.003 "
+        f"min-train-nodes=3 min-evaluate-nodes=3 data-root='{synthetic_root}' output-dir='{out}' run-name='sim'"
+    )
+    proc = flower.run(
+        "run", str(REPO), "--stream", "--federation-config", "num-supernodes=3", "--run-config", overrides, cwd=tmp_path
+    )
+    run_dir = out / "sim"
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (run_dir / "report.md").is_file(), proc.stdout[-5000:]
+    for name in ("config.json", "history.json", "report.json", "predictions.csv", "report.md"):
+        assert (run_dir / name).is_file(), name
+
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model"] == "cnn3" and config["num-server-rounds"] == 2 and config["data-root"] == str(synthetic_root)
+
+    history = json.loads((run_dir / "history.json").read_text())
+    rounds = history["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    for record in rounds[1:]:
+        assert sorted(record["hospitals"]) == ["hospital-0", "hospital-1", "hospital-2"]
+        assert record["failures"] == []
+        assert set(record["timings"]) >= {"train_s", "aggregate_s", "central_evaluate_s"}
+        for hospital in record["hospitals"].values():
+            assert hospital["examples"] > 0 and hospital["train_loss"] > 0 and hospital["bytes_sent"] > 0
+        assert record["central"]["accuracy"] == pytest.approx(record["central"]["accuracy"])
+    total = sum(h["examples"] + h["eval_examples"] for h in rounds[1]["hospitals"].values())
+    assert total == 24 * 4
+
+    report = json.loads((run_dir / "report.json").read_text())
+    assert set(report) == REPORT_KEYS
+    assert report["classes"] == ["glioma", "meningioma", "notumor", "pituitary"]
+    assert all(set(v) == PER_CLASS_KEYS for v in report["per_class"].values())
+    assert report["accuracy"] == rounds[-1]["central"]["accuracy"]
+
+    # Recompute from predictions.csv with scikit-learn, independently of medsilo's metrics code.
+    paths, y_true, probs, classes = read_predictions_csv(run_dir / "predictions.csv")
+    assert classes == report["classes"] and len(paths) == report["n"] == 32
+    y_pred = probs.argmax(1)
+    assert abs(accuracy_score(y_true, y_pred) - report["accuracy"]) < 1e-9
+    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=range(4), zero_division=np.nan)
+    assert abs(f1_score(y_true, y_pred, average="macro") - report["macro"]["f1"]) < 1e-9
+    for i, name in enumerate(classes):
+        row = report["per_class"][name]
+        for value, key in ((precision[i], "precision"), (recall[i], "recall"), (f1[i], "f1")):
+            assert (row[key] is None) if np.isnan(value) else abs(row[key] - value) < 1e-9
+        assert abs(roc_auc_score(y_true == i, probs[:, i]) - row["auroc"]) < 1e-9
+
+    model, spec = load_model_dir(run_dir / "model")
+    assert spec.architecture == "cnn3" and spec.image_size == 32 and list(spec.classes) == classes
+
+    evaluated = tmp_path / "evaluated"
+    cli = subprocess.run(
+        [sys.executable, "-m", "common.cli", "evaluate", "--model", str(run_dir / "model"), "--data", str(synthetic_root), "--out", str(evaluated)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cli.returncode == 0, cli.stderr
+    again = json.loads((evaluated / "report.json").read_text())
+    assert again["n"] == report["n"] and abs(again["accuracy"] - report["accuracy"]) < 1e-9
