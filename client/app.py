@@ -13,9 +13,9 @@ from client.training import train_local
 from common import records as rk
 from common.config import parse_run_config
 from common.data import build_transform
-from common.logs import use_flower_logging
 from common.experiment import model_spec, preset_for
 from common.inference import predict, resolve_device
+from common.logs import use_flower_logging
 from common.models import build_model, state_dict_to_cpu
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,14 @@ def train(msg: Message, context: Context) -> Message:
     result = train_local(
         model, site.train, cfg=cfg, preset=preset_for(cfg), device=device, seed=cfg.seed + 7919 * server_round
     )
-    log.info("%s round %d: %d images, loss %.4f, %.1fs", site.name, server_round, result.num_examples, result.loss, result.seconds)
+    log.info(
+        "%s round %d: %d images, loss %.4f, %.1fs",
+        site.name,
+        server_round,
+        result.num_examples,
+        result.loss,
+        result.seconds,
+    )
     metrics = MetricRecord(
         {
             rk.NUM_EXAMPLES: result.num_examples,
@@ -62,7 +69,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     if len(site.val) == 0:
         metrics = MetricRecord({rk.NUM_EXAMPLES: 0, rk.EVAL_LOSS: 0.0, rk.EVAL_ACCURACY: 0.0})
     else:
-        probs, loss = predict(model, site.val, build_transform(preset_for(cfg), train=False), batch_size=cfg.batch_size, device=device)
+        probs, loss = predict(
+            model, site.val, build_transform(preset_for(cfg), train=False), batch_size=cfg.batch_size, device=device
+        )
         accuracy = float((probs.argmax(1) == site.val.labels.numpy()).mean())
         metrics = MetricRecord({rk.NUM_EXAMPLES: len(site.val), rk.EVAL_LOSS: loss, rk.EVAL_ACCURACY: accuracy})
     content = RecordDict({rk.METRICS: metrics, rk.HOSPITAL: ConfigRecord({"name": site.name})})

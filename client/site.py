@@ -53,7 +53,11 @@ def _partition(cfg: RunConfig, pid: int, num: int) -> HospitalData:
     else:
         images = load_split(root, "train", **kwargs)  # type: ignore[arg-type]
         parts = partition_indices(
-            images.labels.tolist(), num_partitions=num, partitioner=cfg.partitioner, alpha=cfg.dirichlet_alpha, seed=cfg.seed
+            images.labels.tolist(),
+            num_partitions=num,
+            partitioner=cfg.partitioner,
+            alpha=cfg.dirichlet_alpha,
+            seed=cfg.seed,
         )
         mine, name = parts[pid], f"hospital-{pid}"
     train, val = split_train_val(mine, val_fraction=cfg.local_val_fraction, seed=cfg.seed + pid)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -41,12 +41,12 @@ def _one_line_errors() -> Iterator[None]:
 
 @data_app.command("synth")
 def data_synth(
-    modality: str = typer.Option(..., help=f"dataset preset: {', '.join(PRESETS)}"),
-    out: Path = typer.Option(..., help="folder to write ROOT/{train,test}/<class>/ into"),
-    train_per_class: int = typer.Option(40, min=1),
-    test_per_class: int = typer.Option(10, min=0),
-    size: int = typer.Option(64, min=32, max=1024),
-    seed: int = typer.Option(0, min=0),
+    modality: Annotated[str, typer.Option(help=f"dataset preset: {', '.join(PRESETS)}")],
+    out: Annotated[Path, typer.Option(help="folder to write ROOT/{train,test}/<class>/ into")],
+    train_per_class: Annotated[int, typer.Option(min=1)] = 40,
+    test_per_class: Annotated[int, typer.Option(min=0)] = 10,
+    size: Annotated[int, typer.Option(min=32, max=1024)] = 64,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
 ) -> None:
     """Write a synthetic ImageFolder tree whose classes a CNN can learn."""
     with _one_line_errors():
@@ -58,8 +58,8 @@ def data_synth(
 
 @data_app.command("check")
 def data_check(
-    root: Path = typer.Argument(..., help="data root: ROOT/<split>/<class>/<images>"),
-    json_out: Path | None = typer.Option(None, "--json", help="also write the full report as JSON"),
+    root: Annotated[Path, typer.Argument(help="data root: ROOT/<split>/<class>/<images>")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the full report as JSON")] = None,
 ) -> None:
     """Report class counts per split, unreadable files and exact duplicates."""
     with _one_line_errors():
@@ -87,11 +87,11 @@ def data_check(
 
 @app.command("evaluate")
 def evaluate(
-    model: Path = typer.Option(..., help="model directory (model.safetensors + model.json)"),
-    data: Path = typer.Option(..., help="test folder: PATH/<class>/* or PATH/test/<class>/*"),
-    out: Path = typer.Option(..., help="folder for report.json, predictions.csv and report.md"),
-    batch_size: int = typer.Option(64, min=1),
-    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    model: Annotated[Path, typer.Option(help="model directory (model.safetensors + model.json)")],
+    data: Annotated[Path, typer.Option(help="test folder: PATH/<class>/* or PATH/test/<class>/*")],
+    out: Annotated[Path, typer.Option(help="folder for report.json, predictions.csv and report.md")],
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:
     """Score a saved model on any test folder, in the run directory's report schema."""
     with _one_line_errors():
@@ -107,9 +107,17 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
     write_predictions_csv(
-        out / "predictions.csv", paths=images.paths, y_true=images.labels.tolist(), probabilities=probs, classes=spec.classes
+        out / "predictions.csv",
+        paths=images.paths,
+        y_true=images.labels.tolist(),
+        probabilities=probs,
+        classes=spec.classes,
     )
-    summary = {"model": f"{spec.architecture} ({model})", "test data": str(folder), "skipped files": len(images.skipped)}
+    summary = {
+        "model": f"{spec.architecture} ({model})",
+        "test data": str(folder),
+        "skipped files": len(images.skipped),
+    }
     (out / "report.md").write_text(render_markdown(report, title="medsilo evaluation", summary=summary))
     console.print(f"accuracy {report['accuracy']:.4f} on {report['n']} images; report in {out}")
     if images.skipped:

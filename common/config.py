@@ -17,9 +17,10 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    model_validator,
 )
 
-from common.models import MODELS
+from common.models import MIN_IMAGE_SIZE, MODELS
 from common.presets import PRESETS
 
 __all__ = ["ConfigError", "RunConfig", "parse_run_config"]
@@ -64,9 +65,7 @@ def _kebab(name: str) -> str:
 class RunConfig(BaseModel):
     """Every run-config key with its type, range and default (mirrors pyproject)."""
 
-    model_config = ConfigDict(
-        alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True
-    )
+    model_config = ConfigDict(alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True)
 
     num_server_rounds: Int = Field(3, ge=1)
     fraction_train: Float = Field(1.0, gt=0.0, le=1.0)
@@ -92,6 +91,13 @@ class RunConfig(BaseModel):
     seed: Int = Field(42, ge=0)
     output_dir: str = Field("runs", min_length=1)
     run_name: str = ""
+
+    @model_validator(mode="after")
+    def _image_size_fits_model(self) -> RunConfig:
+        minimum = MIN_IMAGE_SIZE.get(self.model, 32)
+        if self.image_size < minimum:
+            raise ValueError(f"image-size >= {minimum} for model {self.model!r}")
+        return self
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -146,7 +152,7 @@ def parse_run_config(values: Mapping[str, Any], *, source: str = "run config") -
     except ValidationError as err:
         lines = []
         for error in err.errors():
-            key = str(error["loc"][0]) if error["loc"] else "?"
+            key = str(error["loc"][0]) if error["loc"] else "image-size"
             given = values.get(key, error.get("input"))
             lines.append(f"{source}: {key!r} = {given!r} is invalid; expected {_describe(error)}")
         raise ConfigError("\n".join(lines)) from None

@@ -75,12 +75,8 @@ def classification_report(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         warnings.simplefilter("ignore", UserWarning)
-        precision, recall, f1, support = precision_recall_fscore_support(
-            y, y_pred, labels=labels, zero_division=np.nan
-        )
-        weighted = precision_recall_fscore_support(
-            y, y_pred, labels=labels, average="weighted", zero_division=np.nan
-        )
+        precision, recall, f1, support = precision_recall_fscore_support(y, y_pred, labels=labels, zero_division=np.nan)
+        weighted = precision_recall_fscore_support(y, y_pred, labels=labels, average="weighted", zero_division=np.nan)
         balanced = balanced_accuracy_score(y, y_pred)
     per_class_cm = multilabel_confusion_matrix(y, y_pred, labels=labels)
     per_class: dict[str, dict[str, float | int | None]] = {}

@@ -97,9 +97,7 @@ def _features0(factory: Callable[..., nn.Module]) -> Callable[[int, int], nn.Mod
 
 
 def _inception_v3(num_classes: int, in_channels: int) -> nn.Module:
-    model = tvm.inception_v3(
-        weights=None, num_classes=num_classes, aux_logits=False, init_weights=True
-    )
+    model = tvm.inception_v3(weights=None, num_classes=num_classes, aux_logits=False, init_weights=True)
     model.transform_input = False
     model.Conv2d_1a_3x3.conv = _first_conv(model.Conv2d_1a_3x3.conv, in_channels)
     return model
@@ -161,7 +159,9 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"pretrained-weights = {str(path)!r} is not a file; expected a local .safetensors, .pt or .pth file")
+        raise ValueError(
+            f"pretrained-weights = {str(path)!r} is not a file; expected a local .safetensors, .pt or .pth file"
+        )
     if path.suffix == ".safetensors":
         source = load_file(path)
     else:

@@ -9,8 +9,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import ConfigError, parse_run_config
-from common.logs import use_flower_logging
 from common.experiment import initial_model, model_spec, resolve_path
+from common.logs import use_flower_logging
 from common.models import state_dict_to_cpu
 from server.central import CentralEvaluator
 from server.history import RunHistory
@@ -44,7 +44,9 @@ def main(grid: Grid, context: Context) -> None:
         min_evaluate_nodes=cfg.min_evaluate_nodes if cfg.fraction_evaluate > 0 else 0,
         min_available_nodes=cfg.min_train_nodes,
     )
-    log.info("run %s: %s on %s, %d rounds -> %s", context.run_id, cfg.model, cfg.dataset, cfg.num_server_rounds, run_dir.path)
+    log.info(
+        "run %s: %s on %s, %d rounds -> %s", context.run_id, cfg.model, cfg.dataset, cfg.num_server_rounds, run_dir.path
+    )
     strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(state_dict_to_cpu(model)),
@@ -60,7 +62,9 @@ def main(grid: Grid, context: Context) -> None:
         "dataset": f"{cfg.dataset} ({cfg.data_root})",
         "hospitals": f"{len(hospitals)} ({', '.join(hospitals)}), partitioner {cfg.partitioner}",
         "rounds": cfg.num_server_rounds,
-        "model": f"{cfg.model} at {cfg.image_size} px, {cfg.local_epochs} local epoch(s), {cfg.optimizer} lr {cfg.learning_rate}",
+        "model": f"{cfg.model} at {cfg.image_size} px",
+        "local training": f"{cfg.local_epochs} epoch(s), {cfg.optimizer} lr {cfg.learning_rate}, "
+        f"batch {cfg.batch_size}",
         "privacy": "DP off",
         "encryption": "HE off",
         "duration": f"{time.perf_counter() - start:.1f} s",

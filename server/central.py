@@ -44,11 +44,17 @@ class CentralEvaluator:
         self.device = resolve_device(cfg.device)
         self.transform = build_transform(preset, train=False)
         self.test: ImageSet = load_split(
-            resolve_path(cfg.data_root, key="data-root"), "test", classes=cfg.class_names, channels=preset.channels, size=cfg.image_size
+            resolve_path(cfg.data_root, key="data-root"),
+            "test",
+            classes=cfg.class_names,
+            channels=preset.channels,
+            size=cfg.image_size,
         )
         if len(self.test) == 0:
             raise ValueError(f"data-root {cfg.data_root!r} has no readable central test images under test/")
-        self.model = build_model(self.spec.architecture, num_classes=len(self.spec.classes), in_channels=self.spec.channels)
+        self.model = build_model(
+            self.spec.architecture, num_classes=len(self.spec.classes), in_channels=self.spec.channels
+        )
         self.latest: CentralEvaluation | None = None
         log.info("central test set: %d images, %d skipped", len(self.test), len(self.test.skipped))
 

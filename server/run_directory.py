@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ class RunDirectory:
     @classmethod
     def create(cls, cfg: RunConfig, *, run_id: int, output_dir: Path) -> RunDirectory:
         """Make ``output_dir/<run-name>`` and write ``config.json``."""
-        name = cfg.run_name or f"{cfg.dataset}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{run_id}"
+        name = cfg.run_name or f"{cfg.dataset}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{run_id}"
         path = output_dir / name
         path.mkdir(parents=True, exist_ok=True)
         write_json(path / "config.json", cfg.to_run_config())

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def _hospital_name(msg: Message) -> str:
-    info = msg.content.config_records.get(rk.HOSPITAL)
+    info = msg.content.config_records.get(rk.HOSPITAL) if msg.has_content() else None
     name = info.get("name") if info is not None else None
     return str(name) if name else f"node-{msg.metadata.src_node_id}"
 
@@ -70,7 +70,9 @@ class MedsiloFedAvg(FedAvg):
         self._sent: ArrayRecord | None = None
         self._started: dict[str, float] = {}
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Sample hospitals and send them the global model."""
         self._sent = arrays
         self._started["train"] = time.perf_counter()
@@ -88,11 +90,20 @@ class MedsiloFedAvg(FedAvg):
             if problem is None:
                 valid.append(msg)
                 continue
-            log.warning("round %d %s: rejected reply from %s (node %d): %s", server_round, stage, _hospital_name(msg), msg.metadata.src_node_id, problem)
+            log.warning(
+                "round %d %s: rejected reply from %s (node %d): %s",
+                server_round,
+                stage,
+                _hospital_name(msg),
+                msg.metadata.src_node_id,
+                problem,
+            )
             self.history.fail(server_round, node_id=msg.metadata.src_node_id, stage=stage, reason=problem)
         return valid
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Vet the replies, record each hospital, then aggregate the valid ones with FedAvg."""
         timings = self.history.round(server_round)["timings"]
         timings["train_s"] = time.perf_counter() - self._started.pop("train", time.perf_counter())
@@ -110,7 +121,9 @@ class MedsiloFedAvg(FedAvg):
                     "train_accuracy": metrics.get(rk.TRAIN_ACCURACY),
                     "train_seconds": metrics.get(rk.TRAIN_SECONDS),
                     "skipped_images": metrics.get(rk.SKIPPED_IMAGES),
-                    "class_counts": list(info[rk.CLASS_COUNTS]) if info is not None and rk.CLASS_COUNTS in info else None,
+                    "class_counts": list(info[rk.CLASS_COUNTS])
+                    if info is not None and rk.CLASS_COUNTS in info
+                    else None,
                     "bytes_sent": sum(len(a.data) for a in arrays.values()),
                     "epsilon": None,
                 }
@@ -125,7 +138,9 @@ class MedsiloFedAvg(FedAvg):
         self.history.round(server_round)["federated_train"] = dict(metrics) if metrics is not None else None
         return aggregated, metrics
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Send the new global model to hospitals for local evaluation."""
         self._started["evaluate"] = time.perf_counter()
         return super().configure_evaluate(server_round, arrays, config, grid)
@@ -138,7 +153,11 @@ class MedsiloFedAvg(FedAvg):
         for msg in valid:
             metrics = next(iter(msg.content.metric_records.values()))
             self.history.hospital(server_round, _hospital_name(msg)).update(
-                {"eval_examples": int(metrics[rk.NUM_EXAMPLES]), "eval_loss": metrics.get(rk.EVAL_LOSS), "eval_accuracy": metrics.get(rk.EVAL_ACCURACY)}
+                {
+                    "eval_examples": int(metrics[rk.NUM_EXAMPLES]),
+                    "eval_loss": metrics.get(rk.EVAL_LOSS),
+                    "eval_accuracy": metrics.get(rk.EVAL_ACCURACY),
+                }
             )
         weighted = [m for m in valid if next(iter(m.content.metric_records.values()))[rk.NUM_EXAMPLES] > 0]
         metrics = super().aggregate_evaluate(server_round, weighted) if weighted else None

@@ -169,9 +169,13 @@ def load_npz(path: str | Path, split: str, *, classes: Sequence[str], channels: 
             raise ValueError(f"{path.name}: missing array(s) {', '.join(missing)}; expected MedMNIST keys {keys}")
         raw, raw_labels = archive[keys[0]], archive[keys[1]].reshape(-1)
     if raw.ndim not in (3, 4) or len(raw) != len(raw_labels):
-        raise ValueError(f"{path.name}: {keys[0]} has shape {raw.shape}; expected (N, H, W) or (N, H, W, C) matching {keys[1]}")
+        raise ValueError(
+            f"{path.name}: {keys[0]} has shape {raw.shape}; expected (N, H, W) or (N, H, W, C) matching {keys[1]}"
+        )
     if raw_labels.size and (raw_labels.min() < 0 or raw_labels.max() >= len(classes)):
-        raise ValueError(f"{path.name}: labels span {raw_labels.min()}..{raw_labels.max()}; expected 0..{len(classes) - 1}")
+        raise ValueError(
+            f"{path.name}: labels span {raw_labels.min()}..{raw_labels.max()}; expected 0..{len(classes) - 1}"
+        )
     mode = "L" if channels == 1 else "RGB"
     images = []
     for array in raw:

@@ -17,7 +17,9 @@ from common.presets import get_preset
 __all__ = ["synth_image", "write_synthetic_tree"]
 
 
-def synth_image(label: int, num_classes: int, *, size: int, channels: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, int]]:
+def synth_image(
+    label: int, num_classes: int, *, size: int, channels: int, rng: np.random.Generator
+) -> tuple[np.ndarray, tuple[int, int, int]]:
     """One synthetic image of class ``label``.
 
     Returns:
@@ -41,7 +43,13 @@ def synth_image(label: int, num_classes: int, *, size: int, channels: int, rng: 
 
 
 def write_synthetic_tree(
-    out: str | Path, *, modality: str, train_per_class: int = 40, test_per_class: int = 10, size: int = 64, seed: int = 0
+    out: str | Path,
+    *,
+    modality: str,
+    train_per_class: int = 40,
+    test_per_class: int = 10,
+    size: int = 64,
+    seed: int = 0,
 ) -> Path:
     """Write ``out/{train,test}/<class>/*.png`` for the preset ``modality``."""
     preset = get_preset(modality)

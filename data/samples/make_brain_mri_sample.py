@@ -30,10 +30,7 @@ def _pixel_hash(path: Path) -> str:
 def main(source: Path, out: Path) -> None:
     """Write the sample under ``out`` from the full set under ``source``."""
     rng = random.Random(SEED)
-    hashes = {
-        split: {p: _pixel_hash(p) for p in sorted((source / split).rglob("*.jpg"))}
-        for split in PER_CLASS
-    }
+    hashes = {split: {p: _pixel_hash(p) for p in sorted((source / split).rglob("*.jpg"))} for split in PER_CLASS}
     seen: set[str] = set()
     for split, per_class in PER_CLASS.items():
         other = set().union(*(set(h.values()) for s, h in hashes.items() if s != split))

@@ -63,7 +63,9 @@ def _reference(y: np.ndarray, probs: np.ndarray, k: int) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=np.nan)
-        wp, wr, wf, _ = precision_recall_fscore_support(y, pred, labels=labels, average="weighted", zero_division=np.nan)
+        wp, wr, wf, _ = precision_recall_fscore_support(
+            y, pred, labels=labels, average="weighted", zero_division=np.nan
+        )
         balanced = balanced_accuracy_score(y, pred)
     tp = np.diag(cm).astype(float)
     fp = cm.sum(axis=0) - tp
@@ -80,8 +82,15 @@ def _reference(y: np.ndarray, probs: np.ndarray, k: int) -> dict:
             auroc[i] = roc_auc_score(positive, probs[:, i])
         if positive.sum() > 0:
             ap[i] = average_precision_score(positive, probs[:, i])
-    per_class = {"precision": p, "recall": r, "f1": f, "specificity": spec, "npv": npv, "auroc": auroc,
-                 "average_precision": ap}
+    per_class = {
+        "precision": p,
+        "recall": r,
+        "f1": f,
+        "specificity": spec,
+        "npv": npv,
+        "auroc": auroc,
+        "average_precision": ap,
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of all-NaN
         macro = {key: float(np.nanmean(values)) for key, values in per_class.items()}
@@ -246,8 +255,14 @@ def test_all_one_class_perfectly_predicted():
     report = classification_report(y, probs, ["neg", "pos"])
     assert report["accuracy"] == 1.0
     assert report["per_class"]["neg"] == {
-        "precision": None, "recall": None, "f1": None, "specificity": 1.0, "npv": 1.0,
-        "auroc": None, "average_precision": None, "support": 0,
+        "precision": None,
+        "recall": None,
+        "f1": None,
+        "specificity": 1.0,
+        "npv": 1.0,
+        "auroc": None,
+        "average_precision": None,
+        "support": 0,
     }
     assert report["confusion_matrix"] == [[0, 0], [0, 4]]
 
@@ -293,7 +308,15 @@ def test_report_schema_keys_are_exact_and_json_clean(tmp_path):
     y, probs, classes = _absent_case()
     report = classification_report(y, probs, classes, loss=0.7)
     assert set(report) == {
-        "classes", "n", "accuracy", "balanced_accuracy", "loss", "macro", "weighted", "per_class", "confusion_matrix",
+        "classes",
+        "n",
+        "accuracy",
+        "balanced_accuracy",
+        "loss",
+        "macro",
+        "weighted",
+        "per_class",
+        "confusion_matrix",
     }
     assert set(report["macro"]) == MACRO_KEYS
     assert set(report["weighted"]) == {"precision", "recall", "f1"}
@@ -334,7 +357,9 @@ def test_predictions_csv_round_trip_is_bit_exact(tmp_path):
     paths = [f"test/c{i}/img {i},x.png" for i in range(n)]
     paths[1] = "test/ünïcode/ñ.png"
     y = np.random.default_rng(2).integers(0, len(classes), n)
-    out = write_predictions_csv(tmp_path / "predictions.csv", paths=paths, y_true=y, probabilities=probs, classes=classes)
+    out = write_predictions_csv(
+        tmp_path / "predictions.csv", paths=paths, y_true=y, probabilities=probs, classes=classes
+    )
     got_paths, got_y, got_probs, got_classes = read_predictions_csv(out)
     assert got_paths == paths
     assert got_classes == classes
@@ -361,7 +386,9 @@ def test_report_from_read_back_csv_equals_original(tmp_path):
 
 
 def test_predictions_csv_with_no_rows(tmp_path):
-    path = write_predictions_csv(tmp_path / "p.csv", paths=[], y_true=[], probabilities=np.zeros((0, 2)), classes=["a", "b"])
+    path = write_predictions_csv(
+        tmp_path / "p.csv", paths=[], y_true=[], probabilities=np.zeros((0, 2)), classes=["a", "b"]
+    )
     paths, y, probs, classes = read_predictions_csv(path)
     assert paths == [] and len(y) == 0 and probs.shape == (0, 2) and classes == ["a", "b"]
 

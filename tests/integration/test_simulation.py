@@ -16,14 +16,29 @@ from common.data.synth import write_synthetic_tree
 from common.models import load_model_dir
 from common.reporting import read_predictions_csv
 
-REPORT_KEYS = {"classes", "n", "accuracy", "balanced_accuracy", "loss", "macro", "weighted", "per_class", "confusion_matrix"}
+REPORT_KEYS = {
+    "classes",
+    "n",
+    "accuracy",
+    "balanced_accuracy",
+    "loss",
+    "macro",
+    "weighted",
+    "per_class",
+    "confusion_matrix",
+}
 PER_CLASS_KEYS = {"precision", "recall", "f1", "specificity", "npv", "auroc", "average_precision", "support"}
 
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_tree(
-        tmp_path_factory.mktemp("data") / "synthetic-mri", modality="brain-mri", train_per_class=24, test_per_class=8, size=40, seed=3
+        tmp_path_factory.mktemp("data") / "synthetic-mri",
+        modality="brain-mri",
+        train_per_class=24,
+        test_per_class=8,
+        size=40,
+        seed=3,
     )
 
 
@@ -82,7 +97,18 @@ def test_flwr_run_writes_the_run_directory(flower: Flower, synthetic_root: Path,
 
     evaluated = tmp_path / "evaluated"
     cli = subprocess.run(
-        [sys.executable, "-m", "common.cli", "evaluate", "--model", str(run_dir / "model"), "--data", str(synthetic_root), "--out", str(evaluated)],
+        [
+            sys.executable,
+            "-m",
+            "common.cli",
+            "evaluate",
+            "--model",
+            str(run_dir / "model"),
+            "--data",
+            str(synthetic_root),
+            "--out",
+            str(evaluated),
+        ],
         capture_output=True,
         text=True,
         timeout=120,

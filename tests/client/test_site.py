@@ -1,0 +1,75 @@
+"""A hospital's data set-up: fixed label indices, natural splits, and clear errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from client.site import hospital_data
+from common.config import parse_run_config
+from common.data.synth import write_synthetic_tree
+
+CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
+
+
+def _natural_root(tmp_path: Path) -> Path:
+    """``ROOT/train/<hospital>/<class>``: hospital 'b' has no glioma images at all."""
+    source = write_synthetic_tree(
+        tmp_path / "src", modality="brain-mri", train_per_class=6, test_per_class=2, size=32, seed=1
+    )
+    root = tmp_path / "natural"
+    for hospital in ("a", "b"):
+        for cls in CLASSES:
+            if hospital == "b" and cls == "glioma":
+                continue
+            shutil.copytree(source / "train" / cls, root / "train" / hospital / cls)
+    shutil.copytree(source / "test", root / "test")
+    return root
+
+
+def test_a_hospital_missing_a_class_keeps_the_shared_label_indices(tmp_path: Path) -> None:
+    root = _natural_root(tmp_path)
+    cfg = parse_run_config(
+        {"partitioner": "natural", "data-root": str(root), "image-size": 32, "local-val-fraction": 0.0}
+    )
+    site = hospital_data(cfg, {"partition-id": 1, "num-partitions": 2})
+    assert site.name == "b"
+    assert site.train.classes == CLASSES
+    assert site.train.class_counts() == [0, 6, 6, 6]
+    for path, label in zip(site.train.paths, site.train.labels.tolist(), strict=True):
+        assert Path(path).parts[1] == CLASSES[label]
+
+
+def test_natural_split_needs_one_folder_per_hospital(tmp_path: Path) -> None:
+    root = _natural_root(tmp_path)
+    cfg = parse_run_config({"partitioner": "natural", "data-root": str(root), "image-size": 32})
+    with pytest.raises(ValueError, match="found 2 hospital folder"):
+        hospital_data(cfg, {"partition-id": 0, "num-partitions": 3})
+
+
+def test_dirichlet_hospitals_partition_the_training_set(tmp_path: Path) -> None:
+    root = write_synthetic_tree(
+        tmp_path / "d", modality="brain-mri", train_per_class=10, test_per_class=2, size=32, seed=2
+    )
+    cfg = parse_run_config({"data-root": str(root), "image-size": 32, "dirichlet-alpha": 0.3})
+    sites = [hospital_data(cfg, {"partition-id": i, "num-partitions": 3}) for i in range(3)]
+    paths = [p for s in sites for p in (*s.train.paths, *s.val.paths)]
+    assert len(paths) == len(set(paths)) == 40
+    assert all(len(s.val) >= 1 for s in sites)
+
+
+@pytest.mark.parametrize(
+    "node_config", [{}, {"partition-id": 3, "num-partitions": 2}, {"partition-id": "x", "num-partitions": 2}]
+)
+def test_bad_node_config_is_one_clear_error(tmp_path: Path, node_config: dict[str, object]) -> None:
+    cfg = parse_run_config({"data-root": str(tmp_path)})
+    with pytest.raises(ValueError, match="node config: 'partition-id'"):
+        hospital_data(cfg, node_config)
+
+
+def test_missing_data_root_names_the_path(tmp_path: Path) -> None:
+    cfg = parse_run_config({"data-root": str(tmp_path / "nowhere")})
+    with pytest.raises(ValueError, match="nowhere.*does not exist"):
+        hospital_data(cfg, {"partition-id": 0, "num-partitions": 2})
