@@ -34,7 +34,7 @@ lint: install
 	$(BIN)/ruff check .
 
 stop:
-	-pkill -f "flower-superlink .*--port 39091" && echo "local SuperLink stopped"
+	-pkill -f "flower-superlin[k] .*--port 39091" && echo "local SuperLink stopped"
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -1,19 +1,24 @@
-"""medsilo ClientApp: one hospital. Unpack the message, train or evaluate, reply."""
+"""medsilo ClientApp: a hospital, or (under HE) the evaluator. Unpack, call, reply."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.site import hospital_data
+from client.crypto import decode_global, encrypt_update, secret_context
+from client.site import central_test_set, hospital_data, node_identity
 from client.training import train_local
 from common import records as rk
-from common.config import parse_run_config
+from common.config import RunConfig, parse_run_config
 from common.data import build_transform
 from common.experiment import model_spec, preset_for
+from common.he.codec import ParamLayout
+from common.he.keys import HEContext
 from common.inference import predict, resolve_device
 from common.logs import use_flower_logging
 from common.models import build_model, state_dict_to_cpu
@@ -24,21 +29,57 @@ app = ClientApp()
 use_flower_logging()
 
 
-def _model_from(msg: Message, context: Context) -> tuple[torch.nn.Module, object, object, torch.device]:
+@dataclass(frozen=True)
+class _Setup:
+    cfg: RunConfig
+    model: torch.nn.Module
+    ctx: HEContext | None
+    device: torch.device
+    decrypt_seconds: float
+
+
+def _setup(msg: Message, context: Context) -> _Setup:
+    """Validate the config, build the model and load the global weights (decrypting them)."""
     cfg = parse_run_config(context.run_config)
+    config = msg.content.config_records.get(rk.CONFIG, ConfigRecord())
+    ctx = secret_context(context.node_config, config) if cfg.he_enabled else None
     spec = model_spec(cfg)
     model = build_model(spec.architecture, num_classes=len(spec.classes), in_channels=spec.channels)
-    model.load_state_dict(msg.content[rk.ARRAYS].to_torch_state_dict(), strict=True)
-    return model, cfg, hospital_data(cfg, context.node_config), resolve_device(cfg.device)
+    state, seconds = decode_global(
+        msg.content[rk.ARRAYS], layout=ParamLayout.of(model.state_dict()), ctx=ctx, workers=cfg.he_workers
+    )
+    model.load_state_dict(state, strict=True)
+    return _Setup(cfg, model, ctx, resolve_device(cfg.device), seconds)
+
+
+@app.query(rk.DESCRIBE)
+def describe(msg: Message, context: Context) -> Message:
+    """Tell the server this node's role, name and training-set size (before round 1)."""
+    cfg = parse_run_config(context.run_config)
+    identity = node_identity(cfg, context.node_config)
+    n, name = 0, "evaluator"
+    if identity.role == "hospital":
+        site = hospital_data(cfg, context.node_config)
+        n, name = len(site.train), site.name
+    info = ConfigRecord({rk.ROLE: identity.role, "name": name})
+    content = RecordDict({rk.METRICS: MetricRecord({rk.NUM_EXAMPLES: n}), rk.HOSPITAL: info})
+    return Message(content=content, reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the global model on this hospital's shard and reply with the new weights."""
-    model, cfg, site, device = _model_from(msg, context)
-    server_round = int(msg.content[rk.CONFIG][rk.SERVER_ROUND])
+    """Train the global model on this hospital's shard; reply with the (encrypted) weights."""
+    setup = _setup(msg, context)
+    cfg, config = setup.cfg, msg.content[rk.CONFIG]
+    site = hospital_data(cfg, context.node_config)
+    server_round = int(config[rk.SERVER_ROUND])
     result = train_local(
-        model, site.train, cfg=cfg, preset=preset_for(cfg), device=device, seed=cfg.seed + 7919 * server_round
+        setup.model,
+        site.train,
+        cfg=cfg,
+        preset=preset_for(cfg),
+        device=setup.device,
+        seed=cfg.seed + 7919 * server_round,
     )
     log.info(
         "%s round %d: %d images, loss %.4f, %.1fs",
@@ -48,6 +89,13 @@ def train(msg: Message, context: Context) -> Message:
         result.loss,
         result.seconds,
     )
+    state = state_dict_to_cpu(setup.model)
+    encrypt_seconds = 0.0
+    if setup.ctx is None:
+        arrays = ArrayRecord(state)
+    else:
+        weight = result.num_examples / float(config[rk.NUM_EXAMPLES_TOTAL])
+        arrays, encrypt_seconds = encrypt_update(state, ctx=setup.ctx, weight=weight, workers=cfg.he_workers)
     metrics = MetricRecord(
         {
             rk.NUM_EXAMPLES: result.num_examples,
@@ -55,24 +103,45 @@ def train(msg: Message, context: Context) -> Message:
             rk.TRAIN_ACCURACY: result.accuracy,
             rk.TRAIN_SECONDS: result.seconds,
             rk.SKIPPED_IMAGES: len(site.train.skipped),
+            rk.ENCRYPT_SECONDS: encrypt_seconds,
+            rk.DECRYPT_SECONDS: setup.decrypt_seconds,
         }
     )
     info = ConfigRecord({"name": site.name, rk.CLASS_COUNTS: site.train.class_counts()})
-    content = RecordDict({rk.ARRAYS: ArrayRecord(state_dict_to_cpu(model)), rk.METRICS: metrics, rk.HOSPITAL: info})
+    content = RecordDict({rk.ARRAYS: arrays, rk.METRICS: metrics, rk.HOSPITAL: info})
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the global model on this hospital's local test split."""
-    model, cfg, site, device = _model_from(msg, context)
-    if len(site.val) == 0:
-        metrics = MetricRecord({rk.NUM_EXAMPLES: 0, rk.EVAL_LOSS: 0.0, rk.EVAL_ACCURACY: 0.0})
-    else:
-        probs, loss = predict(
-            model, site.val, build_transform(preset_for(cfg), train=False), batch_size=cfg.batch_size, device=device
-        )
+    setup = _setup(msg, context)
+    site = hospital_data(setup.cfg, context.node_config)
+    metrics = MetricRecord({rk.NUM_EXAMPLES: 0, rk.EVAL_LOSS: 0.0, rk.EVAL_ACCURACY: 0.0})
+    if len(site.val):
+        transform = build_transform(preset_for(setup.cfg), train=False)
+        probs, loss = predict(setup.model, site.val, transform, batch_size=setup.cfg.batch_size, device=setup.device)
         accuracy = float((probs.argmax(1) == site.val.labels.numpy()).mean())
         metrics = MetricRecord({rk.NUM_EXAMPLES: len(site.val), rk.EVAL_LOSS: loss, rk.EVAL_ACCURACY: accuracy})
     content = RecordDict({rk.METRICS: metrics, rk.HOSPITAL: ConfigRecord({"name": site.name})})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate(rk.CENTRAL)
+def evaluate_central(msg: Message, context: Context) -> Message:
+    """The evaluator: decrypt the aggregate, score the central test set, return predictions only."""
+    setup = _setup(msg, context)
+    if node_identity(setup.cfg, context.node_config).role != "evaluator":
+        raise ValueError(
+            "central evaluation was sent to a hospital; only the evaluator node holds the central test set"
+        )
+    test = central_test_set(setup.cfg)
+    transform = build_transform(preset_for(setup.cfg), train=False)
+    probs, loss = predict(setup.model, test, transform, batch_size=setup.cfg.batch_size, device=setup.device)
+    predictions = ArrayRecord(
+        {"probabilities": Array(np.ascontiguousarray(probs)), "labels": Array(test.labels.numpy().astype(np.int64))}
+    )
+    metrics = MetricRecord({rk.NUM_EXAMPLES: len(test), rk.EVAL_LOSS: loss, rk.DECRYPT_SECONDS: setup.decrypt_seconds})
+    info = ConfigRecord({"paths": list(test.paths), "skipped": len(test.skipped)})
+    content = RecordDict({rk.PREDICTIONS: predictions, rk.METRICS: metrics, rk.HOSPITAL: info})
     return Message(content=content, reply_to=msg)

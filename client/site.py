@@ -10,7 +10,7 @@ from common.config import RunConfig
 from common.data import ImageSet, load_split, partition_indices, split_train_val
 from common.experiment import preset_for, resolve_path
 
-__all__ = ["HospitalData", "hospital_data"]
+__all__ = ["HospitalData", "NodeIdentity", "central_test_set", "hospital_data", "node_identity"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,15 @@ class HospitalData:
     name: str
     train: ImageSet
     val: ImageSet
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """What this SuperNode is: a hospital (with its index) or the evaluator."""
+
+    role: str
+    index: int
+    hospitals: int
 
 
 def _simulated_identity(node_config: Mapping[str, object]) -> tuple[int, int]:
@@ -64,7 +73,33 @@ def _partition(cfg: RunConfig, pid: int, num: int) -> HospitalData:
     return HospitalData(name=name, train=images.subset(train), val=images.subset(val))
 
 
+def node_identity(cfg: RunConfig, node_config: Mapping[str, object]) -> NodeIdentity:
+    """The node's role. Under HE the last simulated SuperNode is the evaluator.
+
+    So an HE simulation of N hospitals needs ``num-supernodes = N + 1``.
+    """
+    pid, num = _simulated_identity(node_config)
+    if not cfg.he_enabled:
+        return NodeIdentity("hospital", pid, num)
+    if num < 2:
+        raise ValueError(
+            f"he-enabled needs num-supernodes = hospitals + 1 (the last one is the evaluator); got {num} SuperNode(s)"
+        )
+    if pid == num - 1:
+        return NodeIdentity("evaluator", -1, num - 1)
+    return NodeIdentity("hospital", pid, num - 1)
+
+
 def hospital_data(cfg: RunConfig, node_config: Mapping[str, object]) -> HospitalData:
     """This hospital's data, decoded and split once per process and reused every round."""
-    pid, num = _simulated_identity(node_config)
-    return _partition(cfg, pid, num)
+    identity = node_identity(cfg, node_config)
+    if identity.role != "hospital":
+        raise ValueError("the evaluator node holds no training data; it only scores the central test set")
+    return _partition(cfg, identity.index, identity.hospitals)
+
+
+def central_test_set(cfg: RunConfig) -> ImageSet:
+    """The central test set (``data-root/test``), for the evaluator node."""
+    preset = preset_for(cfg)
+    root = resolve_path(cfg.data_root, key="data-root")
+    return load_split(root, "test", classes=cfg.class_names, channels=preset.channels, size=cfg.image_size)

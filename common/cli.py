@@ -15,6 +15,8 @@ from common.data.check import check_data_root
 from common.data.images import load_folder, resolve_test_folder
 from common.data.synth import write_synthetic_tree
 from common.data.transforms import normalize
+from common.he.keys import HEParams, create_key_pair, load_secret_context
+from common.he.model_dir import decrypt_model_dir
 from common.inference import predict, resolve_device
 from common.metrics import classification_report
 from common.models import load_model_dir
@@ -25,7 +27,11 @@ __all__ = ["app"]
 
 app = typer.Typer(help="medsilo: federated medical image classification on Flower.", no_args_is_help=True)
 data_app = typer.Typer(help="Create and check data roots.", no_args_is_help=True)
+keys_app = typer.Typer(help="CKKS keys for encrypted FedAvg.", no_args_is_help=True)
+model_app = typer.Typer(help="Model directories.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(keys_app, name="keys")
+app.add_typer(model_app, name="model")
 console = Console(soft_wrap=True)
 
 
@@ -83,6 +89,37 @@ def data_check(
         console.print("  " + " == ".join(group), highlight=False)
     if json_out is not None:
         write_json(json_out, result)
+
+
+@keys_app.command("init")
+def keys_init(
+    out: Annotated[Path, typer.Option(help="folder for secret.ctx (0600) and public.ctx")],
+    poly_modulus_degree: Annotated[int, typer.Option(help="4096, 8192, 16384 or 32768")] = 8192,
+    coeff_mod_bit_sizes: Annotated[str, typer.Option(help="comma-separated prime sizes in bits")] = "60,60",
+    scale_bits: Annotated[int, typer.Option(help="CKKS scale, as a power of two")] = 40,
+) -> None:
+    """Generate a CKKS key pair: secret.ctx for hospitals and the evaluator, public.ctx for the server."""
+    with _one_line_errors():
+        try:
+            sizes = tuple(int(b) for b in coeff_mod_bit_sizes.split(","))
+        except ValueError:
+            raise ValueError(f"--coeff-mod-bit-sizes = {coeff_mod_bit_sizes!r}; expected integers like 60,60") from None
+        params = HEParams(poly_modulus_degree=poly_modulus_degree, coeff_mod_bit_sizes=sizes, scale_bits=scale_bits)
+        secret, public = create_key_pair(out, params)
+    console.print(f"wrote {secret} (hospitals and evaluator only, mode 0600) and {public} (aggregation server)")
+
+
+@model_app.command("decrypt")
+def model_decrypt(
+    model: Annotated[Path, typer.Option(help="encrypted model directory (a run's model/ under HE)")],
+    keys: Annotated[Path, typer.Option(help="secret.ctx")],
+    out: Annotated[Path, typer.Option(help="folder for the plaintext model directory")],
+    workers: Annotated[int, typer.Option(min=1, help="decryption processes")] = 2,
+) -> None:
+    """Decrypt an encrypted global model into a plaintext model directory (key-holders only)."""
+    with _one_line_errors():
+        decrypt_model_dir(model, load_secret_context(keys), out, workers=workers)
+    console.print(f"wrote the plaintext model to {out}")
 
 
 @app.command("evaluate")

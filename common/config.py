@@ -55,7 +55,7 @@ def _classes(value: str) -> str:
 
 
 Int = Annotated[int, BeforeValidator(_no_bool), Field(strict=True)]
-Float = Annotated[float, BeforeValidator(_no_bool)]
+Float = Annotated[float, BeforeValidator(_no_bool), Field(strict=True, allow_inf_nan=False)]
 
 
 def _kebab(name: str) -> str:
@@ -72,7 +72,7 @@ class RunConfig(BaseModel):
     fraction_evaluate: Float = Field(1.0, ge=0.0, le=1.0)
     min_train_nodes: Int = Field(2, ge=1)
     min_evaluate_nodes: Int = Field(2, ge=0)
-    local_epochs: Int = Field(1, ge=1)
+    local_epochs: Int = Field(2, ge=1)
     batch_size: Int = Field(32, ge=1, le=4096)
     learning_rate: Float = Field(1e-3, gt=0.0, le=10.0)
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
@@ -88,6 +88,9 @@ class RunConfig(BaseModel):
     model: Annotated[str, _one_of(MODELS)] = "resnet18"
     pretrained_weights: str = ""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    he_enabled: Annotated[bool, Field(strict=True)] = False
+    he_keys_dir: str = ""
+    he_workers: Int = Field(2, ge=1, le=64)
     seed: Int = Field(42, ge=0)
     output_dir: str = Field("runs", min_length=1)
     run_name: str = ""
@@ -117,7 +120,9 @@ _EXPECTED = {
     "int_from_float": "an integer",
     "float_type": "a number",
     "float_parsing": "a number",
+    "finite_number": "a finite number",
     "string_type": "a string",
+    "bool_type": "true or false",
     "greater_than": "a value > {gt}",
     "greater_than_equal": "a value >= {ge}",
     "less_than": "a value < {lt}",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +26,8 @@ __all__ = [
     "save_model_dir",
     "load_model_dir",
     "state_dict_to_cpu",
+    "write_spec",
+    "read_spec",
 ]
 
 log = logging.getLogger(__name__)
@@ -162,12 +164,19 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
         raise ValueError(
             f"pretrained-weights = {str(path)!r} is not a file; expected a local .safetensors, .pt or .pth file"
         )
-    if path.suffix == ".safetensors":
-        source = load_file(path)
-    else:
-        source = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(source, dict):
-            raise ValueError(f"pretrained-weights = {str(path)!r} holds no state dict")
+    try:
+        source = (
+            load_file(path)
+            if path.suffix == ".safetensors"
+            else torch.load(path, map_location="cpu", weights_only=True)
+        )
+    except Exception as err:  # safetensors, pickle and zip errors have no common base class
+        raise ValueError(f"pretrained-weights = {str(path)!r} is unreadable: {err}") from None
+    if isinstance(source, dict) and isinstance(source.get("state_dict"), dict):
+        source = source["state_dict"]
+    if not isinstance(source, dict):
+        raise ValueError(f"pretrained-weights = {str(path)!r} holds no state dict")
+    source = {k.removeprefix("module."): v for k, v in source.items() if isinstance(v, torch.Tensor)}
     target = model.state_dict()
     loaded, skipped = {}, []
     for name, tensor in target.items():
@@ -178,6 +187,10 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
             skipped.append(name)
         else:
             loaded[name] = weight.to(tensor.dtype)
+    if not loaded:
+        raise ValueError(
+            f"pretrained-weights = {str(path)!r}: no tensor matches the {type(model).__name__} architecture"
+        )
     model.load_state_dict(loaded, strict=False)
     log.info("pretrained weights: %d tensors loaded from %s, %d left fresh", len(loaded), path.name, len(skipped))
     return skipped
@@ -188,26 +201,47 @@ def state_dict_to_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def save_model_dir(directory: str | Path, model: nn.Module, spec: ModelSpec) -> Path:
-    """Write ``model.safetensors`` and ``model.json`` into ``directory``."""
+def save_model_dir(directory: str | Path, model: nn.Module | Mapping[str, torch.Tensor], spec: ModelSpec) -> Path:
+    """Write ``model.safetensors`` and ``model.json`` (a model or its state dict) into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(state_dict_to_cpu(model), directory / MODEL_FILE)
-    (directory / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=2))
+    state = state_dict_to_cpu(model) if isinstance(model, nn.Module) else {k: v.contiguous() for k, v in model.items()}
+    save_file(state, directory / MODEL_FILE)
+    write_spec(directory, spec)
     return directory
+
+
+def write_spec(directory: Path, spec: ModelSpec) -> None:
+    """Write ``model.json``."""
+    (directory / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=2))
+
+
+def read_spec(directory: Path) -> ModelSpec:
+    """Read and check ``model.json``."""
+    spec_path = directory / SPEC_FILE
+    if not spec_path.is_file():
+        raise ValueError(f"{directory} is not a model directory; expected {SPEC_FILE}")
+    raw = json.loads(spec_path.read_text())
+    if raw.pop("format_version", None) != FORMAT_VERSION:
+        raise ValueError(f"{spec_path}: unsupported format_version; expected {FORMAT_VERSION}")
+    return ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
 
 def load_model_dir(directory: str | Path) -> tuple[nn.Module, ModelSpec]:
     """Rebuild the model saved in ``directory``; never unpickles."""
     directory = Path(directory)
-    spec_path, weights_path = directory / SPEC_FILE, directory / MODEL_FILE
-    if not spec_path.is_file() or not weights_path.is_file():
+    weights_path = directory / MODEL_FILE
+    if not (directory / SPEC_FILE).is_file() or not weights_path.is_file():
+        if (directory / "encrypted.json").is_file():
+            raise ValueError(f"{directory} holds an encrypted model; decrypt it with 'medsilo model decrypt' first")
         raise ValueError(f"{directory} is not a model directory; expected {SPEC_FILE} and {MODEL_FILE}")
-    raw = json.loads(spec_path.read_text())
-    if raw.pop("format_version", None) != FORMAT_VERSION:
-        raise ValueError(f"{spec_path}: unsupported format_version; expected {FORMAT_VERSION}")
-    spec = ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-    model = build_model(spec.architecture, num_classes=len(spec.classes), in_channels=spec.channels)
-    model.load_state_dict(load_file(weights_path), strict=True)
+    try:
+        spec = read_spec(directory)
+        model = build_model(spec.architecture, num_classes=len(spec.classes), in_channels=spec.channels)
+        model.load_state_dict(load_file(weights_path), strict=True)
+    except (TypeError, KeyError, RuntimeError, OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{directory}: cannot load the model: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # safetensors' own error type is not exported
+        raise ValueError(f"{directory}: {MODEL_FILE} is unreadable: {err}") from None
     model.eval()
     return model, spec

@@ -16,6 +16,15 @@ __all__ = [
     "HOSPITAL",
     "SKIPPED_IMAGES",
     "CLASS_COUNTS",
+    "ROLE",
+    "HE_KEYS_DIR",
+    "HE_KEY_ID",
+    "NUM_EXAMPLES_TOTAL",
+    "ENCRYPT_SECONDS",
+    "DECRYPT_SECONDS",
+    "PREDICTIONS",
+    "DESCRIBE",
+    "CENTRAL",
 ]
 
 ARRAYS = "arrays"
@@ -32,3 +41,14 @@ EVAL_ACCURACY = "eval-accuracy"
 HOSPITAL = "hospital"
 SKIPPED_IMAGES = "skipped-images"
 CLASS_COUNTS = "class-counts"
+
+# Encrypted FedAvg
+ROLE = "role"
+HE_KEYS_DIR = "he-keys-dir"
+HE_KEY_ID = "he-key-id"
+NUM_EXAMPLES_TOTAL = "num-examples-total"
+ENCRYPT_SECONDS = "encrypt-seconds"
+DECRYPT_SECONDS = "decrypt-seconds"
+PREDICTIONS = "predictions"
+DESCRIBE = "describe"
+CENTRAL = "central"

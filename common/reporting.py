@@ -43,6 +43,8 @@ def read_predictions_csv(path: str | Path) -> tuple[list[str], np.ndarray, np.nd
     """Read ``predictions.csv`` back: paths, ``y_true (N,)``, probabilities ``(N, K)``, classes."""
     with Path(path).open(newline="") as fh:
         rows = list(csv.reader(fh))
+    if not rows or rows[0][:3] != ["path", "y_true", "y_pred"]:
+        raise ValueError(f"{path} is not a predictions.csv; expected the header path,y_true,y_pred,p_<class>...")
     header, body = rows[0], rows[1:]
     classes = [h.removeprefix("p_") for h in header[3:]]
     paths = [r[0] for r in body]

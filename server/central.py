@@ -1,85 +1,164 @@
-"""Central evaluation of the global model on the central test set, after every round."""
+"""Central evaluation of the global model after every round, on the central test set.
+
+Without HE the server scores the plaintext model itself (:class:`LocalScorer`). Under HE
+the evaluator node decrypts and scores it and returns predictions, never weights
+(:class:`EvaluatorNodeScorer`). Either way the server computes the metric suite, records
+the round and checkpoints the global model (encrypted under HE).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
-from flwr.app import ArrayRecord, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
 
+from common import records as rk
 from common.config import RunConfig
 from common.data import ImageSet, build_transform, load_split
 from common.experiment import model_spec, preset_for, resolve_path
 from common.inference import predict, resolve_device
 from common.metrics import classification_report
-from common.models import build_model
+from common.models import ModelSpec, build_model
 from server.history import RunHistory
 from server.run_directory import RunDirectory
 
-__all__ = ["CentralEvaluation", "CentralEvaluator"]
+__all__ = ["CentralEvaluation", "CentralEvaluator", "EvaluatorNodeScorer", "LocalScorer", "Scored"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Scored:
+    """Per-image results on the central test set: ``probabilities`` is ``(N, K)``."""
+
+    paths: tuple[str, ...]
+    y_true: np.ndarray
+    probabilities: np.ndarray
+    loss: float
+    skipped: int
+    decrypt_seconds: float | None = None
+
+
+@dataclass(frozen=True)
 class CentralEvaluation:
-    """One evaluation of the global model: the report and the per-image probabilities."""
+    """One evaluation of the global model: the report and the per-image results."""
 
     server_round: int
     report: dict[str, object]
-    probabilities: np.ndarray
+    scored: Scored
+
+
+class Scorer(Protocol):
+    """Scores the global arrays on the central test set."""
+
+    def __call__(self, arrays: ArrayRecord) -> Scored: ...
+
+
+class LocalScorer:
+    """The server scores the plaintext global model itself (no HE)."""
+
+    def __init__(self, cfg: RunConfig, spec: ModelSpec) -> None:
+        preset = preset_for(cfg)
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.transform = build_transform(preset, train=False)
+        root = resolve_path(cfg.data_root, key="data-root")
+        self.test: ImageSet = load_split(
+            root, "test", classes=cfg.class_names, channels=preset.channels, size=cfg.image_size
+        )
+        if len(self.test) == 0:
+            raise ValueError(f"data-root {cfg.data_root!r} has no readable central test images under test/")
+        self.model = build_model(spec.architecture, num_classes=len(spec.classes), in_channels=spec.channels)
+        log.info("central test set: %d images, %d skipped", len(self.test), len(self.test.skipped))
+
+    def __call__(self, arrays: ArrayRecord) -> Scored:
+        self.model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+        probs, loss = predict(self.model, self.test, self.transform, batch_size=self.cfg.batch_size, device=self.device)
+        return Scored(self.test.paths, self.test.labels.numpy(), probs, loss, len(self.test.skipped))
+
+
+class EvaluatorNodeScorer:
+    """Under HE: the evaluator node decrypts, scores and returns per-image predictions."""
+
+    def __init__(self, grid: Grid, *, node_id: int, base_config: ConfigRecord, timeout: float) -> None:
+        self.grid = grid
+        self.node_id = node_id
+        self.base_config = base_config
+        self.timeout = timeout
+
+    def __call__(self, arrays: ArrayRecord) -> Scored:
+        message = Message(
+            RecordDict({rk.ARRAYS: arrays, rk.CONFIG: self.base_config}),
+            dst_node_id=self.node_id,
+            message_type=f"{MessageType.EVALUATE}.{rk.CENTRAL}",
+        )
+        replies = list(self.grid.send_and_receive([message], timeout=self.timeout))
+        if not replies:
+            raise RuntimeError(f"the evaluator node {self.node_id} did not reply within {self.timeout:.0f}s")
+        reply = replies[0]
+        if reply.has_error():
+            raise RuntimeError(f"the evaluator node {self.node_id} failed: {reply.error.reason}")
+        predictions = reply.content[rk.PREDICTIONS]
+        metrics = reply.content[rk.METRICS]
+        info = reply.content[rk.HOSPITAL]
+        return Scored(
+            paths=tuple(str(p) for p in info["paths"]),
+            y_true=predictions["labels"].numpy().astype(np.int64),
+            probabilities=predictions["probabilities"].numpy().astype(np.float64),
+            loss=float(metrics[rk.EVAL_LOSS]),
+            skipped=int(info["skipped"]),
+            decrypt_seconds=float(metrics[rk.DECRYPT_SECONDS]),
+        )
 
 
 class CentralEvaluator:
     """Flower ``evaluate_fn``: scores each round's global model, records and checkpoints it."""
 
-    def __init__(self, cfg: RunConfig, *, history: RunHistory, run_dir: RunDirectory) -> None:
-        preset = preset_for(cfg)
-        self.cfg = cfg
+    def __init__(self, cfg: RunConfig, *, scorer: Scorer, history: RunHistory, run_dir: RunDirectory) -> None:
         self.spec = model_spec(cfg)
+        self.scorer = scorer
         self.history = history
         self.run_dir = run_dir
-        self.device = resolve_device(cfg.device)
-        self.transform = build_transform(preset, train=False)
-        self.test: ImageSet = load_split(
-            resolve_path(cfg.data_root, key="data-root"),
-            "test",
-            classes=cfg.class_names,
-            channels=preset.channels,
-            size=cfg.image_size,
-        )
-        if len(self.test) == 0:
-            raise ValueError(f"data-root {cfg.data_root!r} has no readable central test images under test/")
-        self.model = build_model(
-            self.spec.architecture, num_classes=len(self.spec.classes), in_channels=self.spec.channels
-        )
         self.latest: CentralEvaluation | None = None
-        log.info("central test set: %d images, %d skipped", len(self.test), len(self.test.skipped))
+        self.latest_arrays: ArrayRecord | None = None
 
-    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        """Evaluate ``arrays``, record the round, checkpoint the model, write history."""
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Score ``arrays``, record the round, checkpoint the model, write history."""
         start = time.perf_counter()
-        self.model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
-        probs, loss = predict(self.model, self.test, self.transform, batch_size=self.cfg.batch_size, device=self.device)
-        report = classification_report(self.test.labels.numpy(), probs, self.spec.classes, loss=loss)
-        self.latest = CentralEvaluation(server_round, report, probs)
-        self.history.round(server_round)["central"] = {
+        self.run_dir.checkpoint(server_round, arrays, self.spec)
+        self.latest_arrays = arrays
+        record = self.history.round(server_round)
+        try:
+            scored = self.scorer(arrays)
+        except RuntimeError as err:
+            log.error("round %d central evaluation failed: %s", server_round, err)
+            record["central_error"] = str(err)
+            self.history.flush()
+            return None
+        report = classification_report(scored.y_true, scored.probabilities, self.spec.classes, loss=scored.loss)
+        self.latest = CentralEvaluation(server_round, report, scored)
+        record["central"] = {
             "accuracy": report["accuracy"],
             "balanced_accuracy": report["balanced_accuracy"],
             "loss": report["loss"],
             "macro_f1": report["macro"]["f1"],
             "macro_auroc": report["macro"]["auroc"],
         }
-        self.history.round(server_round)["timings"]["central_evaluate_s"] = time.perf_counter() - start
-        self.run_dir.checkpoint(server_round, self.model, self.spec)
+        record["timings"]["central_evaluate_s"] = time.perf_counter() - start
+        if scored.decrypt_seconds is not None:
+            record["timings"]["evaluator_decrypt_s"] = scored.decrypt_seconds
         self.history.flush()
+        macro_f1 = report["macro"]["f1"]
         log.info(
             "round %d central evaluation: accuracy %.4f, macro F1 %s, %.1fs",
             server_round,
             report["accuracy"],
-            f"{report['macro']['f1']:.4f}" if report["macro"]["f1"] is not None else "n/a",
+            f"{macro_f1:.4f}" if macro_f1 is not None else "n/a",
             time.perf_counter() - start,
         )
-        return MetricRecord({"accuracy": float(report["accuracy"]), "loss": float(loss)})
+        return MetricRecord({"accuracy": float(report["accuracy"]), "loss": float(scored.loss)})

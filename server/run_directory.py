@@ -10,16 +10,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
+from flwr.app import ArrayRecord
 
 from common.config import RunConfig
-from common.data import ImageSet
+from common.he.model_dir import save_encrypted_dir
+from common.he.payload import is_encrypted
 from common.models import ModelSpec, save_model_dir
 from common.reporting import render_markdown, write_json, write_predictions_csv
 
 __all__ = ["RunDirectory"]
 
 log = logging.getLogger(__name__)
+
+
+def _save_global(directory: Path, arrays: ArrayRecord, spec: ModelSpec) -> Path:
+    """Plaintext weights as a model directory; an encrypted aggregate stays encrypted."""
+    if is_encrypted(arrays):
+        return save_encrypted_dir(directory, arrays, spec)
+    return save_model_dir(directory, arrays.to_torch_state_dict(), spec)
 
 
 @dataclass(frozen=True)
@@ -42,10 +50,10 @@ class RunDirectory:
         """``history.json``."""
         return self.path / "history.json"
 
-    def checkpoint(self, server_round: int, model: nn.Module, spec: ModelSpec) -> Path:
+    def checkpoint(self, server_round: int, arrays: ArrayRecord, spec: ModelSpec) -> Path:
         """Save the global model after ``server_round`` under ``checkpoints/``; keep the latest only."""
         target = self.path / "checkpoints" / f"round-{server_round:04d}"
-        save_model_dir(target, model, spec)
+        _save_global(target, arrays, spec)
         for old in (self.path / "checkpoints").glob("round-*"):
             if old != target:
                 shutil.rmtree(old)
@@ -54,20 +62,21 @@ class RunDirectory:
     def finish(
         self,
         *,
-        model: nn.Module,
+        arrays: ArrayRecord,
         spec: ModelSpec,
         report: dict[str, Any],
-        test: ImageSet,
+        paths: tuple[str, ...],
+        y_true: np.ndarray,
         probabilities: np.ndarray,
         summary: dict[str, Any],
     ) -> None:
         """Write ``report.json``, ``predictions.csv``, ``report.md`` and ``model/``."""
-        save_model_dir(self.path / "model", model, spec)
+        _save_global(self.path / "model", arrays, spec)
         write_json(self.path / "report.json", report)
         write_predictions_csv(
             self.path / "predictions.csv",
-            paths=test.paths,
-            y_true=test.labels.tolist(),
+            paths=paths,
+            y_true=y_true.tolist(),
             probabilities=probabilities,
             classes=spec.classes,
         )

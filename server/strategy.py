@@ -81,7 +81,7 @@ class MedsiloFedAvg(FedAvg):
     def _vet(self, server_round: int, replies: Iterable[Message], *, stage: str) -> list[Message]:
         valid: list[Message] = []
         for msg in replies:
-            problem = reply_problem(msg, expected=self._sent if stage == "train" else None)
+            problem = self._reply_problem(msg, stage=stage)
             if problem is None and valid:
                 keys = set(next(iter(valid[0].content.metric_records.values())).keys())
                 got = set(next(iter(msg.content.metric_records.values())).keys())
@@ -101,19 +101,17 @@ class MedsiloFedAvg(FedAvg):
             self.history.fail(server_round, node_id=msg.metadata.src_node_id, stage=stage, reason=problem)
         return valid
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Vet the replies, record each hospital, then aggregate the valid ones with FedAvg."""
-        timings = self.history.round(server_round)["timings"]
-        timings["train_s"] = time.perf_counter() - self._started.pop("train", time.perf_counter())
-        valid = self._vet(server_round, replies, stage="train")
+    def _reply_problem(self, msg: Message, *, stage: str) -> str | None:
+        """Why this reply cannot be aggregated (``None`` when it is sound)."""
+        return reply_problem(msg, expected=self._sent if stage == "train" else None)
+
+    def _record_hospitals(self, server_round: int, valid: list[Message]) -> None:
         for msg in valid:
             metrics = next(iter(msg.content.metric_records.values()))
             arrays = next(iter(msg.content.array_records.values()))
             info = msg.content.config_records.get(rk.HOSPITAL)
-            record = self.history.hospital(server_round, _hospital_name(msg))
-            record.update(
+            counts = info.get(rk.CLASS_COUNTS) if info is not None else None
+            self.history.hospital(server_round, _hospital_name(msg)).update(
                 {
                     "node_id": msg.metadata.src_node_id,
                     "examples": int(metrics[rk.NUM_EXAMPLES]),
@@ -121,16 +119,29 @@ class MedsiloFedAvg(FedAvg):
                     "train_accuracy": metrics.get(rk.TRAIN_ACCURACY),
                     "train_seconds": metrics.get(rk.TRAIN_SECONDS),
                     "skipped_images": metrics.get(rk.SKIPPED_IMAGES),
-                    "class_counts": list(info[rk.CLASS_COUNTS])
-                    if info is not None and rk.CLASS_COUNTS in info
-                    else None,
+                    "class_counts": list(counts) if counts is not None else None,
                     "bytes_sent": sum(len(a.data) for a in arrays.values()),
+                    "encrypt_seconds": metrics.get(rk.ENCRYPT_SECONDS),
+                    "decrypt_seconds": metrics.get(rk.DECRYPT_SECONDS),
                     "epsilon": None,
                 }
             )
+
+    def _aggregate(self, server_round: int, valid: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Combine the vetted replies: Flower's FedAvg on plaintext weights."""
+        return super().aggregate_train(server_round, valid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Vet the replies, record each hospital, then aggregate the valid ones."""
+        timings = self.history.round(server_round)["timings"]
+        timings["train_s"] = time.perf_counter() - self._started.pop("train", time.perf_counter())
+        valid = self._vet(server_round, replies, stage="train")
+        self._record_hospitals(server_round, valid)
         start = time.perf_counter()
         if valid:
-            aggregated, metrics = super().aggregate_train(server_round, valid)
+            aggregated, metrics = self._aggregate(server_round, valid)
         else:
             log.warning("round %d: no valid training reply; the global model is unchanged", server_round)
             aggregated, metrics = None, None

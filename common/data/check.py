@@ -50,7 +50,7 @@ def check_data_root(root: str | Path) -> dict[str, Any]:
                     continue
                 try:
                     digest = _pixel_digest(path)
-                except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+                except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, SyntaxError) as err:
                     unreadable.append({"path": rel, "reason": str(err)})
                     continue
                 by_digest[digest].append((split.name, rel))

@@ -86,6 +86,16 @@ class TensorImageDataset(Dataset[tuple[torch.Tensor, int]]):
         return self.transform(self.images.images[index]), int(self.images.labels[index])
 
 
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """Min-max rescale 16-bit, 32-bit integer and float images to 8 bits (no clipping)."""
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
+        return img
+    array = np.asarray(img, dtype=np.float64)
+    low, high = float(array.min()), float(array.max())
+    scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
+    return Image.fromarray(np.round(scaled).astype(np.uint8))
+
+
 def decode_image(path: str | Path, *, channels: int, size: int) -> torch.Tensor:
     """Decode one image file into a ``uint8`` tensor ``(channels, size, size)``.
 
@@ -95,8 +105,8 @@ def decode_image(path: str | Path, *, channels: int, size: int) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             img.load()
-            converted = img.convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, ValueError, SyntaxError) as err:
+            converted = _to_8bit(img).convert("L" if channels == 1 else "RGB")
+    except (UnidentifiedImageError, Image.DecompressionBombError, ValueError, SyntaxError) as err:
         raise OSError(str(err)) from err
     resized = converted.resize((size, size), Image.Resampling.BILINEAR)
     array = np.asarray(resized, dtype=np.uint8)
@@ -118,8 +128,18 @@ def _class_dirs(folder: Path, classes: Sequence[str]) -> list[tuple[int, Path]]:
     return [(classes.index(p.name), p) for p in dirs]
 
 
+def _tree_stamp(folder: Path) -> tuple[tuple[str, int], ...]:
+    """Modification times of ``folder`` and its class folders: a changed tree misses the cache."""
+    if not folder.is_dir():
+        return ()
+    dirs = [folder, *(p for p in folder.iterdir() if p.is_dir())]
+    return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in dirs))
+
+
 @lru_cache(maxsize=8)
-def _load_folder_cached(folder: str, root: str, classes: tuple[str, ...], channels: int, size: int) -> ImageSet:
+def _load_folder_cached(
+    folder: str, root: str, classes: tuple[str, ...], channels: int, size: int, stamp: tuple[tuple[str, int], ...]
+) -> ImageSet:
     images: list[torch.Tensor] = []
     labels: list[int] = []
     paths: list[str] = []
@@ -156,7 +176,7 @@ def load_folder(
     """
     folder = Path(folder).resolve()
     root_path = Path(root).resolve() if root is not None else folder.parent
-    return _load_folder_cached(str(folder), str(root_path), tuple(classes), channels, size)
+    return _load_folder_cached(str(folder), str(root_path), tuple(classes), channels, size, _tree_stamp(folder))
 
 
 def load_npz(path: str | Path, split: str, *, classes: Sequence[str], channels: int, size: int) -> ImageSet:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from pathlib import Path
 
@@ -21,7 +22,7 @@ DEFAULTS = {
     "fraction-evaluate": 1.0,
     "min-train-nodes": 2,
     "min-evaluate-nodes": 2,
-    "local-epochs": 1,
+    "local-epochs": 2,
     "batch-size": 32,
     "learning-rate": 1e-3,
     "optimizer": "adam",
@@ -37,6 +38,9 @@ DEFAULTS = {
     "model": "resnet18",
     "pretrained-weights": "",
     "device": "auto",
+    "he-enabled": False,
+    "he-keys-dir": "",
+    "he-workers": 2,
     "seed": 42,
     "output-dir": "runs",
     "run-name": "",
@@ -54,7 +58,11 @@ def _error(values: dict) -> str:
 
 def _assert_names(message: str, key: str, value: object, *expected: str) -> None:
     assert repr(key) in message, message
-    assert repr(value) in message, message
+    given = repr(value)
+    if given.startswith("'"):
+        assert given in message, message
+    else:  # a number or bool appears as a token of its own, not e.g. as the "0" of "0.5"
+        assert re.search(rf"(?<![\w.]){re.escape(given)}(?![\w.])", message), message
     for fragment in expected:
         assert fragment in message, f"{fragment!r} not in {message!r}"
 
@@ -91,6 +99,8 @@ def test_valid_overrides_are_applied():
         "local-val-fraction": 0.5,
         "model": "cnn3",
         "device": "cpu",
+        "he-enabled": True,
+        "he-workers": 4,
         "seed": 0,
         "run-name": "trial",
     }
@@ -149,19 +159,19 @@ def test_float_for_int_is_rejected(value):
     _assert_names(_error({"batch-size": value}), "batch-size", value, "an integer")
 
 
+@pytest.mark.parametrize("value", ["true", 1, 0])
+def test_non_bool_for_bool_is_rejected(value):
+    _assert_names(_error({"he-enabled": value}), "he-enabled", value, "true or false")
+
+
 def test_int_for_string_is_rejected():
     _assert_names(_error({"run-name": 3}), "run-name", 3, "a string")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Float keys are lax, so a string such as '0.01' is silently coerced (Int keys are strict)",
-)
 def test_string_for_float_is_rejected():
     _assert_names(_error({"learning-rate": "0.01"}), "learning-rate", "0.01", "a number")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Float keys accept inf (no allow_inf_nan=False)")
 @pytest.mark.parametrize("key", ["weight-decay", "dirichlet-alpha"])
 def test_non_finite_float_is_rejected(key):
     _error({key: math.inf})
@@ -186,6 +196,8 @@ def test_non_finite_float_is_rejected(key):
         ("seed", -1, "a value >= 0"),
         ("dirichlet-alpha", 0, "a value > 0"),
         ("num-server-rounds", 0, "a value >= 1"),
+        ("he-workers", 0, "a value >= 1"),
+        ("he-workers", 65, "a value <= 64"),
     ],
 )
 def test_out_of_range_is_rejected(key, value, expected):
@@ -220,6 +232,20 @@ def test_unknown_dataset_lists_the_presets():
 def test_unknown_model_lists_the_architectures():
     message = _error({"model": "vit"})
     _assert_names(message, "model", "vit", "'cnn3'", "'resnet18'", "'densenet121'")
+
+
+# ---------------------------------------------------------------- cross-field checks
+
+
+@pytest.mark.parametrize(("model", "minimum"), [("inception_v3", 75), ("alexnet", 63)])
+def test_image_size_below_model_minimum_is_rejected(model, minimum):
+    message = _error({"model": model, "image-size": minimum - 1})
+    _assert_names(message, "image-size", minimum - 1, str(minimum), repr(model))
+    assert parse_run_config({"model": model, "image-size": minimum}).image_size == minimum
+
+
+def test_small_image_size_is_fine_for_other_models():
+    assert parse_run_config({"model": "cnn3", "image-size": 32}).image_size == 32
 
 
 # ---------------------------------------------------------------- classes
@@ -322,17 +348,7 @@ def test_pyproject_config_validates():
 
 @pytest.mark.parametrize(
     "key",
-    [
-        pytest.param(
-            key,
-            marks=pytest.mark.xfail(
-                strict=True, reason="BUG: pyproject local-epochs = 2 but RunConfig default local_epochs = 1"
-            ),
-        )
-        if key == "local-epochs"
-        else key
-        for key in DEFAULTS
-    ],
+    list(DEFAULTS),
 )
 def test_pyproject_value_equals_run_config_default(key):
     from_pyproject = parse_run_config(_pyproject_config()).to_run_config()

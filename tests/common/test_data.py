@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +54,8 @@ def _class_of(rel_path: str) -> str:
 
 def test_gray_preset_loads_uint8_one_channel(tmp_path):
     root = _tree(tmp_path, train=2, test=1, size=32)
-    train = load_split(root, "train", classes=MRI.classes, channels=1, size=32)
+    assert MRI.channels == 1
+    train = load_split(root, "train", classes=MRI.classes, channels=MRI.channels, size=32)
     assert train.images.shape == (8, 1, 32, 32)
     assert train.images.dtype == torch.uint8
     assert train.labels.dtype == torch.int64
@@ -65,7 +68,8 @@ def test_gray_preset_loads_uint8_one_channel(tmp_path):
 
 def test_rgb_preset_loads_uint8_three_channels(tmp_path):
     root = _tree(tmp_path, "histology", train=1, test=1, size=32)
-    train = load_split(root, "train", classes=HISTO.classes, channels=3, size=48)
+    assert HISTO.channels == 3
+    train = load_split(root, "train", classes=HISTO.classes, channels=HISTO.channels, size=48)
     assert train.images.shape == (5, 3, 48, 48)
     assert train.images.dtype == torch.uint8
 
@@ -142,6 +146,36 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path):
     assert len(train) == 9 and train.images.shape == (9, 1, 32, 32)
     assert train.class_counts() == [3, 2, 2, 2]
     assert not any(Path(p).name in skipped for p in train.paths)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A well-formed PNG whose header claims ``width x height`` but holds almost no data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 8)) + chunk(b"IEND", b"")
+
+
+def test_oversized_image_header_is_skipped_not_fatal(tmp_path):
+    root = _tree(tmp_path, train=1, test=0)
+    (root / "train" / "glioma" / "bomb.png").write_bytes(_png_header_only(20000, 20000))
+    train = load_split(root, "train", classes=MRI.classes, channels=1, size=32)
+    assert [Path(p).name for p, _ in train.skipped] == ["bomb.png"]
+    assert len(train) == 4
+
+
+def test_sixteen_bit_png_keeps_its_dynamic_range(tmp_path):
+    folder = tmp_path / "root" / "train" / "glioma"
+    folder.mkdir(parents=True)
+    gradient = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(gradient).save(folder / "sixteen.png")
+    with Image.open(folder / "sixteen.png") as img:
+        assert img.mode.startswith("I")  # really stored as 16-bit
+    image = load_split(tmp_path / "root", "train", classes=MRI.classes, channels=1, size=64).images[0, 0]
+    expected = gradient.astype(np.float64) / 257.0  # the same full range, linearly in 8 bits
+    assert np.abs(image.numpy().astype(np.float64) - expected).max() <= 2.0
 
 
 def test_split_with_only_unreadable_files_gives_empty_set(tmp_path):
@@ -490,6 +524,13 @@ def test_check_clean_tree_has_no_findings(tmp_path):
     result = check_data_root(root)
     assert result["unreadable"] == [] and result["duplicates_within"] == {} and result["duplicates_across"] == []
     assert result["splits"]["train"] == dict.fromkeys(HISTO.classes, 2)
+
+
+def test_check_reports_oversized_image_header_as_unreadable(tmp_path):
+    root = _tree(tmp_path, train=1, test=1)
+    (root / "test" / "notumor" / "bomb.png").write_bytes(_png_header_only(20000, 20000))
+    result = check_data_root(root)
+    assert [u["path"] for u in result["unreadable"]] == ["test/notumor/bomb.png"]
 
 
 def test_check_missing_root_raises(tmp_path):

@@ -121,6 +121,8 @@ def _assert_matches_reference(report: dict, y: np.ndarray, probs: np.ndarray, cl
             assert _close(row[key], values[i]), (name, key, row[key], values[i])
         assert row["support"] == int(ref["support"][i]) == int((y == i).sum())
         assert type(row["support"]) is int
+    # balanced accuracy is, by definition, the mean recall over the classes present
+    assert _close(report["balanced_accuracy"], ref["macro"]["recall"])
     for key, value in ref["macro"].items():
         assert _close(report["macro"][key], value), (key, report["macro"][key], value)
     for key, value in ref["weighted"].items():
@@ -398,3 +400,26 @@ def test_predictions_csv_length_mismatch_raises(tmp_path):
         write_predictions_csv(
             tmp_path / "p.csv", paths=["a.png"], y_true=[0, 1], probabilities=np.full((2, 2), 0.5), classes=["a", "b"]
         )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "path,y_true,y_pred,p_a,p_b\nx.png,0,0,0.5\n",  # a probability missing
+        "path,y_true,y_pred,p_a,p_b\nx.png,0,0,0.5,0.5\ny.png,1,1,0.5\n",  # ragged rows
+        "path,y_true,y_pred,p_a,p_b\nx.png,zero,0,0.5,0.5\n",  # label not an integer
+        "path,y_true,y_pred,p_a,p_b\nx.png,0,0,0.5,half\n",  # probability not a number
+    ],
+)
+def test_read_predictions_csv_malformed_raises(tmp_path, body):
+    path = tmp_path / "p.csv"
+    path.write_text(body)
+    with pytest.raises(ValueError):
+        read_predictions_csv(path)
+
+
+def test_read_predictions_csv_empty_file_raises_value_error(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("")
+    with pytest.raises(ValueError):
+        read_predictions_csv(path)

@@ -191,10 +191,6 @@ def _corrupt_weights_for_other_classes(directory: Path, tmp_path: Path) -> None:
     shutil.copy(other / "model.safetensors", directory / "model.safetensors")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: load_model_dir lets SafetensorError / TypeError / RuntimeError escape instead of ValueError",
-)
 @pytest.mark.parametrize(
     "corrupt", [_corrupt_pickled_weights, _corrupt_spec_missing_key, _corrupt_weights_for_other_classes]
 )
@@ -273,9 +269,6 @@ def test_load_pretrained_never_runs_pickled_code(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: load_pretrained lets SafetensorError / UnpicklingError escape instead of ValueError"
-)
 @pytest.mark.parametrize("name", ["garbage.safetensors", "trap.pt"])
 def test_load_pretrained_unreadable_file_raises_value_error(tmp_path, name):
     path = tmp_path / name

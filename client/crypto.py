@@ -1,0 +1,82 @@
+"""The hospital's side of encrypted FedAvg: decrypt the global model, encrypt the update."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+
+from common import records as rk
+from common.he.codec import ParamLayout, decrypt_chunks, encrypt_vector
+from common.he.keys import SECRET_FILE, HEContext, load_secret_context
+from common.he.payload import EncryptedPayload, is_encrypted
+
+__all__ = ["decode_global", "encrypt_update", "secret_context"]
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=2)
+def _load(path: str) -> HEContext:
+    return load_secret_context(path)
+
+
+def secret_context(node_config: Mapping[str, object], config: ConfigRecord) -> HEContext:
+    """Load (once per process) this key-holder's secret context and check it is the run's key.
+
+    The path is the node config's ``he-secret-context`` (deployment), else
+    ``secret.ctx`` in the keys directory the server names (simulation).
+    """
+    path = node_config.get("he-secret-context") or (
+        str(Path(str(config[rk.HE_KEYS_DIR])) / SECRET_FILE) if rk.HE_KEYS_DIR in config else None
+    )
+    if not path:
+        raise ValueError("this node has no secret key: set 'he-secret-context' in its node config")
+    ctx = _load(str(path))
+    expected = config.get(rk.HE_KEY_ID)
+    if expected is not None and ctx.key_id != expected:
+        raise ValueError(f"{path} holds key {ctx.key_id}, but this run encrypts under key {expected}")
+    return ctx
+
+
+def decode_global(
+    arrays: ArrayRecord, *, layout: ParamLayout, ctx: HEContext | None, workers: int
+) -> tuple[dict[str, torch.Tensor], float]:
+    """The global state dict from plaintext weights or an encrypted aggregate.
+
+    Returns:
+        The state dict and the seconds spent decrypting (0 for plaintext).
+    """
+    if not is_encrypted(arrays):
+        return arrays.to_torch_state_dict(), 0.0
+    if ctx is None:
+        raise ValueError("the global model is encrypted, but he-enabled is false on this node")
+    start = time.perf_counter()
+    payload = EncryptedPayload.from_record(arrays)
+    payload.check_against(ctx, kind="aggregate", layout=layout)
+    vector = decrypt_chunks(ctx, payload.chunks, size=layout.size, workers=workers) * payload.factor
+    return layout.unflatten(vector), time.perf_counter() - start
+
+
+def encrypt_update(
+    state: Mapping[str, torch.Tensor], *, ctx: HEContext, weight: float, workers: int
+) -> tuple[ArrayRecord, float]:
+    """Pre-weight the state dict by ``weight`` (n_k / n_total) and encrypt it in chunks.
+
+    Returns:
+        The encrypted ``ArrayRecord`` and the seconds spent encrypting.
+    """
+    start = time.perf_counter()
+    layout = ParamLayout.of(state)
+    chunks = encrypt_vector(ctx, layout.flatten(state, scale=weight), workers=workers)
+    payload = EncryptedPayload(
+        kind="update", params_fingerprint=ctx.params.fingerprint(), key_id=ctx.key_id, layout=layout, chunks=chunks
+    )
+    seconds = time.perf_counter() - start
+    log.info("encrypted %d values into %d chunks in %.2fs", layout.size, len(chunks), seconds)
+    return payload.to_record(), seconds

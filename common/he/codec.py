@@ -1,0 +1,123 @@
+"""Flatten a state dict into slot-sized chunks, encrypt them in parallel, and back.
+
+Integer buffers (BatchNorm's ``num_batches_tracked``) are encrypted and averaged like every
+other tensor and rounded to the nearest integer after decryption, so both the plaintext
+and the encrypted FedAvg give every tensor the same weighted mean.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import tenseal as ts
+import torch
+
+from common.he import _worker
+from common.he.keys import HEContext
+
+__all__ = ["PARALLEL_MIN_CHUNKS", "ParamLayout", "decrypt_chunks", "encrypt_vector"]
+
+PARALLEL_MIN_CHUNKS = 64
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """Names, shapes and dtypes of a state dict, in order: how to rebuild it from a vector."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, state: Mapping[str, torch.Tensor]) -> ParamLayout:
+        """The layout of ``state``."""
+        return cls(
+            tuple(state),
+            tuple(tuple(t.shape) for t in state.values()),
+            tuple(str(t.dtype).removeprefix("torch.") for t in state.values()),
+        )
+
+    @property
+    def size(self) -> int:
+        """Total number of values."""
+        return int(sum(int(np.prod(s)) for s in self.shapes))
+
+    def flatten(self, state: Mapping[str, torch.Tensor], *, scale: float = 1.0) -> np.ndarray:
+        """``(size,)`` float64 vector of every tensor, multiplied by ``scale``."""
+        if tuple(state) != self.names:
+            raise ValueError("state dict keys differ from the layout")
+        return np.concatenate([t.detach().cpu().double().reshape(-1).numpy() for t in state.values()]) * scale
+
+    def unflatten(self, vector: np.ndarray) -> dict[str, torch.Tensor]:
+        """Rebuild the state dict; integer tensors are rounded to the nearest integer."""
+        if vector.shape != (self.size,):
+            raise ValueError(f"vector has shape {vector.shape}; expected ({self.size},)")
+        out, offset = {}, 0
+        for name, shape, dtype in zip(self.names, self.shapes, self.dtypes, strict=True):
+            n = int(np.prod(shape))
+            values = torch.from_numpy(vector[offset : offset + n].copy()).reshape(shape)
+            target = getattr(torch, dtype)
+            out[name] = values.round().to(target) if not target.is_floating_point else values.to(target)
+            offset += n
+        return out
+
+    def to_json(self) -> dict[str, list[object]]:
+        """JSON form for payload headers."""
+        return {"names": list(self.names), "shapes": [list(s) for s in self.shapes], "dtypes": list(self.dtypes)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Sequence[object]]) -> ParamLayout:
+        """Inverse of :meth:`to_json`."""
+        return cls(
+            tuple(map(str, data["names"])),
+            tuple(tuple(int(v) for v in s) for s in data["shapes"]),  # type: ignore[union-attr]
+            tuple(map(str, data["dtypes"])),
+        )
+
+
+def _split(items: Sequence[object], parts: int) -> list[list[object]]:
+    size = -(-len(items) // parts)
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def _pool(ctx: HEContext, workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker.init,
+        initargs=(ctx.serialized(),),
+    )
+
+
+def encrypt_vector(ctx: HEContext, vector: np.ndarray, *, workers: int = 1) -> list[bytes]:
+    """Encrypt a float vector as ``ceil(len / slots)`` serialised CKKS ciphertexts.
+
+    Chunks go to ``workers`` processes when there are at least ``PARALLEL_MIN_CHUNKS``.
+    """
+    if not ctx.secret:
+        raise ValueError("encryption needs the secret-key context (secret.ctx)")
+    slots = ctx.params.slots
+    chunks = [vector[i : i + slots] for i in range(0, len(vector), slots)]
+    if workers <= 1 or len(chunks) < PARALLEL_MIN_CHUNKS:
+        return [ts.ckks_vector(ctx.context, c).serialize() for c in chunks]
+    with _pool(ctx, workers) as pool:
+        return [blob for part in pool.map(_worker.encrypt, _split(chunks, workers * 4)) for blob in part]
+
+
+def decrypt_chunks(ctx: HEContext, blobs: Sequence[bytes], *, size: int, workers: int = 1) -> np.ndarray:
+    """Decrypt serialised ciphertexts back into a ``(size,)`` float64 vector."""
+    if not ctx.secret:
+        raise ValueError("decryption needs the secret-key context (secret.ctx)")
+    if workers <= 1 or len(blobs) < PARALLEL_MIN_CHUNKS:
+        parts = [np.asarray(ts.ckks_vector_from(ctx.context, b).decrypt(), dtype=np.float64) for b in blobs]
+    else:
+        with _pool(ctx, workers) as pool:
+            parts = [v for part in pool.map(_worker.decrypt, _split(list(blobs), workers * 4)) for v in part]
+    vector = np.concatenate(parts) if parts else np.empty(0)
+    if vector.shape != (size,):
+        raise ValueError(f"decrypted {vector.shape[0]} values; expected {size}")
+    return vector

@@ -1,0 +1,42 @@
+"""The server's side of the keys: it loads ``public.ctx`` and nothing else."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from common.config import RunConfig
+from common.experiment import resolve_path
+from common.he.keys import PUBLIC_FILE, HEContext, load_public_context
+
+__all__ = ["server_context"]
+
+log = logging.getLogger(__name__)
+
+
+def server_context(cfg: RunConfig, run_dir: Path) -> tuple[HEContext, Path]:
+    """Load the run's public context; in simulation, generate a key pair when none is given.
+
+    A fresh pair is made by a separate ``medsilo keys init`` process under
+    ``run_dir/keys``, so the secret key never enters the server process.
+
+    Returns:
+        The public context and the keys directory.
+    """
+    if cfg.he_keys_dir:
+        keys_dir = resolve_path(cfg.he_keys_dir, key="he-keys-dir")
+    else:
+        keys_dir = run_dir / "keys"
+        subprocess.run(
+            [sys.executable, "-m", "common.cli", "keys", "init", "--out", str(keys_dir)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        log.info("he-keys-dir is empty: generated a fresh CKKS key pair in %s (simulation only)", keys_dir)
+    public = load_public_context(keys_dir / PUBLIC_FILE)
+    if public.context.is_private():
+        raise RuntimeError("the aggregation server must never hold a secret key")
+    return public, keys_dir

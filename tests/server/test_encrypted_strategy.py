@@ -1,0 +1,151 @@
+"""Encrypted FedAvg on the server: the sum of ciphertexts equals plaintext FedAvg."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from common.he.codec import ParamLayout, decrypt_chunks, encrypt_vector
+from common.he.keys import create_key_pair, load_public_context, load_secret_context
+from common.he.payload import EncryptedPayload
+from server.encrypted_strategy import EncryptedFedAvg, NodeRoster
+from server.history import RunHistory
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory):
+    secret_path, public_path = create_key_pair(tmp_path_factory.mktemp("keys"))
+    return load_secret_context(secret_path), load_public_context(public_path)
+
+
+def _reply(node: int, content: RecordDict) -> Message:
+    sent = Message(
+        content=RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=node, message_type="train"
+    )
+    return Message(content, reply_to=sent)
+
+
+def _hospital_reply(secret, node: int, state: dict[str, torch.Tensor], n_k: int, n_total: int) -> Message:
+    layout = ParamLayout.of(state)
+    blobs = encrypt_vector(secret, layout.flatten(state, scale=n_k / n_total))
+    payload = EncryptedPayload("update", secret.params.fingerprint(), secret.key_id, layout, blobs)
+    metrics = MetricRecord({"num-examples": n_k, "train-loss": 0.5})
+    return _reply(
+        node,
+        RecordDict({"arrays": payload.to_record(), "metrics": metrics, "hospital": ConfigRecord({"name": f"h{node}"})}),
+    )
+
+
+def _strategy(keys, layout: ParamLayout, roster: NodeRoster, tmp_path: Path) -> EncryptedFedAvg:
+    _, public = keys
+    return EncryptedFedAvg(
+        history=RunHistory(tmp_path / "history.json"),
+        public=public,
+        layout=layout,
+        roster=roster,
+        base_config=ConfigRecord(),
+        seed=0,
+        min_train_nodes=1,
+        min_available_nodes=1,
+    )
+
+
+def _decrypt(secret, record: ArrayRecord, layout: ParamLayout) -> np.ndarray:
+    payload = EncryptedPayload.from_record(record)
+    return decrypt_chunks(secret, payload.chunks, size=layout.size) * payload.factor
+
+
+@pytest.mark.parametrize("arrived", [10, 7])
+def test_encrypted_sum_equals_plaintext_fedavg(keys, tmp_path: Path, arrived: int) -> None:
+    secret, _ = keys
+    rng = np.random.default_rng(arrived)
+    states = [
+        {"conv": torch.from_numpy(rng.normal(size=(64, 3, 5, 5))), "bias": torch.from_numpy(rng.normal(size=(10,)))}
+        for _ in range(10)
+    ]
+    counts = [int(c) for c in rng.integers(20, 400, size=10)]
+    layout = ParamLayout.of(states[0])
+    roster = NodeRoster({100 + i: n for i, n in enumerate(counts)}, {}, evaluator=99)
+    strategy = _strategy(keys, layout, roster, tmp_path)
+    replies = [_hospital_reply(secret, 100 + i, states[i], counts[i], sum(counts)) for i in range(arrived)]
+    record, metrics = strategy.aggregate_train(1, replies)
+    assert metrics is not None and record is not None
+    # Independent reference: plaintext FedAvg of the hospitals that arrived.
+    weights = np.array(counts[:arrived], dtype=np.float64)
+    reference = sum(w * layout.flatten(s) for w, s in zip(weights / weights.sum(), states[:arrived], strict=True))
+    error = np.abs(_decrypt(secret, record, layout) - reference).max()
+    assert error <= 1e-6, error
+    assert strategy.history.round(1)["failures"] == []
+
+
+def test_bad_encrypted_replies_are_rejected_one_by_one(keys, tmp_path: Path) -> None:
+    secret, _ = keys
+    state = {"w": torch.ones(5000, dtype=torch.float64)}
+    layout = ParamLayout.of(state)
+    roster = NodeRoster({1: 10, 2: 10, 3: 10, 4: 10, 5: 10}, {}, evaluator=9)
+    strategy = _strategy(keys, layout, roster, tmp_path)
+    other_secret = load_secret_context(create_key_pair(tmp_path / "other")[0])
+    truncated = _hospital_reply(secret, 3, state, 10, 50)
+    arrays = truncated.content["arrays"]
+    del arrays["he-000001"]
+    wrong_layout = _hospital_reply(secret, 5, {"v": torch.ones(5000, dtype=torch.float64)}, 10, 50)
+    replies = [
+        _hospital_reply(secret, 1, state, 10, 50),
+        _hospital_reply(other_secret, 2, state, 10, 50),
+        truncated,
+        _hospital_reply(secret, 4, state, 11, 50),
+        wrong_layout,
+        _hospital_reply(secret, 8, state, 10, 50),
+    ]
+    record, _ = strategy.aggregate_train(1, replies)
+    failures = {f["node_id"]: f["reason"] for f in strategy.history.round(1)["failures"]}
+    assert sorted(failures) == [2, 3, 4, 5, 8]
+    assert "this run uses key" in failures[2] and "announces" in failures[3] and "declared 10" in failures[4]
+    assert "layout" in failures[5] and "roster" in failures[8]
+    np.testing.assert_allclose(_decrypt(secret, record, layout), np.ones(5000), atol=1e-6)
+
+
+def test_the_server_refuses_a_secret_context(keys, tmp_path: Path) -> None:
+    secret, _ = keys
+    with pytest.raises(RuntimeError, match="never hold a secret key"):
+        EncryptedFedAvg(
+            history=RunHistory(tmp_path / "h.json"),
+            public=secret,
+            layout=ParamLayout.of({"w": torch.zeros(1)}),
+            roster=NodeRoster({}, {}, None),
+            base_config=ConfigRecord(),
+            seed=0,
+        )
+
+
+def test_server_code_never_loads_a_secret_key() -> None:
+    """No module of the server package can reach the secret-key loader or decryption."""
+    forbidden = {"load_secret_context", "decrypt_chunks", "decrypt_model_dir", "SECRET_FILE", "decode_global"}
+    for path in (REPO / "server").glob("*.py"):
+        names = {
+            alias.name
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom)
+            for alias in node.names
+        }
+        assert not names & forbidden, f"{path.name} imports {names & forbidden}"
+        assert "client" not in {
+            n.module.split(".")[0]
+            for n in ast.walk(ast.parse(path.read_text()))
+            if isinstance(n, ast.ImportFrom) and n.module
+        }
