@@ -1,8 +1,10 @@
 """A synthetic ImageFolder generator with class structure a CNN can learn.
 
 Each image has a textured disc at a random place on a noisy background. The class sets
-the orientation of the stripes inside the disc, so the class evidence sits in one
-region (what Grad-CAM should find). Deterministic by seed.
+the texture inside the disc (stripes, checkerboard, rings, solid, dots, hole, speckle,
+outline), with a random orientation, so the classes survive the presets' rotation, flip
+and zoom augmentation, and the class evidence sits in one region (what Grad-CAM should
+find). Deterministic by seed.
 """
 
 from __future__ import annotations
@@ -14,27 +16,53 @@ from PIL import Image
 
 from common.presets import get_preset
 
-__all__ = ["synth_image", "write_synthetic_tree"]
+__all__ = ["TEXTURES", "synth_image", "write_synthetic_tree"]
+
+TEXTURES = ("stripes", "checkerboard", "rings", "solid", "dots", "hole", "speckle", "outline")
+
+
+def _texture(kind: str, u: np.ndarray, v: np.ndarray, r: np.ndarray, radius: float, rng: np.random.Generator) -> np.ndarray:
+    period = max(3.0, radius / 2.0)
+    wave = np.sin(2 * np.pi * u / period)
+    if kind == "stripes":
+        return 0.5 + 0.45 * wave
+    if kind == "checkerboard":
+        return 0.5 + 0.45 * np.sign(wave * np.sin(2 * np.pi * v / period))
+    if kind == "rings":
+        return 0.5 + 0.45 * np.sin(2 * np.pi * r / period)
+    if kind == "solid":
+        return np.full_like(u, 0.9)
+    if kind == "dots":
+        return 0.3 + 0.65 * ((np.sin(2 * np.pi * u / period) > 0.7) & (np.sin(2 * np.pi * v / period) > 0.7))
+    if kind == "hole":
+        return np.full_like(u, 0.02)
+    if kind == "speckle":
+        return rng.uniform(0.0, 1.0, size=u.shape)
+    return np.where(r > 0.7 * radius, 0.95, 0.3)
 
 
 def synth_image(
     label: int, num_classes: int, *, size: int, channels: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """One synthetic image of class ``label``.
+    """One synthetic image of class ``label`` (texture ``TEXTURES[label]``).
 
     Returns:
         ``uint8`` array ``(size, size)`` or ``(size, size, 3)``, and the disc
         ``(row, col, radius)`` that holds the class evidence.
     """
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    radius = int(size * rng.uniform(0.14, 0.2))
+    if not 0 <= label < min(num_classes, len(TEXTURES)):
+        raise ValueError(f"label {label} is invalid; the generator has {len(TEXTURES)} textures")
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    radius = int(size * rng.uniform(0.16, 0.22))
     row, col = (int(v) for v in rng.integers(radius + 2, size - radius - 2, size=2))
-    theta = np.pi * label / num_classes
-    period = size / rng.uniform(5.0, 7.0)
-    stripes = 0.5 + 0.45 * np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period)
-    disc = ((yy - row) ** 2 + (xx - col) ** 2) <= radius**2
-    image = 0.3 + 0.08 * rng.standard_normal((size, size)).astype(np.float32)
-    image[disc] = stripes[disc] + 0.05 * rng.standard_normal(int(disc.sum()))
+    theta = rng.uniform(0, np.pi)
+    dy, dx = yy - row, xx - col
+    u, v = dx * np.cos(theta) + dy * np.sin(theta), -dx * np.sin(theta) + dy * np.cos(theta)
+    dist = np.hypot(dy, dx)
+    disc = dist <= radius
+    image = 0.3 + 0.06 * rng.standard_normal((size, size))
+    texture = _texture(TEXTURES[label], u, v, dist, radius, rng)
+    image[disc] = texture[disc] + 0.04 * rng.standard_normal(int(disc.sum()))
     gray = (np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
     if channels == 1:
         return gray, (row, col, radius)
