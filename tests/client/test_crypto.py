@@ -1,0 +1,59 @@
+"""The hospital's key handling: missing or foreign keys stop with one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+
+from client.crypto import decode_global, encrypt_update, secret_context
+from common.he.codec import ParamLayout
+from common.he.keys import create_key_pair, load_secret_context
+from common.he.payload import EncryptedPayload
+
+
+@pytest.fixture(scope="module")
+def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("keys")
+    create_key_pair(directory)
+    return directory
+
+
+def test_a_node_without_a_secret_key_is_told_what_to_set() -> None:
+    with pytest.raises(ValueError, match="no secret key: set 'he-secret-context'"):
+        secret_context({}, ConfigRecord())
+
+
+def test_a_foreign_key_is_refused(keys_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    create_key_pair(other)
+    run_key = load_secret_context(keys_dir / "secret.ctx").key_id
+    config = ConfigRecord({"he-keys-dir": str(keys_dir), "he-key-id": run_key})
+    assert secret_context({}, config).key_id == run_key
+    with pytest.raises(ValueError, match="but this run encrypts under key"):
+        secret_context({"he-secret-context": str(other / "secret.ctx")}, config)
+    with pytest.raises(ValueError, match="holds no secret key"):
+        secret_context({"he-secret-context": str(keys_dir / "public.ctx")}, config)
+
+
+def test_update_round_trip_through_an_aggregate(keys_dir: Path) -> None:
+    ctx = load_secret_context(keys_dir / "secret.ctx")
+    state = {"w": torch.randn(6000), "n": torch.tensor(3)}
+    record, seconds = encrypt_update(state, ctx=ctx, weight=0.25, workers=1)
+    assert seconds > 0
+    update = EncryptedPayload.from_record(record)
+    aggregate = EncryptedPayload(
+        "aggregate", update.params_fingerprint, update.key_id, update.layout, update.chunks, factor=4.0
+    )
+    decoded, _ = decode_global(aggregate.to_record(), layout=ParamLayout.of(state), ctx=ctx, workers=1)
+    torch.testing.assert_close(decoded["w"], state["w"], atol=1e-6, rtol=0)
+    assert int(decoded["n"]) == 3
+    with pytest.raises(ValueError, match="kind 'update'; expected 'aggregate'"):
+        decode_global(record, layout=ParamLayout.of(state), ctx=ctx, workers=1)
+    with pytest.raises(ValueError, match="he-enabled is false"):
+        decode_global(aggregate.to_record(), layout=ParamLayout.of(state), ctx=None, workers=1)
+    plain = {"w": torch.from_numpy(np.arange(3.0))}
+    assert decode_global(ArrayRecord(plain), layout=ParamLayout.of(plain), ctx=None, workers=1)[1] == 0.0
