@@ -21,7 +21,10 @@ __all__ = ["TEXTURES", "synth_image", "write_synthetic_tree"]
 TEXTURES = ("stripes", "checkerboard", "rings", "solid", "dots", "hole", "speckle", "outline")
 
 
-def _texture(kind: str, u: np.ndarray, v: np.ndarray, r: np.ndarray, radius: float, rng: np.random.Generator) -> np.ndarray:
+def _texture(
+    kind: str, u: np.ndarray, v: np.ndarray, r: np.ndarray, radius: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Texture ``kind`` on rotated coordinates ``u, v`` and radius ``r`` from the disc centre."""
     period = max(3.0, radius / 2.0)
     wave = np.sin(2 * np.pi * u / period)
     if kind == "stripes":
