@@ -8,9 +8,11 @@ and the encrypted FedAvg give every tensor the same weighted mean.
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import TypeVar
 
 import numpy as np
 import tenseal as ts
@@ -22,6 +24,8 @@ from common.he.keys import HEContext
 __all__ = ["PARALLEL_MIN_CHUNKS", "ParamLayout", "decrypt_chunks", "encrypt_vector"]
 
 PARALLEL_MIN_CHUNKS = 64
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -79,18 +83,25 @@ class ParamLayout:
         )
 
 
-def _split(items: Sequence[object], parts: int) -> list[list[object]]:
+def _split(items: Sequence[T], parts: int) -> list[list[T]]:
     size = -(-len(items) // parts)
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
-def _pool(ctx: HEContext, workers: int) -> ProcessPoolExecutor:
+@lru_cache(maxsize=1)
+def _pool(key_id: str, context_bytes: bytes, workers: int) -> ProcessPoolExecutor:
+    """One pool per process and key, reused every round (forked: no re-import of torch)."""
     return ProcessPoolExecutor(
         max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
+        mp_context=multiprocessing.get_context("fork"),
         initializer=_worker.init,
-        initargs=(ctx.serialized(),),
+        initargs=(context_bytes,),
     )
+
+
+def _map(ctx: HEContext, workers: int, fn: Callable[[list[T]], list[R]], items: Sequence[T]) -> list[R]:
+    pool = _pool(ctx.key_id, ctx.serialized(), workers)
+    return [out for part in pool.map(fn, _split(items, workers * 4)) for out in part]
 
 
 def encrypt_vector(ctx: HEContext, vector: np.ndarray, *, workers: int = 1) -> list[bytes]:
@@ -104,8 +115,7 @@ def encrypt_vector(ctx: HEContext, vector: np.ndarray, *, workers: int = 1) -> l
     chunks = [vector[i : i + slots] for i in range(0, len(vector), slots)]
     if workers <= 1 or len(chunks) < PARALLEL_MIN_CHUNKS:
         return [ts.ckks_vector(ctx.context, c).serialize() for c in chunks]
-    with _pool(ctx, workers) as pool:
-        return [blob for part in pool.map(_worker.encrypt, _split(chunks, workers * 4)) for blob in part]
+    return _map(ctx, workers, _worker.encrypt, chunks)
 
 
 def decrypt_chunks(ctx: HEContext, blobs: Sequence[bytes], *, size: int, workers: int = 1) -> np.ndarray:
@@ -115,8 +125,7 @@ def decrypt_chunks(ctx: HEContext, blobs: Sequence[bytes], *, size: int, workers
     if workers <= 1 or len(blobs) < PARALLEL_MIN_CHUNKS:
         parts = [np.asarray(ts.ckks_vector_from(ctx.context, b).decrypt(), dtype=np.float64) for b in blobs]
     else:
-        with _pool(ctx, workers) as pool:
-            parts = [v for part in pool.map(_worker.decrypt, _split(list(blobs), workers * 4)) for v in part]
+        parts = _map(ctx, workers, _worker.decrypt, list(blobs))
     vector = np.concatenate(parts) if parts else np.empty(0)
     if vector.shape != (size,):
         raise ValueError(f"decrypted {vector.shape[0]} values; expected {size}")
