@@ -11,6 +11,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client.crypto import decode_global, encrypt_update, secret_context
+from client.privacy import state_dir, train_within_budget
 from client.site import central_test_set, hospital_data, node_identity
 from client.training import train_local
 from common import records as rk
@@ -21,7 +22,7 @@ from common.he.codec import ParamLayout
 from common.he.keys import HEContext
 from common.inference import predict, resolve_device
 from common.logs import use_flower_logging
-from common.models import build_model, state_dict_to_cpu
+from common.models import build_from_spec, state_dict_to_cpu
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def _setup(msg: Message, context: Context) -> _Setup:
     config = msg.content.config_records.get(rk.CONFIG, ConfigRecord())
     ctx = secret_context(context.node_config, config) if cfg.he_enabled else None
     spec = model_spec(cfg)
-    model = build_model(spec.architecture, num_classes=len(spec.classes), in_channels=spec.channels)
+    model = build_from_spec(spec)
     state, seconds = decode_global(
         msg.content[rk.ARRAYS], layout=ParamLayout.of(model.state_dict()), ctx=ctx, workers=cfg.he_workers
     )
@@ -73,14 +74,21 @@ def train(msg: Message, context: Context) -> Message:
     cfg, config = setup.cfg, msg.content[rk.CONFIG]
     site = hospital_data(cfg, context.node_config)
     server_round = int(config[rk.SERVER_ROUND])
-    result = train_local(
-        setup.model,
-        site.train,
-        cfg=cfg,
-        preset=preset_for(cfg),
-        device=setup.device,
-        seed=cfg.seed + 7919 * server_round,
-    )
+    seed = cfg.seed + 7919 * server_round
+    privacy: dict[str, float] = {}
+    if cfg.dp_enabled:
+        ledger_dir = state_dir(context.node_config, config, site.name)
+        outcome = train_within_budget(
+            setup.model, site.train, cfg=cfg, ledger_dir=ledger_dir, seed=seed, device=setup.device
+        )
+        if isinstance(outcome, str):
+            info = ConfigRecord({"name": site.name, rk.DECLINED: outcome})
+            return Message(
+                RecordDict({rk.METRICS: MetricRecord({rk.NUM_EXAMPLES: 0}), rk.HOSPITAL: info}), reply_to=msg
+            )
+        result, privacy = outcome.result, outcome.metrics
+    else:
+        result = train_local(setup.model, site.train, cfg=cfg, preset=preset_for(cfg), device=setup.device, seed=seed)
     log.info(
         "%s round %d: %d images, loss %.4f, %.1fs",
         site.name,
@@ -105,6 +113,7 @@ def train(msg: Message, context: Context) -> Message:
             rk.SKIPPED_IMAGES: len(site.train.skipped),
             rk.ENCRYPT_SECONDS: encrypt_seconds,
             rk.DECRYPT_SECONDS: setup.decrypt_seconds,
+            **privacy,
         }
     )
     info = ConfigRecord({"name": site.name, rk.CLASS_COUNTS: site.train.class_counts()})

@@ -91,6 +91,11 @@ class RunConfig(BaseModel):
     he_enabled: Annotated[bool, Field(strict=True)] = False
     he_keys_dir: str = ""
     he_workers: Int = Field(2, ge=1, le=64)
+    dp_enabled: Annotated[bool, Field(strict=True)] = False
+    dp_target_epsilon: Float = Field(8.0, gt=0.0, le=100.0)
+    dp_delta: Float = Field(0.0, ge=0.0, lt=1.0)
+    dp_max_grad_norm: Float = Field(1.0, gt=0.0)
+    dp_noise_multiplier: Float = Field(0.0, ge=0.0, le=100.0)
     seed: Int = Field(42, ge=0)
     output_dir: str = Field("runs", min_length=1)
     run_name: str = ""

@@ -7,7 +7,7 @@ from pathlib import Path
 from torch import nn
 
 from common.config import RunConfig
-from common.models import ModelSpec, build_model, load_pretrained
+from common.models import ModelSpec, build_from_spec, load_pretrained
 from common.presets import DatasetPreset, get_preset
 
 __all__ = ["initial_model", "model_spec", "preset_for", "resolve_path"]
@@ -28,6 +28,7 @@ def model_spec(cfg: RunConfig) -> ModelSpec:
         channels=preset.channels,
         mean=preset.mean,
         std=preset.std,
+        dp_compatible=cfg.dp_enabled,
     )
 
 
@@ -40,7 +41,7 @@ def resolve_path(value: str, *, key: str) -> Path:
 def initial_model(cfg: RunConfig) -> nn.Module:
     """The run's starting model: seeded fresh weights, or the local pretrained file."""
     spec = model_spec(cfg)
-    model = build_model(spec.architecture, num_classes=len(spec.classes), in_channels=spec.channels, seed=cfg.seed)
+    model = build_from_spec(spec, seed=cfg.seed)
     if cfg.pretrained_weights:
         load_pretrained(model, resolve_path(cfg.pretrained_weights, key="pretrained-weights"))
     return model

@@ -21,6 +21,7 @@ from torchvision import models as tvm
 __all__ = [
     "MODELS",
     "ModelSpec",
+    "build_from_spec",
     "build_model",
     "load_pretrained",
     "save_model_dir",
@@ -129,6 +130,7 @@ class ModelSpec:
     channels: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    dp_compatible: bool = False
 
     def to_json(self) -> dict[str, object]:
         """The JSON form, with the file format version."""
@@ -148,6 +150,16 @@ def build_model(architecture: str, *, num_classes: int, in_channels: int, seed: 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return MODELS[architecture](num_classes, in_channels)
+
+
+def build_from_spec(spec: ModelSpec, *, seed: int | None = None) -> nn.Module:
+    """Build the spec's model; the Opacus-compatible variant (GroupNorm, no in-place ops) under DP."""
+    model = build_model(spec.architecture, num_classes=len(spec.classes), in_channels=spec.channels, seed=seed)
+    if spec.dp_compatible:
+        from common.privacy import make_dp_compatible  # opacus is imported only when DP is on
+
+        model = make_dp_compatible(model)
+    return model
 
 
 def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
@@ -237,7 +249,7 @@ def load_model_dir(directory: str | Path) -> tuple[nn.Module, ModelSpec]:
         raise ValueError(f"{directory} is not a model directory; expected {SPEC_FILE} and {MODEL_FILE}")
     try:
         spec = read_spec(directory)
-        model = build_model(spec.architecture, num_classes=len(spec.classes), in_channels=spec.channels)
+        model = build_from_spec(spec)
         model.load_state_dict(load_file(weights_path), strict=True)
     except (TypeError, KeyError, RuntimeError, OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{directory}: cannot load the model: {str(err).splitlines()[0]}") from None

@@ -25,6 +25,14 @@ __all__ = [
     "PREDICTIONS",
     "DESCRIBE",
     "CENTRAL",
+    "RUN_DIR",
+    "DECLINED",
+    "EPSILON",
+    "DELTA",
+    "NOISE_MULTIPLIER",
+    "SAMPLE_RATE",
+    "STEPS",
+    "MAX_GRAD_NORM",
 ]
 
 ARRAYS = "arrays"
@@ -52,3 +60,13 @@ DECRYPT_SECONDS = "decrypt-seconds"
 PREDICTIONS = "predictions"
 DESCRIBE = "describe"
 CENTRAL = "central"
+
+# Differential privacy
+RUN_DIR = "run-dir"
+DECLINED = "declined"
+EPSILON = "epsilon"
+DELTA = "delta"
+NOISE_MULTIPLIER = "noise-multiplier"
+SAMPLE_RATE = "sample-rate"
+STEPS = "steps"
+MAX_GRAD_NORM = "max-grad-norm"

@@ -56,6 +56,19 @@ def _strategy(
     return strategy, evaluator
 
 
+def _privacy_summary(cfg: RunConfig, history: RunHistory) -> str:
+    """DP settings and the epsilon each hospital has spent (its latest report)."""
+    if not cfg.dp_enabled:
+        return "DP off"
+    spent: dict[str, float] = {}
+    for record in history.rounds.values():
+        for name, hospital in record["hospitals"].items():
+            if hospital.get("epsilon") is not None:
+                spent[name] = hospital["epsilon"]
+    per_hospital = ", ".join(f"{name} ε={eps:.2f}" for name, eps in sorted(spent.items())) or "no DP round completed"
+    return f"DP-SGD, target ε={cfg.dp_target_epsilon}, clip {cfg.dp_max_grad_norm}: {per_hospital}"
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Validate the config, run FedAvg with central evaluation, write the run directory."""
@@ -78,7 +91,7 @@ def main(grid: Grid, context: Context) -> None:
         initial_arrays=ArrayRecord(state),
         num_rounds=cfg.num_server_rounds,
         timeout=MESSAGE_TIMEOUT_S,
-        train_config=ConfigRecord(),
+        train_config=ConfigRecord({rk.RUN_DIR: str(run_dir.path)}),
         evaluate_fn=evaluator,
     )
     final = evaluator.latest
@@ -92,7 +105,7 @@ def main(grid: Grid, context: Context) -> None:
         "model": f"{cfg.model} at {cfg.image_size} px",
         "local training": f"{cfg.local_epochs} epoch(s), {cfg.optimizer} lr {cfg.learning_rate}, "
         f"batch {cfg.batch_size}",
-        "privacy": "DP off",
+        "privacy": _privacy_summary(cfg, history),
         "encryption": "CKKS encrypted FedAvg (TenSEAL)" if cfg.he_enabled else "HE off",
         "duration": f"{time.perf_counter() - start:.1f} s",
     }

@@ -23,7 +23,7 @@ from common.data import ImageSet, build_transform, load_split
 from common.experiment import model_spec, preset_for, resolve_path
 from common.inference import predict, resolve_device
 from common.metrics import classification_report
-from common.models import ModelSpec, build_model
+from common.models import ModelSpec, build_from_spec
 from server.history import RunHistory
 from server.run_directory import RunDirectory
 
@@ -73,7 +73,7 @@ class LocalScorer:
         )
         if len(self.test) == 0:
             raise ValueError(f"data-root {cfg.data_root!r} has no readable central test images under test/")
-        self.model = build_model(spec.architecture, num_classes=len(spec.classes), in_channels=spec.channels)
+        self.model = build_from_spec(spec)
         log.info("central test set: %d images, %d skipped", len(self.test), len(self.test.skipped))
 
     def __call__(self, arrays: ArrayRecord) -> Scored:

@@ -24,6 +24,13 @@ def _hospital_name(msg: Message) -> str:
     return str(name) if name else f"node-{msg.metadata.src_node_id}"
 
 
+def _declined(msg: Message) -> str | None:
+    """The reason a hospital gave for declining a round (e.g. its privacy budget), if any."""
+    info = msg.content.config_records.get(rk.HOSPITAL) if msg.has_content() else None
+    reason = info.get(rk.DECLINED) if info is not None else None
+    return str(reason) if reason else None
+
+
 def reply_problem(msg: Message, *, expected: ArrayRecord | None) -> str | None:
     """Why a reply cannot be aggregated, or ``None`` when it is sound.
 
@@ -81,6 +88,14 @@ class MedsiloFedAvg(FedAvg):
     def _vet(self, server_round: int, replies: Iterable[Message], *, stage: str) -> list[Message]:
         valid: list[Message] = []
         for msg in replies:
+            declined = _declined(msg)
+            if declined is not None:
+                log.warning("round %d: %s declined to train: %s", server_round, _hospital_name(msg), declined)
+                self.history.hospital(server_round, _hospital_name(msg))["declined"] = declined
+                self.history.fail(
+                    server_round, node_id=msg.metadata.src_node_id, stage=stage, reason=f"declined: {declined}"
+                )
+                continue
             problem = self._reply_problem(msg, stage=stage)
             if problem is None and valid:
                 keys = set(next(iter(valid[0].content.metric_records.values())).keys())
@@ -123,7 +138,12 @@ class MedsiloFedAvg(FedAvg):
                     "bytes_sent": sum(len(a.data) for a in arrays.values()),
                     "encrypt_seconds": metrics.get(rk.ENCRYPT_SECONDS),
                     "decrypt_seconds": metrics.get(rk.DECRYPT_SECONDS),
-                    "epsilon": None,
+                    "epsilon": metrics.get(rk.EPSILON),
+                    "delta": metrics.get(rk.DELTA),
+                    "noise_multiplier": metrics.get(rk.NOISE_MULTIPLIER),
+                    "sample_rate": metrics.get(rk.SAMPLE_RATE),
+                    "steps": metrics.get(rk.STEPS),
+                    "max_grad_norm": metrics.get(rk.MAX_GRAD_NORM),
                 }
             )
 

@@ -41,6 +41,11 @@ DEFAULTS = {
     "he-enabled": False,
     "he-keys-dir": "",
     "he-workers": 2,
+    "dp-enabled": False,
+    "dp-target-epsilon": 8.0,
+    "dp-delta": 0.0,
+    "dp-max-grad-norm": 1.0,
+    "dp-noise-multiplier": 0.0,
     "seed": 42,
     "output-dir": "runs",
     "run-name": "",
@@ -198,6 +203,11 @@ def test_non_finite_float_is_rejected(key):
         ("num-server-rounds", 0, "a value >= 1"),
         ("he-workers", 0, "a value >= 1"),
         ("he-workers", 65, "a value <= 64"),
+        ("dp-target-epsilon", 0.0, "a value > 0"),
+        ("dp-delta", 1.0, "a value < 1"),
+        ("dp-max-grad-norm", -1.0, "a value > 0"),
+        ("dp-noise-multiplier", -0.5, "a value >= 0"),
+        ("dp-enabled", "yes", "true or false"),
     ],
 )
 def test_out_of_range_is_rejected(key, value, expected):
