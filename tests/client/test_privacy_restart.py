@@ -1,0 +1,56 @@
+"""A hospital killed between rounds keeps its privacy accounting when it comes back."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from common.data.synth import write_synthetic_tree
+
+SCRIPT = """
+import json, sys, torch
+from pathlib import Path
+from client.privacy import train_within_budget
+from common.config import parse_run_config
+from common.data import load_split
+from common.experiment import initial_model
+root, ledger_dir = sys.argv[1], Path(sys.argv[2])
+cfg = parse_run_config({"model": "cnn3", "image-size": 32, "batch-size": 8, "local-epochs": 1, "num-server-rounds": 4,
+                        "dp-enabled": True, "dp-target-epsilon": 5.0, "data-root": root})
+images = load_split(root, "train", classes=cfg.class_names, channels=1, size=32)
+outcome = train_within_budget(initial_model(cfg), images, cfg=cfg, ledger_dir=ledger_dir, seed=1, device=torch.device("cpu"))
+print(json.dumps(outcome.metrics), flush=True)
+sys.stdin.read()  # stay alive until killed
+"""
+
+
+def _round(root: Path, ledger_dir: Path) -> dict[str, float]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(root), str(ledger_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert line, "the hospital process printed nothing"
+    return json.loads(line)
+
+
+def test_epsilon_keeps_growing_across_a_killed_hospital(tmp_path: Path) -> None:
+    root = write_synthetic_tree(
+        tmp_path / "data", modality="brain-mri", train_per_class=8, test_per_class=1, size=32, seed=2
+    )
+    ledger_dir = tmp_path / "state" / "hospital-0"
+    first = _round(root, ledger_dir)
+    second = _round(root, ledger_dir)
+    assert second["epsilon"] > first["epsilon"] > 0
+    ledger = json.loads((ledger_dir / "privacy-ledger.json").read_text())
+    assert sum(entry["steps"] for entry in ledger["history"]) == first["steps"] + second["steps"]
+    assert second["epsilon"] <= 5.0
