@@ -21,7 +21,8 @@ root, ledger_dir = sys.argv[1], Path(sys.argv[2])
 cfg = parse_run_config({"model": "cnn3", "image-size": 32, "batch-size": 8, "local-epochs": 1, "num-server-rounds": 4,
                         "dp-enabled": True, "dp-target-epsilon": 5.0, "data-root": root})
 images = load_split(root, "train", classes=cfg.class_names, channels=1, size=32)
-outcome = train_within_budget(initial_model(cfg), images, cfg=cfg, ledger_dir=ledger_dir, seed=1, device=torch.device("cpu"))
+model, cpu = initial_model(cfg), torch.device("cpu")
+outcome = train_within_budget(model, images, cfg=cfg, ledger_dir=ledger_dir, seed=1, device=cpu)
 print(json.dumps(outcome.metrics), flush=True)
 sys.stdin.read()  # stay alive until killed
 """
