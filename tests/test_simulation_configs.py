@@ -14,7 +14,14 @@ SCENARIOS = sorted((Path(__file__).resolve().parents[1] / "simulations").glob("*
 
 def test_the_documented_scenarios_exist() -> None:
     names = {p.stem for p in SCENARIOS}
-    assert {"brain-mri-4-hospitals", "chest-xray-dirichlet", "synthetic-histology", "brain-mri-he"} <= names
+    assert {
+        "brain-mri-4-hospitals",
+        "chest-xray-dirichlet",
+        "synthetic-histology",
+        "brain-mri-he",
+        "brain-mri-dp",
+        "brain-mri-dp-he",
+    } <= names
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)

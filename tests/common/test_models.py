@@ -14,10 +14,10 @@ from safetensors.torch import save_file
 
 from common.config import parse_run_config
 from common.experiment import initial_model, model_spec, resolve_path
-from common.models import ModelSpec, build_model, load_model_dir, load_pretrained, save_model_dir
+from common.models import ModelSpec, build_from_spec, build_model, load_model_dir, load_pretrained, save_model_dir
 
 ARCHS = ["cnn3", "resnet18", "densenet121", "resnet50"]
-SPEC_KEYS = {"architecture", "classes", "image_size", "channels", "mean", "std", "format_version"}
+SPEC_KEYS = {"architecture", "classes", "image_size", "channels", "mean", "std", "dp_compatible", "format_version"}
 
 
 class _Trap:
@@ -124,6 +124,7 @@ def test_model_json_contents(tmp_path):
         "channels": 1,
         "mean": [0.5],
         "std": [0.25],
+        "dp_compatible": False,
     }
 
 
@@ -315,3 +316,14 @@ def test_resolve_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert resolve_path("data/x", key="data-root") == tmp_path / "data/x"
     assert resolve_path(str(tmp_path / "abs"), key="data-root") == tmp_path / "abs"
+
+
+def test_dp_compatible_model_dir_round_trip(tmp_path):
+    spec = ModelSpec("resnet18", ("a", "b", "c"), 32, 1, (0.5,), (0.25,), dp_compatible=True)
+    model = build_from_spec(spec, seed=3)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    save_model_dir(tmp_path / "m", model, spec)
+    loaded, loaded_spec = load_model_dir(tmp_path / "m")
+    assert loaded_spec == spec
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(loaded(x), model.eval()(x))
