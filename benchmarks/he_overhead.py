@@ -61,7 +61,8 @@ def main() -> None:
     args = parser.parse_args()
     for name, value in (("_run_id", 1), ("_node_id", 1), ("_task_id", 1)):
         setattr(TaskIdentity, name, value)
-    arch, size, images_per_hospital = ("cnn3", 32, 64) if args.quick else ("resnet18", 64, 64)
+    # The full workload is the default run's: ResNet-18 at 96 px, ~256 images per hospital, 2 local epochs.
+    arch, size, images_per_hospital, epochs = ("cnn3", 32, 64, 1) if args.quick else ("resnet18", 96, 256, 2)
     hospitals_for_error = 10
     torch.manual_seed(0)
     model = build_model(arch, num_classes=4, in_channels=1, seed=0)
@@ -119,7 +120,7 @@ def main() -> None:
         print(f"max |HE - plaintext FedAvg| over {hospitals_for_error} hospitals: {max_abs_error:.2e}")
 
         # One simulated round side by side: 3 hospitals train, then plaintext vs encrypted FedAvg.
-        cfg = parse_run_config({"model": arch, "image-size": size, "local-epochs": 1, "batch-size": 32})
+        cfg = parse_run_config({"model": arch, "image-size": size, "local-epochs": epochs, "batch-size": 32})
         preset = get_preset("brain-mri")
         data = [_images(images_per_hospital, size, seed) for seed in range(3)]
 
@@ -129,11 +130,11 @@ def main() -> None:
             train_local(net, data[i], cfg=cfg, preset=preset, device=torch.device("cpu"), seed=i)
             return state_dict_to_cpu(net)
 
-        roster3 = NodeRoster({1: 64, 2: 64, 3: 64}, {}, evaluator=99)
+        roster3 = NodeRoster({i + 1: images_per_hospital for i in range(3)}, {}, evaluator=99)
         start = time.perf_counter()
         plain = MedsiloFedAvg(history=RunHistory(Path(tmp) / "p.json"), min_train_nodes=1, min_available_nodes=1)
         plain._sent = ArrayRecord(state)
-        replies = [_reply(i + 1, ArrayRecord(train(i, state)), 64) for i in range(3)]
+        replies = [_reply(i + 1, ArrayRecord(train(i, state)), images_per_hospital) for i in range(3)]
         plain_arrays, _ = plain.aggregate_train(1, replies)
         plain_arrays.to_torch_state_dict()
         plain_round_s = time.perf_counter() - start
@@ -152,7 +153,7 @@ def main() -> None:
         replies = []
         for i in range(3):
             record, _ = encrypt_update(train(i, state), ctx=secret, weight=1 / 3, workers=args.workers)
-            replies.append(_reply(i + 1, record, 64))
+            replies.append(_reply(i + 1, record, images_per_hospital))
         enc_arrays, _ = enc.aggregate_train(1, replies)
         decode_global(enc_arrays, layout=layout, ctx=secret, workers=args.workers)
         he_round_s = time.perf_counter() - start
@@ -172,7 +173,7 @@ def main() -> None:
         "plain_round_s": plain_round_s,
         "he_round_s": he_round_s,
         "round_time_ratio": he_round_s / plain_round_s,
-        "round_workload": f"3 hospitals x {images_per_hospital} images at {size} px, 1 local epoch, CPU",
+        "round_workload": f"3 hospitals x {images_per_hospital} images at {size} px, {epochs} local epoch(s), CPU",
         "workers": args.workers,
         "quick": args.quick,
     }

@@ -69,6 +69,22 @@ def _privacy_summary(cfg: RunConfig, history: RunHistory) -> str:
     return f"DP-SGD, target ε={cfg.dp_target_epsilon}, clip {cfg.dp_max_grad_norm}: {per_hospital}"
 
 
+def _privacy_table(history: RunHistory) -> str:
+    """Markdown: epsilon spent by each hospital after each round (``declined`` when it declined)."""
+    rows = [r for r in history.to_json()["rounds"] if r["round"] > 0]
+    names = sorted({n for r in rows for n in r["hospitals"]})
+    lines = ["## Privacy: epsilon spent per hospital", "", "| round | " + " | ".join(names) + " |"]
+    lines.append("|" + "---|" * (len(names) + 1))
+    for record in rows:
+        cells = []
+        for name in names:
+            hospital = record["hospitals"].get(name, {})
+            eps = hospital.get("epsilon")
+            cells.append("declined" if hospital.get("declined") else (f"{eps:.3f}" if eps is not None else "-"))
+        lines.append(f"| {record['round']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Validate the config, run FedAvg with central evaluation, write the run directory."""
@@ -117,6 +133,7 @@ def main(grid: Grid, context: Context) -> None:
         y_true=final.scored.y_true,
         probabilities=final.scored.probabilities,
         summary=summary,
+        appendix=_privacy_table(history) if cfg.dp_enabled else "",
     )
     history.flush()
     log.info("central accuracy %.4f; report: %s", final.report["accuracy"], run_dir.path / "report.md")

@@ -69,8 +69,9 @@ class RunDirectory:
         y_true: np.ndarray,
         probabilities: np.ndarray,
         summary: dict[str, Any],
+        appendix: str = "",
     ) -> None:
-        """Write ``report.json``, ``predictions.csv``, ``report.md`` and ``model/``."""
+        """Write ``report.json``, ``predictions.csv``, ``report.md`` (plus ``appendix``) and ``model/``."""
         _save_global(self.path / "model", arrays, spec)
         write_json(self.path / "report.json", report)
         write_predictions_csv(
@@ -81,5 +82,5 @@ class RunDirectory:
             classes=spec.classes,
         )
         markdown = render_markdown(report, title="medsilo central evaluation", summary=summary)
-        (self.path / "report.md").write_text(markdown)
+        (self.path / "report.md").write_text(markdown + ("\n" + appendix if appendix else ""))
         log.info("run directory complete: %s", self.path)

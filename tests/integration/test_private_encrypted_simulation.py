@@ -57,4 +57,6 @@ def test_dp_with_he_accounts_declines_and_completes(flower: Flower, tmp_path: Pa
         assert "privacy budget" in rounds[3]["hospitals"][name]["declined"]
     declined = [f for f in rounds[3]["failures"] if f["reason"].startswith("declined: privacy budget")]
     assert len(declined) == 2
-    assert "DP-SGD" in (run_dir / "report.md").read_text()
+    report_md = (run_dir / "report.md").read_text()
+    assert "DP-SGD" in report_md and "## Privacy: epsilon spent per hospital" in report_md
+    assert "| 3 | declined | declined |" in report_md
