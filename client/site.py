@@ -47,7 +47,7 @@ def _simulated_identity(node_config: Mapping[str, object]) -> tuple[int, int]:
 @lru_cache(maxsize=4)
 def _partition(cfg: RunConfig, pid: int, num: int) -> HospitalData:
     preset = preset_for(cfg)
-    root = resolve_path(cfg.data_root, key="data-root")
+    root = resolve_path(cfg.data_root)
     kwargs = {"classes": cfg.class_names, "channels": preset.channels, "size": cfg.image_size}
     if cfg.partitioner == "natural":
         sites = sorted(p.name for p in (root / "train").iterdir() if p.is_dir()) if (root / "train").is_dir() else []
@@ -101,5 +101,5 @@ def hospital_data(cfg: RunConfig, node_config: Mapping[str, object]) -> Hospital
 def central_test_set(cfg: RunConfig) -> ImageSet:
     """The central test set (``data-root/test``), for the evaluator node."""
     preset = preset_for(cfg)
-    root = resolve_path(cfg.data_root, key="data-root")
+    root = resolve_path(cfg.data_root)
     return load_split(root, "test", classes=cfg.class_names, channels=preset.channels, size=cfg.image_size)

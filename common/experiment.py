@@ -32,7 +32,7 @@ def model_spec(cfg: RunConfig) -> ModelSpec:
     )
 
 
-def resolve_path(value: str, *, key: str) -> Path:
+def resolve_path(value: str) -> Path:
     """A path from the config: absolute, or relative to the working directory."""
     path = Path(value).expanduser()
     return path if path.is_absolute() else (Path.cwd() / path)
@@ -43,5 +43,5 @@ def initial_model(cfg: RunConfig) -> nn.Module:
     spec = model_spec(cfg)
     model = build_from_spec(spec, seed=cfg.seed)
     if cfg.pretrained_weights:
-        load_pretrained(model, resolve_path(cfg.pretrained_weights, key="pretrained-weights"))
+        load_pretrained(model, resolve_path(cfg.pretrained_weights))
     return model

@@ -95,7 +95,7 @@ def main(grid: Grid, context: Context) -> None:
     except ConfigError as err:
         log.error("%s", err)
         raise SystemExit(2) from None
-    run_dir = RunDirectory.create(cfg, run_id=context.run_id, output_dir=resolve_path(cfg.output_dir, key="output-dir"))
+    run_dir = RunDirectory.create(cfg, run_id=context.run_id, output_dir=resolve_path(cfg.output_dir))
     history = RunHistory(run_dir.history_file)
     state = state_dict_to_cpu(initial_model(cfg))
     strategy, evaluator = _strategy(cfg, grid, history, run_dir, ParamLayout.of(state))

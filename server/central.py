@@ -67,7 +67,7 @@ class LocalScorer:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.transform = build_transform(preset, train=False)
-        root = resolve_path(cfg.data_root, key="data-root")
+        root = resolve_path(cfg.data_root)
         self.test: ImageSet = load_split(
             root, "test", classes=cfg.class_names, channels=preset.channels, size=cfg.image_size
         )

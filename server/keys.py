@@ -26,7 +26,7 @@ def server_context(cfg: RunConfig, run_dir: Path) -> tuple[HEContext, Path]:
         The public context and the keys directory.
     """
     if cfg.he_keys_dir:
-        keys_dir = resolve_path(cfg.he_keys_dir, key="he-keys-dir")
+        keys_dir = resolve_path(cfg.he_keys_dir)
     else:
         keys_dir = run_dir / "keys"
         subprocess.run(

@@ -314,8 +314,8 @@ def test_initial_model_missing_pretrained_raises(tmp_path):
 
 def test_resolve_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert resolve_path("data/x", key="data-root") == tmp_path / "data/x"
-    assert resolve_path(str(tmp_path / "abs"), key="data-root") == tmp_path / "abs"
+    assert resolve_path("data/x") == tmp_path / "data/x"
+    assert resolve_path(str(tmp_path / "abs")) == tmp_path / "abs"
 
 
 def test_dp_compatible_model_dir_round_trip(tmp_path):
