@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from common.he.codec import ParamLayout
 from common.he.keys import HEContext
 from common.inference import predict, resolve_device
 from common.logs import use_flower_logging
-from common.models import build_from_spec, state_dict_to_cpu
+from common.models import ModelSpec, build_from_spec, state_dict_to_cpu
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,18 @@ class _Setup:
     decrypt_seconds: float
 
 
+@lru_cache(maxsize=2)
+def _model(spec: ModelSpec) -> torch.nn.Module:
+    """The run's architecture, built once per process; each message loads its weights into it."""
+    return build_from_spec(spec)
+
+
 def _setup(msg: Message, context: Context) -> _Setup:
     """Validate the config, build the model and load the global weights (decrypting them)."""
     cfg = parse_run_config(context.run_config)
     config = msg.content.config_records.get(rk.CONFIG, ConfigRecord())
     ctx = secret_context(context.node_config, config) if cfg.he_enabled else None
-    spec = model_spec(cfg)
-    model = build_from_spec(spec)
+    model = _model(model_spec(cfg))
     state, seconds = decode_global(
         msg.content[rk.ARRAYS], layout=ParamLayout.of(model.state_dict()), ctx=ctx, workers=cfg.he_workers
     )

@@ -19,7 +19,7 @@ from torch import nn
 from common import records as rk
 from common.config import RunConfig
 from common.data import ImageSet, build_transform
-from common.presets import get_preset
+from common.experiment import preset_for
 from common.privacy import (
     PrivacyLedger,
     PrivateTrainResult,
@@ -112,7 +112,7 @@ def train_within_budget(
     result = train_private(
         model,
         images,
-        transform=build_transform(get_preset(cfg.dataset), train=True),
+        transform=build_transform(preset_for(cfg), train=True),
         batch_size=cfg.batch_size,
         epochs=cfg.local_epochs,
         lr=cfg.learning_rate,
