@@ -19,12 +19,15 @@ from pathlib import Path
 
 import psutil
 
+from common.privacy_utility import compare_runs, plot, render_markdown_table
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "dp_utility.json"
+FIGURE = REPO / "benchmarks" / "results" / "dp_utility.png"
 SETTINGS = {
-    "no DP": "dp-enabled=false",
-    "epsilon 8": "dp-enabled=true dp-target-epsilon=8.0",
-    "epsilon 1": "dp-enabled=true dp-target-epsilon=1.0",
+    "no-DP": "dp-enabled=false",
+    "epsilon-8": "dp-enabled=true dp-target-epsilon=8.0",
+    "epsilon-1": "dp-enabled=true dp-target-epsilon=1.0",
 }
 
 
@@ -47,11 +50,15 @@ def main() -> None:
     parser.add_argument("--hospitals", type=int, default=4)
     parser.add_argument(
         "--config",
-        default="model='cnn3' image-size=64 num-server-rounds=3 local-epochs=1 batch-size=64 partitioner='iid' "
-        "min-train-nodes=4 min-evaluate-nodes=4 fraction-evaluate=0.0 seed=7",
+        default="model='cnn3' image-size=64 num-server-rounds=10 local-epochs=1 batch-size=128 learning-rate=0.003 "
+        "partitioner='iid' min-train-nodes=4 min-evaluate-nodes=4 fraction-evaluate=0.0 seed=7",
+    )
+    parser.add_argument("--runs-dir", type=Path, help="keep the run directories here (default: a temporary folder)")
+    parser.add_argument(
+        "--skip-existing", action="store_true", help="reuse finished runs already in --runs-dir instead of rerunning"
     )
     args = parser.parse_args()
-    results: dict[str, dict[str, object]] = {}
+    seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         env = {
             **os.environ,
@@ -61,11 +68,13 @@ def main() -> None:
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         }
+        runs = (args.runs_dir or Path(tmp) / "runs").resolve()
         try:
             for name, dp in SETTINGS.items():
-                run = name.replace(" ", "-")
-                paths = f"data-root='{args.data_root.resolve()}' output-dir='{tmp}/runs' run-name='{run}'"
-                overrides = f"{args.config} {dp} {paths}"
+                if args.skip_existing and (runs / name / "report.json").is_file():
+                    print(f"{name}: reusing {runs / name}", flush=True)
+                    continue
+                paths = f"data-root='{args.data_root.resolve()}' output-dir='{runs}' run-name='{name}'"
                 start = time.perf_counter()
                 subprocess.run(
                     [
@@ -76,34 +85,36 @@ def main() -> None:
                         "--federation-config",
                         f"num-supernodes={args.hospitals}",
                         "--run-config",
-                        overrides,
+                        f"{args.config} {dp} {paths}",
                     ],
                     env=env,
                     check=True,
                     capture_output=True,
                     text=True,
                 )
-                report = json.loads((Path(tmp) / "runs" / run / "report.json").read_text())
-                history = json.loads((Path(tmp) / "runs" / run / "history.json").read_text())
-                last = history["rounds"][-1]["hospitals"]
-                epsilons = [h["epsilon"] for h in last.values() if h.get("epsilon") is not None]
-                results[name] = {
-                    "accuracy": report["accuracy"],
-                    "balanced_accuracy": report["balanced_accuracy"],
-                    "macro_f1": report["macro"]["f1"],
-                    "max_epsilon_spent": max(epsilons) if epsilons else None,
-                    "seconds": time.perf_counter() - start,
-                }
-                print(f"{name:10s} accuracy {report['accuracy']:.4f}  epsilon {results[name]['max_epsilon_spent']}")
+                seconds[name] = time.perf_counter() - start
+                print(f"{name}: {seconds[name]:.0f} s", flush=True)
         finally:
             _stop(tmp)
-    base = results["no DP"]["accuracy"]
-    for row in results.values():
-        row["accuracy_ratio_to_no_dp"] = row["accuracy"] / base
+        rows = compare_runs([runs / name for name in SETTINGS])
+    print(render_markdown_table(rows))
+    plot(rows, FIGURE)
+    results = {
+        r["run"]: {
+            "accuracy": r["accuracy"],
+            "balanced_accuracy": r["balanced_accuracy"],
+            "macro_f1": r["macro_f1"],
+            "target_epsilon": r["target_epsilon"],
+            "max_epsilon_spent": r["epsilon_spent"],
+            "accuracy_ratio_to_no_dp": r["accuracy"] / rows[0]["accuracy"],
+            "seconds": seconds.get(r["run"]),
+        }
+        for r in rows
+    }
     output = {"data_root": str(args.data_root), "hospitals": args.hospitals, "config": args.config, "results": results}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(output, indent=2))
-    print(f"wrote {RESULTS}")
+    print(f"wrote {RESULTS} and {FIGURE}")
 
 
 if __name__ == "__main__":
