@@ -64,11 +64,8 @@ def describe(msg: Message, context: Context) -> Message:
     """Tell the server this node's role, name and training-set size (before round 1)."""
     cfg = parse_run_config(context.run_config)
     identity = node_identity(cfg, context.node_config)
-    n, name = 0, "evaluator"
-    if identity.role == "hospital":
-        site = hospital_data(cfg, context.node_config)
-        n, name = len(site.train), site.name
-    info = ConfigRecord({rk.ROLE: identity.role, "name": name})
+    n = len(hospital_data(cfg, context.node_config).train) if identity.role == "hospital" else 0
+    info = ConfigRecord({rk.ROLE: identity.role, "name": identity.name})
     content = RecordDict({rk.METRICS: MetricRecord({rk.NUM_EXAMPLES: n}), rk.HOSPITAL: info})
     return Message(content=content, reply_to=msg)
 
@@ -150,7 +147,7 @@ def evaluate_central(msg: Message, context: Context) -> Message:
         raise ValueError(
             "central evaluation was sent to a hospital; only the evaluator node holds the central test set"
         )
-    test = central_test_set(setup.cfg)
+    test = central_test_set(setup.cfg, context.node_config)
     transform = build_transform(preset_for(setup.cfg), train=False)
     probs, loss = predict(setup.model, test, transform, batch_size=setup.cfg.batch_size, device=setup.device)
     predictions = ArrayRecord(

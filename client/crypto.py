@@ -15,6 +15,7 @@ from common import records as rk
 from common.he.codec import ParamLayout, decrypt_chunks, encrypt_vector
 from common.he.keys import SECRET_FILE, HEContext, load_secret_context
 from common.he.payload import EncryptedPayload, is_encrypted
+from common.node_config import parse_node_config
 
 __all__ = ["decode_global", "encrypt_update", "secret_context"]
 
@@ -29,14 +30,15 @@ def _load(path: str) -> HEContext:
 def secret_context(node_config: Mapping[str, object], config: ConfigRecord) -> HEContext:
     """Load (once per process) this key-holder's secret context and check it is the run's key.
 
-    The path is the node config's ``he-secret-context`` (deployment), else
-    ``secret.ctx`` in the keys directory the server names (simulation).
+    The path is the node config's ``he-secret-context``; deployment requires it. Only in
+    simulation may it default to ``secret.ctx`` in the keys directory the server names.
     """
-    path = node_config.get("he-secret-context") or (
-        str(Path(str(config[rk.HE_KEYS_DIR])) / SECRET_FILE) if rk.HE_KEYS_DIR in config else None
-    )
+    node = parse_node_config(node_config)
+    path = node.he_secret_context
+    if not path and not node.deployed and rk.HE_KEYS_DIR in config:
+        path = str(Path(str(config[rk.HE_KEYS_DIR])) / SECRET_FILE)
     if not path:
-        raise ValueError("this node has no secret key: set 'he-secret-context' in its node config")
+        raise ValueError("node config: 'he-secret-context' is missing; expected the path of this node's secret.ctx")
     ctx = _load(str(path))
     expected = config.get(rk.HE_KEY_ID)
     if expected is not None and ctx.key_id != expected:

@@ -20,6 +20,7 @@ from common import records as rk
 from common.config import RunConfig
 from common.data import ImageSet, build_transform
 from common.experiment import preset_for
+from common.node_config import parse_node_config
 from common.privacy import (
     PrivacyLedger,
     PrivateTrainResult,
@@ -77,7 +78,7 @@ def dp_plan(cfg: RunConfig, *, num_examples: int) -> DPPlan:
 
 def state_dir(node_config: Mapping[str, object], config: ConfigRecord, hospital: str) -> Path:
     """The node config's ``state-dir``, else ``<run dir>/state/<hospital>`` (simulation)."""
-    configured = node_config.get("state-dir")
+    configured = parse_node_config(node_config).state_dir
     if configured:
         return Path(str(configured))
     if rk.RUN_DIR not in config:

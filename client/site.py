@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from common.config import RunConfig
-from common.data import ImageSet, load_split, partition_indices, split_train_val
+from common.data import ImageSet, load_folder, load_split, partition_indices, resolve_test_folder, split_train_val
 from common.experiment import preset_for, resolve_path
+from common.node_config import NodeConfig, parse_node_config
 
 __all__ = ["HospitalData", "NodeIdentity", "central_test_set", "hospital_data", "node_identity"]
 
@@ -24,24 +26,36 @@ class HospitalData:
 
 @dataclass(frozen=True)
 class NodeIdentity:
-    """What this SuperNode is: a hospital (with its index) or the evaluator."""
+    """What this SuperNode is: a hospital or the evaluator, and where its data lives."""
 
     role: str
-    index: int
-    hospitals: int
+    name: str
+    node: NodeConfig
+    index: int = -1
+    hospitals: int = 0
 
 
-def _simulated_identity(node_config: Mapping[str, object]) -> tuple[int, int]:
-    try:
-        pid, num = int(node_config["partition-id"]), int(node_config["num-partitions"])  # type: ignore[call-overload]
-    except (KeyError, TypeError, ValueError):
+def _simulated_identity(cfg: RunConfig, node: NodeConfig) -> NodeIdentity:
+    """Under HE the last simulated SuperNode is the evaluator, so N hospitals need N + 1 SuperNodes."""
+    pid, num = int(node.partition_id or 0), int(node.num_partitions or 0)
+    if not cfg.he_enabled:
+        return NodeIdentity("hospital", f"hospital-{pid}", node, pid, num)
+    if num < 2:
         raise ValueError(
-            "node config: 'partition-id' and 'num-partitions' are missing or not integers; "
-            "expected the simulation engine to set them"
-        ) from None
-    if not 0 <= pid < num:
-        raise ValueError(f"node config: 'partition-id' = {pid} is invalid; expected 0..{num - 1}")
-    return pid, num
+            f"he-enabled needs num-supernodes = hospitals + 1 (the last one is the evaluator); got {num} SuperNode(s)"
+        )
+    if pid == num - 1:
+        return NodeIdentity("evaluator", "evaluator", node, -1, num - 1)
+    return NodeIdentity("hospital", f"hospital-{pid}", node, pid, num - 1)
+
+
+def node_identity(cfg: RunConfig, node_config: Mapping[str, object]) -> NodeIdentity:
+    """The node's role and name, from its node config (deployment) or its partition (simulation)."""
+    node = parse_node_config(node_config)
+    if node.deployed:
+        name = "evaluator" if node.role == "evaluator" else node.name
+        return NodeIdentity(str(node.role), name, node)
+    return _simulated_identity(cfg, node)
 
 
 @lru_cache(maxsize=4)
@@ -73,21 +87,22 @@ def _partition(cfg: RunConfig, pid: int, num: int) -> HospitalData:
     return HospitalData(name=name, train=images.subset(train), val=images.subset(val))
 
 
-def node_identity(cfg: RunConfig, node_config: Mapping[str, object]) -> NodeIdentity:
-    """The node's role. Under HE the last simulated SuperNode is the evaluator.
-
-    So an HE simulation of N hospitals needs ``num-supernodes = N + 1``.
-    """
-    pid, num = _simulated_identity(node_config)
-    if not cfg.he_enabled:
-        return NodeIdentity("hospital", pid, num)
-    if num < 2:
+@lru_cache(maxsize=4)
+def _own_folder(cfg: RunConfig, node: NodeConfig) -> HospitalData:
+    """A deployed hospital's own ``data-path`` (``DATA/train/<class>`` or ``DATA/<class>``), never another's."""
+    root = Path(node.data_path)
+    folder = root / "train" if (root / "train").is_dir() else root
+    preset = preset_for(cfg)
+    images = load_folder(folder, classes=cfg.class_names, channels=preset.channels, size=cfg.image_size, root=root)
+    if len(images) == 0:
         raise ValueError(
-            f"he-enabled needs num-supernodes = hospitals + 1 (the last one is the evaluator); got {num} SuperNode(s)"
+            f"node config: 'data-path' = {node.data_path!r} holds no readable images of the classes "
+            f"{', '.join(cfg.class_names)}; expected DATA/train/<class>/* or DATA/<class>/*"
         )
-    if pid == num - 1:
-        return NodeIdentity("evaluator", -1, num - 1)
-    return NodeIdentity("hospital", pid, num - 1)
+    train, val = split_train_val(
+        list(range(len(images))), val_fraction=cfg.local_val_fraction, seed=cfg.seed + node.seed_offset
+    )
+    return HospitalData(name=node.name, train=images.subset(train), val=images.subset(val))
 
 
 def hospital_data(cfg: RunConfig, node_config: Mapping[str, object]) -> HospitalData:
@@ -95,11 +110,17 @@ def hospital_data(cfg: RunConfig, node_config: Mapping[str, object]) -> Hospital
     identity = node_identity(cfg, node_config)
     if identity.role != "hospital":
         raise ValueError("the evaluator node holds no training data; it only scores the central test set")
+    if identity.node.deployed:
+        return _own_folder(cfg, identity.node)
     return _partition(cfg, identity.index, identity.hospitals)
 
 
-def central_test_set(cfg: RunConfig) -> ImageSet:
-    """The central test set (``data-root/test``), for the evaluator node."""
+def central_test_set(cfg: RunConfig, node_config: Mapping[str, object]) -> ImageSet:
+    """The central test set: the deployed evaluator's ``data-path``, else ``data-root/test`` (simulation)."""
+    identity = node_identity(cfg, node_config)
     preset = preset_for(cfg)
-    root = resolve_path(cfg.data_root)
-    return load_split(root, "test", classes=cfg.class_names, channels=preset.channels, size=cfg.image_size)
+    kwargs = {"classes": cfg.class_names, "channels": preset.channels, "size": cfg.image_size}
+    if identity.node.deployed:
+        root = Path(identity.node.data_path)
+        return load_folder(resolve_test_folder(root), root=root, **kwargs)  # type: ignore[arg-type]
+    return load_split(resolve_path(cfg.data_root), "test", **kwargs)  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ from pydantic import (
 from common.models import MIN_IMAGE_SIZE, MODELS
 from common.presets import PRESETS
 
-__all__ = ["ConfigError", "RunConfig", "parse_run_config"]
+__all__ = ["ConfigError", "RunConfig", "parse_run_config", "validate_keys"]
 
 
 class ConfigError(ValueError):
@@ -145,20 +145,20 @@ def _describe(error: Mapping[str, Any]) -> str:
     return message.removeprefix("Value error, ")
 
 
-def parse_run_config(values: Mapping[str, Any], *, source: str = "run config") -> RunConfig:
-    """Validate Flower's ``run_config`` mapping into a frozen :class:`RunConfig`.
+def validate_keys(model: type[BaseModel], values: Mapping[str, Any], *, source: str) -> Any:
+    """Validate ``values`` into ``model``: one line per problem, the closest key for an unknown one.
 
     Raises:
-        ConfigError: one line per problem; an unknown key gets the closest valid key.
+        ConfigError: naming the key, the value given and what is expected.
     """
-    known = {field.alias or name for name, field in RunConfig.model_fields.items()}
+    known = {field.alias or name for name, field in model.model_fields.items()}
     for key in values:
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(known))}"
             raise ConfigError(f"{source}: unknown key {key!r}{hint}")
     try:
-        return RunConfig.model_validate(dict(values))
+        return model.model_validate(dict(values))
     except ValidationError as err:
         lines = []
         for error in err.errors():
@@ -166,3 +166,12 @@ def parse_run_config(values: Mapping[str, Any], *, source: str = "run config") -
             given = values.get(key, error.get("input"))
             lines.append(f"{source}: {key!r} = {given!r} is invalid; expected {_describe(error)}")
         raise ConfigError("\n".join(lines)) from None
+
+
+def parse_run_config(values: Mapping[str, Any], *, source: str = "run config") -> RunConfig:
+    """Validate Flower's ``run_config`` mapping into a frozen :class:`RunConfig`.
+
+    Raises:
+        ConfigError: one line per problem; an unknown key gets the closest valid key.
+    """
+    return validate_keys(RunConfig, values, source=source)

@@ -22,9 +22,16 @@ def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def test_a_node_without_a_secret_key_is_told_what_to_set() -> None:
-    with pytest.raises(ValueError, match="no secret key: set 'he-secret-context'"):
-        secret_context({}, ConfigRecord())
+SIMULATED = {"partition-id": 0, "num-partitions": 3}
+
+
+def test_a_node_without_a_secret_key_is_told_what_to_set(keys_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'he-secret-context' is missing"):
+        secret_context(SIMULATED, ConfigRecord())
+    deployed = {"role": "hospital", "data-path": str(tmp_path)}
+    with pytest.raises(ValueError, match="'he-secret-context' is missing"):  # never a path the server names
+        secret_context(deployed, ConfigRecord({"he-keys-dir": str(keys_dir)}))
+    assert secret_context({**deployed, "he-secret-context": str(keys_dir / "secret.ctx")}, ConfigRecord()).key_id
 
 
 def test_a_foreign_key_is_refused(keys_dir: Path, tmp_path: Path) -> None:
@@ -32,11 +39,11 @@ def test_a_foreign_key_is_refused(keys_dir: Path, tmp_path: Path) -> None:
     create_key_pair(other)
     run_key = load_secret_context(keys_dir / "secret.ctx").key_id
     config = ConfigRecord({"he-keys-dir": str(keys_dir), "he-key-id": run_key})
-    assert secret_context({}, config).key_id == run_key
+    assert secret_context(SIMULATED, config).key_id == run_key
     with pytest.raises(ValueError, match="but this run encrypts under key"):
-        secret_context({"he-secret-context": str(other / "secret.ctx")}, config)
+        secret_context({**SIMULATED, "he-secret-context": str(other / "secret.ctx")}, config)
     with pytest.raises(ValueError, match="holds no secret key"):
-        secret_context({"he-secret-context": str(keys_dir / "public.ctx")}, config)
+        secret_context({**SIMULATED, "he-secret-context": str(keys_dir / "public.ctx")}, config)
 
 
 def test_update_round_trip_through_an_aggregate(keys_dir: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from client.site import hospital_data
+from client.site import central_test_set, hospital_data, node_identity
 from common.config import parse_run_config
 from common.data.synth import write_synthetic_tree
 
@@ -65,7 +65,7 @@ def test_dirichlet_hospitals_partition_the_training_set(tmp_path: Path) -> None:
 )
 def test_bad_node_config_is_one_clear_error(tmp_path: Path, node_config: dict[str, object]) -> None:
     cfg = parse_run_config({"data-root": str(tmp_path)})
-    with pytest.raises(ValueError, match="node config: 'partition-id'"):
+    with pytest.raises(ValueError, match="node config: .*'partition-id'"):
         hospital_data(cfg, node_config)
 
 
@@ -73,3 +73,32 @@ def test_missing_data_root_names_the_path(tmp_path: Path) -> None:
     cfg = parse_run_config({"data-root": str(tmp_path / "nowhere")})
     with pytest.raises(ValueError, match="nowhere.*does not exist"):
         hospital_data(cfg, {"partition-id": 0, "num-partitions": 2})
+
+
+def test_a_deployed_hospital_reads_only_its_own_folder(tmp_path: Path) -> None:
+    root = write_synthetic_tree(tmp_path / "a", modality="brain-mri", train_per_class=5, test_per_class=2, size=32)
+    other = write_synthetic_tree(tmp_path / "b", modality="brain-mri", train_per_class=9, test_per_class=2, size=32)
+    cfg = parse_run_config({"data-root": str(other), "image-size": 32, "local-val-fraction": 0.2})
+    node = {"role": "hospital", "data-path": str(root), "hospital-name": "st-mary"}
+    site = hospital_data(cfg, node)
+    assert site.name == "st-mary"
+    assert len(site.train) + len(site.val) == 20  # its own train/ only: not the run's data-root, not test/
+    assert all(p.startswith("train/") for p in (*site.train.paths, *site.val.paths))
+    flat = {"role": "hospital", "data-path": str(root / "train")}  # DATA/<class>/* works too
+    assert hospital_data(cfg, flat).name == "train"
+
+
+def test_the_deployed_evaluator_holds_the_central_test_set(tmp_path: Path) -> None:
+    root = write_synthetic_tree(tmp_path / "e", modality="brain-mri", train_per_class=3, test_per_class=4, size=32)
+    cfg = parse_run_config({"data-root": str(tmp_path / "nowhere"), "image-size": 32, "he-enabled": True})
+    evaluator = {"role": "evaluator", "data-path": str(root)}
+    assert node_identity(cfg, evaluator).name == "evaluator"
+    assert len(central_test_set(cfg, evaluator)) == 16
+    with pytest.raises(ValueError, match="evaluator node holds no training data"):
+        hospital_data(cfg, evaluator)
+
+
+def test_a_deployed_hospital_without_images_is_one_clear_error(tmp_path: Path) -> None:
+    cfg = parse_run_config({"image-size": 32})
+    with pytest.raises(ValueError, match="'data-path' = .* holds no readable images"):
+        hospital_data(cfg, {"role": "hospital", "data-path": str(tmp_path)})
