@@ -13,14 +13,32 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 # `flwr run` starts `flower-superlink`, which must be on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test lint stop clean
+.PHONY: install system-deps run test lint stop clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $@
 
-install: $(VENV)/.installed
+install: system-deps $(VENV)/.installed
+
+# Debian tools that some tests use (report screenshots, docker/ checks, the test PKI). As root
+# with apt-get, install whatever is missing; otherwise say which tests will be skipped. Never fails.
+SYSTEM_TOOLS := chromium docker-compose ssh-keygen openssl
+SYSTEM_PACKAGES := chromium docker-compose openssh-client openssl
+missing_tools = for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || printf '%s ' $$t; done
+
+system-deps:
+	@missing="$$($(missing_tools))"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "system-deps: installing $(SYSTEM_PACKAGES) (missing: $${missing% })"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null 2>&1 \
+			|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; } \
+			|| true; \
+		missing="$$($(missing_tools))"; \
+	fi; \
+	if [ -n "$$missing" ]; then echo "system-deps: missing $${missing% }: the tests that need them will be skipped"; fi
 
 run: install
 	flwr run . --federation-config "num-supernodes=$(HOSPITALS)" --stream \
