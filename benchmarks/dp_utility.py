@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from common.privacy_utility import compare_runs, plot, render_markdown_table
+from common.privacy_utility import compare_runs, comparison_note, plot
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "dp_utility.json"
@@ -42,6 +42,13 @@ def _stop(flwr_home: str) -> None:
     for proc in procs:
         proc.terminate()
     psutil.wait_procs(procs, timeout=10)
+
+
+def _mean_last_rounds(run_dir: Path, rounds: int) -> float:
+    """Central accuracy averaged over the last ``rounds`` rounds: less noisy than the final round alone."""
+    history = json.loads((run_dir / "history.json").read_text())
+    accuracies = [r["central"]["accuracy"] for r in history["rounds"][1:] if r["central"] is not None]
+    return sum(accuracies[-rounds:]) / len(accuracies[-rounds:])
 
 
 def main() -> None:
@@ -97,20 +104,23 @@ def main() -> None:
         finally:
             _stop(tmp)
         rows = compare_runs([runs / name for name in SETTINGS])
-    print(render_markdown_table(rows))
-    plot(rows, FIGURE)
-    results = {
-        r["run"]: {
-            "accuracy": r["accuracy"],
-            "balanced_accuracy": r["balanced_accuracy"],
-            "macro_f1": r["macro_f1"],
-            "target_epsilon": r["target_epsilon"],
-            "max_epsilon_spent": r["epsilon_spent"],
-            "accuracy_ratio_to_no_dp": r["accuracy"] / rows[0]["accuracy"],
-            "seconds": seconds.get(r["run"]),
+        for r in rows:
+            print(f"{r['run']:10s} accuracy {r['accuracy']:.4f}  epsilon spent {r['epsilon_spent']}")
+        print(comparison_note(rows))
+        plot(rows, FIGURE)
+        results = {
+            r["run"]: {
+                "accuracy": r["accuracy"],
+                "accuracy_mean_last_3_rounds": _mean_last_rounds(runs / r["run"], 3),
+                "balanced_accuracy": r["balanced_accuracy"],
+                "macro_f1": r["macro_f1"],
+                "target_epsilon": r["target_epsilon"],
+                "max_epsilon_spent": r["epsilon_spent"],
+                "accuracy_ratio_to_no_dp": r["accuracy"] / rows[0]["accuracy"],
+                "seconds": seconds.get(r["run"]),
+            }
+            for r in rows
         }
-        for r in rows
-    }
     output = {"data_root": str(args.data_root), "hospitals": args.hospitals, "config": args.config, "results": results}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(output, indent=2))

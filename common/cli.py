@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
@@ -15,13 +19,15 @@ from common.data.check import check_data_root
 from common.data.images import load_folder, resolve_test_folder
 from common.data.synth import write_synthetic_tree
 from common.data.transforms import normalize
+from common.explain import class_probabilities, gradcam, load_image, overlay
 from common.he.keys import HEParams, create_key_pair, load_secret_context
 from common.he.model_dir import decrypt_model_dir
 from common.inference import predict, resolve_device
 from common.metrics import classification_report
 from common.models import load_model_dir
 from common.presets import PRESETS
-from common.reporting import render_markdown, write_json, write_predictions_csv
+from common.report import build_report
+from common.reporting import write_json, write_predictions_csv
 
 __all__ = ["app"]
 
@@ -126,7 +132,7 @@ def model_decrypt(
 def evaluate(
     model: Annotated[Path, typer.Option(help="model directory (model.safetensors + model.json)")],
     data: Annotated[Path, typer.Option(help="test folder: PATH/<class>/* or PATH/test/<class>/*")],
-    out: Annotated[Path, typer.Option(help="folder for report.json, predictions.csv and report.md")],
+    out: Annotated[Path, typer.Option(help="folder for report.json, predictions.csv, report.md/html and figures/")],
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:
@@ -153,12 +159,111 @@ def evaluate(
     summary = {
         "model": f"{spec.architecture} ({model})",
         "test data": str(folder),
-        "skipped files": len(images.skipped),
+        "skipped files": str(len(images.skipped)),
     }
-    (out / "report.md").write_text(render_markdown(report, title="medsilo evaluation", summary=summary))
-    console.print(f"accuracy {report['accuracy']:.4f} on {report['n']} images; report in {out}")
+    with _one_line_errors():
+        html = build_report(
+            out,
+            title="medsilo evaluation",
+            summary=summary,
+            model_dir=model,
+            images_root=folder.resolve().parent,
+            progress=True,
+        )
+    console.print(f"accuracy {report['accuracy']:.4f} on {report['n']} images; report: {html}", highlight=False)
     if images.skipped:
         console.print(f"skipped {len(images.skipped)} unreadable file(s)")
+
+
+@app.command("report")
+def rebuild_report(
+    run_dir: Annotated[Path, typer.Argument(help="run directory (output-dir/<run-name>) or an evaluate --out folder")],
+    model: Annotated[
+        Path | None, typer.Option(help="plaintext model for the Grad-CAM grid (default: RUN_DIR/model)")
+    ] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="folder the test image paths are relative to (default: the run's data-root)")
+    ] = None,
+    compare: Annotated[
+        list[Path] | None, typer.Option(help="another run directory for the privacy–utility section (repeatable)")
+    ] = None,
+) -> None:
+    """Rebuild report.md, report.html and figures/ from history.json, predictions.csv and the model."""
+    with _one_line_errors():
+        html = build_report(
+            run_dir,
+            title="medsilo central evaluation",
+            model_dir=model,
+            images_root=images,
+            compare=compare or (),
+            progress=True,
+        )
+    console.print(f"report: {html}", highlight=False)
+
+
+@app.command("predict")
+def predict_images(
+    images: Annotated[list[Path], typer.Argument(help="image files: png, jpg, tif, bmp (dcm with pydicom)")],
+    model: Annotated[Path, typer.Option(help="model directory (model.safetensors + model.json)")],
+    cam: Annotated[Path | None, typer.Option(help="folder for one <stem>_cam.png Grad-CAM overlay per image")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+) -> None:
+    """Print each image's class probabilities and, with --cam, save its Grad-CAM overlay."""
+    with _one_line_errors():
+        net, spec = load_model_dir(model)
+        net.to(resolve_device(device))
+        tensors = [load_image(path, spec) for path in images]
+        shared = [stem for stem, n in Counter(path.stem for path in images).items() if n > 1]
+        if cam is not None and shared:
+            raise ValueError(f"--cam: several images are named {shared[0]!r}; expected distinct file names")
+    if cam is not None:
+        cam.mkdir(parents=True, exist_ok=True)
+    for path, image in zip(images, tensors, strict=True):
+        probs = class_probabilities(net, spec, image)
+        best = int(probs.argmax())
+        table = Table(title=f"{path}: {spec.classes[best]} (p = {probs[best]:.2f})")
+        table.add_column("class")
+        table.add_column("probability", justify="right")
+        table.add_column("predicted", justify="center")
+        for index, (name, p) in enumerate(zip(spec.classes, probs, strict=True)):
+            table.add_row(name, f"{p:.4f}", "*" if index == best else "")
+        console.print(table)
+        if cam is not None:
+            target = cam / f"{path.stem}_cam.png"
+            Image.fromarray(overlay(image, gradcam(net, spec, image, best))).save(target)
+            console.print(f"Grad-CAM overlay for {spec.classes[best]}: {target}", highlight=False)
+
+
+@app.command("ui")
+def ui(
+    model: Annotated[Path, typer.Option(help="model directory (model.safetensors + model.json)")],
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8501,
+    address: Annotated[str, typer.Option(help="interface to serve on; 0.0.0.0 opens it to the network")] = "localhost",
+) -> None:
+    """Serve a local web page: upload an image, see its prediction and Grad-CAM (Streamlit)."""
+    with _one_line_errors():
+        load_model_dir(model)  # a bad directory fails here in one line, not later in the browser
+    page = Path(__file__).with_name("ui_app.py")
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(page),
+        "--server.headless",
+        "true",
+        "--server.address",
+        address,
+        "--server.port",
+        str(port),
+        "--browser.gatherUsageStats",
+        "false",
+        "--",
+        "--model",
+        str(model.resolve()),
+    ]
+    console.print(f"serving {model} at http://{address}:{port} (Ctrl+C stops)", highlight=False)
+    raise typer.Exit(code=subprocess.run(command, check=False).returncode)
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["compare_runs", "config_differences", "plot", "render_markdown_table"]
+__all__ = ["compare_runs", "comparison_note", "config_differences", "plot"]
 
 # Keys that differ between runs of one comparison by design, or that do not change the model.
 _EXPECTED_TO_DIFFER = frozenset(
@@ -72,33 +72,12 @@ def config_differences(rows: Sequence[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({json.dumps(r["config"].get(k)) for r in rows}) > 1]
 
 
-def _cell(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def render_markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The trade-off as a markdown section: one row per run, plus a warning if other settings differ."""
-    baseline = next((r["accuracy"] for r in rows if not r["dp_enabled"]), None)
-    lines = [
-        "## Privacy–utility trade-off",
-        "",
-        "| run | DP | target ε | ε spent (max over hospitals) | accuracy | vs no DP | balanced accuracy | macro F1 |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        ratio = r["accuracy"] / baseline if baseline else None
-        lines.append(
-            f"| {r['run']} | {'on' if r['dp_enabled'] else 'off'} | {_cell(r['target_epsilon'], 1)} "
-            f"| {_cell(r['epsilon_spent'])} | {_cell(r['accuracy'])} | {_cell(ratio, 2)} "
-            f"| {_cell(r['balanced_accuracy'])} | {_cell(r['macro_f1'])} |"
-        )
+def comparison_note(rows: Sequence[dict[str, Any]]) -> str:
+    """One sentence: whether the compared runs differ only in their DP keys."""
     differs = config_differences(rows)
-    lines.append("")
     if differs:
-        lines.append(f"**Not a like-for-like comparison:** the runs also differ in {', '.join(differs)}.")
-    else:
-        lines.append("The runs share every setting except the DP keys.")
-    return "\n".join(lines) + "\n"
+        return f"Not a like-for-like comparison: the runs also differ in {', '.join(differs)}."
+    return "The runs share every setting except the DP keys."
 
 
 def plot(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:

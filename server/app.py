@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
@@ -56,40 +55,10 @@ def _strategy(
     return strategy, evaluator
 
 
-def _privacy_summary(cfg: RunConfig, history: RunHistory) -> str:
-    """DP settings and the epsilon each hospital has spent (its latest report)."""
-    if not cfg.dp_enabled:
-        return "DP off"
-    spent: dict[str, float] = {}
-    for record in history.rounds.values():
-        for name, hospital in record["hospitals"].items():
-            if hospital.get("epsilon") is not None:
-                spent[name] = hospital["epsilon"]
-    per_hospital = ", ".join(f"{name} ε={eps:.2f}" for name, eps in sorted(spent.items())) or "no DP round completed"
-    return f"DP-SGD, target ε={cfg.dp_target_epsilon}, clip {cfg.dp_max_grad_norm}: {per_hospital}"
-
-
-def _privacy_table(history: RunHistory) -> str:
-    """Markdown: epsilon spent by each hospital after each round (``declined`` when it declined)."""
-    rows = [r for r in history.to_json()["rounds"] if r["round"] > 0]
-    names = sorted({n for r in rows for n in r["hospitals"]})
-    lines = ["## Privacy: epsilon spent per hospital", "", "| round | " + " | ".join(names) + " |"]
-    lines.append("|" + "---|" * (len(names) + 1))
-    for record in rows:
-        cells = []
-        for name in names:
-            hospital = record["hospitals"].get(name, {})
-            eps = hospital.get("epsilon")
-            cells.append("declined" if hospital.get("declined") else (f"{eps:.3f}" if eps is not None else "-"))
-        lines.append(f"| {record['round']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Validate the config, run FedAvg with central evaluation, write the run directory."""
     use_flower_logging()
-    start = time.perf_counter()
     try:
         cfg = parse_run_config(context.run_config)
     except ConfigError as err:
@@ -113,27 +82,14 @@ def main(grid: Grid, context: Context) -> None:
     final = evaluator.latest
     if final is None or evaluator.latest_arrays is None:
         raise RuntimeError("the run ended without any central evaluation; see the log for the evaluator's error")
-    hospitals = sorted({h for r in history.rounds.values() for h in r["hospitals"]})
-    summary = {
-        "dataset": f"{cfg.dataset} ({cfg.data_root})",
-        "hospitals": f"{len(hospitals)} ({', '.join(hospitals)}), partitioner {cfg.partitioner}",
-        "rounds": f"{cfg.num_server_rounds} (report from round {final.server_round})",
-        "model": f"{cfg.model} at {cfg.image_size} px",
-        "local training": f"{cfg.local_epochs} epoch(s), {cfg.optimizer} lr {cfg.learning_rate}, "
-        f"batch {cfg.batch_size}",
-        "privacy": _privacy_summary(cfg, history),
-        "encryption": "CKKS encrypted FedAvg (TenSEAL)" if cfg.he_enabled else "HE off",
-        "duration": f"{time.perf_counter() - start:.1f} s",
-    }
-    run_dir.finish(
+    history.finish()
+    history.flush()
+    html = run_dir.finish(
         arrays=evaluator.latest_arrays,
         spec=model_spec(cfg),
         report=final.report,
         paths=final.scored.paths,
         y_true=final.scored.y_true,
         probabilities=final.scored.probabilities,
-        summary=summary,
-        appendix=_privacy_table(history) if cfg.dp_enabled else "",
     )
-    history.flush()
-    log.info("central accuracy %.4f; report: %s", final.report["accuracy"], run_dir.path / "report.md")
+    log.info("central accuracy %.4f after %.1f s; report: %s", final.report["accuracy"], history.duration_s, html)

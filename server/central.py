@@ -121,6 +121,7 @@ class CentralEvaluator:
 
     def __init__(self, cfg: RunConfig, *, scorer: Scorer, history: RunHistory, run_dir: RunDirectory) -> None:
         self.spec = model_spec(cfg)
+        self.num_rounds = cfg.num_server_rounds
         self.scorer = scorer
         self.history = history
         self.run_dir = run_dir
@@ -139,6 +140,7 @@ class CentralEvaluator:
             log.error("round %d central evaluation failed: %s", server_round, err)
             record["central_error"] = str(err)
             self.history.flush()
+            log.info("%s", self.history.round_summary(server_round, self.num_rounds))
             return None
         report = classification_report(scored.y_true, scored.probabilities, self.spec.classes, loss=scored.loss)
         self.latest = CentralEvaluation(server_round, report, scored)
@@ -148,17 +150,11 @@ class CentralEvaluator:
             "loss": report["loss"],
             "macro_f1": report["macro"]["f1"],
             "macro_auroc": report["macro"]["auroc"],
+            "skipped_images": scored.skipped,
         }
         record["timings"]["central_evaluate_s"] = time.perf_counter() - start
         if scored.decrypt_seconds is not None:
             record["timings"]["evaluator_decrypt_s"] = scored.decrypt_seconds
         self.history.flush()
-        macro_f1 = report["macro"]["f1"]
-        log.info(
-            "round %d central evaluation: accuracy %.4f, macro F1 %s, %.1fs",
-            server_round,
-            report["accuracy"],
-            f"{macro_f1:.4f}" if macro_f1 is not None else "n/a",
-            time.perf_counter() - start,
-        )
+        log.info("%s", self.history.round_summary(server_round, self.num_rounds))
         return MetricRecord({"accuracy": float(report["accuracy"]), "loss": float(scored.loss)})

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common import records as rk
 from common.reporting import write_json
 
 __all__ = ["RunHistory"]
 
 
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat(timespec="seconds") if moment is not None else None
+
+
 class RunHistory:
-    """Per-round records: central metrics, federated metrics, hospitals, failures, timings."""
+    """Per-round records: central metrics, federated metrics, hospitals, failures, timings.
+
+    The run's start is stamped on construction, its end by :meth:`finish`.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.rounds: dict[int, dict[str, Any]] = {}
+        self.started_at = datetime.now(UTC)
+        self.finished_at: datetime | None = None
+        self.duration_s: float | None = None
+        self._clock = time.monotonic()
 
     def round(self, server_round: int) -> dict[str, Any]:
         """The (mutable) record of ``server_round``, created on first use."""
@@ -40,9 +54,50 @@ class RunHistory:
         """Record a hospital that errored, timed out or sent an invalid reply."""
         self.round(server_round)["failures"].append({"node_id": node_id, "stage": stage, "reason": reason})
 
+    def finish(self) -> None:
+        """Stamp the end of the run: ``finished_at`` and ``duration_s``."""
+        self.finished_at = datetime.now(UTC)
+        self.duration_s = time.monotonic() - self._clock
+
+    def round_summary(self, server_round: int, num_rounds: int) -> str:
+        """One log line: what happened in ``server_round`` and how long each step took."""
+        record = self.round(server_round)
+        timings = record["timings"]
+        central = record["central"]
+        parts = []
+        if server_round > 0:
+            trained = sum(1 for h in record["hospitals"].values() if h.get("examples"))
+            failed = len(record["failures"])
+            parts.append(
+                f"{trained} hospital(s) trained in {timings.get('train_s', 0.0):.1f} s"
+                + (f" ({failed} failed or declined)" if failed else "")
+                + f", aggregated in {timings.get('aggregate_s', 0.0):.2f} s"
+            )
+            federated = record["federated_evaluate"]
+            if federated is not None:
+                parts.append(
+                    f"hospital evaluation accuracy {federated.get(rk.EVAL_ACCURACY, float('nan')):.3f} "
+                    f"({timings.get('federated_evaluate_s', 0.0):.1f} s)"
+                )
+        if central is not None:
+            macro_f1 = central.get("macro_f1")
+            parts.append(
+                f"central accuracy {central['accuracy']:.3f}, macro F1 "
+                + (f"{macro_f1:.3f}" if macro_f1 is not None else "n/a")
+                + f" ({timings.get('central_evaluate_s', 0.0):.1f} s)"
+            )
+        else:
+            parts.append("no central evaluation")
+        return f"round {server_round}/{num_rounds}: " + ", ".join(parts)
+
     def to_json(self) -> dict[str, Any]:
-        """The ``history.json`` content, rounds in order (round 0 = the initial model)."""
-        return {"rounds": [self.rounds[r] for r in sorted(self.rounds)]}
+        """The ``history.json`` content: run timing, then rounds in order (round 0 = the initial model)."""
+        return {
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "duration_s": self.duration_s,
+            "rounds": [self.rounds[r] for r in sorted(self.rounds)],
+        }
 
     def flush(self) -> None:
         """Write ``history.json`` atomically."""

@@ -16,7 +16,8 @@ from common.config import RunConfig
 from common.he.model_dir import save_encrypted_dir
 from common.he.payload import is_encrypted
 from common.models import ModelSpec, save_model_dir
-from common.reporting import render_markdown, write_json, write_predictions_csv
+from common.report import build_report
+from common.reporting import write_json, write_predictions_csv
 
 __all__ = ["RunDirectory"]
 
@@ -68,10 +69,14 @@ class RunDirectory:
         paths: tuple[str, ...],
         y_true: np.ndarray,
         probabilities: np.ndarray,
-        summary: dict[str, Any],
-        appendix: str = "",
-    ) -> None:
-        """Write ``report.json``, ``predictions.csv``, ``report.md`` (plus ``appendix``) and ``model/``."""
+    ) -> Path:
+        """Write ``model/``, ``report.json`` and ``predictions.csv``, then the report built from them.
+
+        ``history.json`` must be written first: the report's summary and curves come from it.
+
+        Returns:
+            The path of ``report.html``.
+        """
         _save_global(self.path / "model", arrays, spec)
         write_json(self.path / "report.json", report)
         write_predictions_csv(
@@ -81,6 +86,6 @@ class RunDirectory:
             probabilities=probabilities,
             classes=spec.classes,
         )
-        markdown = render_markdown(report, title="medsilo central evaluation", summary=summary)
-        (self.path / "report.md").write_text(markdown + ("\n" + appendix if appendix else ""))
+        html = build_report(self.path, title="medsilo central evaluation")
         log.info("run directory complete: %s", self.path)
+        return html

@@ -83,7 +83,9 @@ class MedsiloFedAvg(FedAvg):
         """Sample hospitals and send them the global model."""
         self._sent = arrays
         self._started["train"] = time.perf_counter()
-        return super().configure_train(server_round, arrays, config, grid)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        log.info("round %d: training on %d hospital(s)", server_round, len(messages))
+        return messages
 
     def _vet(self, server_round: int, replies: Iterable[Message], *, stage: str) -> list[Message]:
         valid: list[Message] = []
@@ -166,6 +168,15 @@ class MedsiloFedAvg(FedAvg):
             log.warning("round %d: no valid training reply; the global model is unchanged", server_round)
             aggregated, metrics = None, None
         timings["aggregate_s"] = time.perf_counter() - start
+        rejected = sum(1 for f in self.history.round(server_round)["failures"] if f["stage"] == "train")
+        log.info(
+            "round %d: %d training replies accepted, %d rejected or declined, after %.1f s; aggregated in %.2f s",
+            server_round,
+            len(valid),
+            rejected,
+            timings["train_s"],
+            timings["aggregate_s"],
+        )
         self.history.round(server_round)["federated_train"] = dict(metrics) if metrics is not None else None
         return aggregated, metrics
 

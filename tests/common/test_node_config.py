@@ -38,7 +38,10 @@ def test_deployment_keys(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"role": "server", "data-path": "."}, "'role' = 'server' is invalid; expected one of 'hospital' or 'evaluator'"),
+        (
+            {"role": "server", "data-path": "."},
+            "'role' = 'server' is invalid; expected one of 'hospital' or 'evaluator'",
+        ),
         ({"role": "hospital"}, "'data-path' is missing"),
         ({"role": "hospital", "data-path": "/no/such/folder"}, "'data-path' = '/no/such/folder' is not a folder"),
         ({"role": "hospital", "data-path": ".", "he-secret-context": "/no/key.ctx"}, "'he-secret-context' = "),

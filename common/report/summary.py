@@ -1,0 +1,89 @@
+"""The run summary, derived from ``config.json`` and ``history.json`` alone (so a report can be rebuilt)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from common.report.content import fmt
+
+__all__ = ["dp_enabled", "he_enabled", "hospital_names", "latest_epsilon", "privacy_summary", "run_summary"]
+
+Rounds = Sequence[Mapping[str, Any]]
+
+
+def hospital_names(rounds: Rounds) -> list[str]:
+    """Every hospital that appears in any round, sorted."""
+    return sorted({name for r in rounds for name in r.get("hospitals", {})})
+
+
+def latest_epsilon(rounds: Rounds) -> dict[str, float]:
+    """The epsilon each hospital reported last."""
+    spent: dict[str, float] = {}
+    for record in rounds:
+        for name, hospital in record.get("hospitals", {}).items():
+            if hospital.get("epsilon") is not None:
+                spent[name] = float(hospital["epsilon"])
+    return spent
+
+
+def dp_enabled(config: Mapping[str, Any] | None, rounds: Rounds) -> bool:
+    """DP-SGD was on: the config says so, or a hospital reported an epsilon."""
+    return bool(config and config.get("dp-enabled")) or bool(latest_epsilon(rounds))
+
+
+def he_enabled(config: Mapping[str, Any] | None) -> bool:
+    """Encrypted FedAvg was on."""
+    return bool(config and config.get("he-enabled"))
+
+
+def privacy_summary(config: Mapping[str, Any] | None, rounds: Rounds) -> str:
+    """DP settings and the epsilon each hospital has spent (its latest report)."""
+    if not dp_enabled(config, rounds):
+        return "DP off"
+    settings = config or {}
+    spent = latest_epsilon(rounds)
+    per_hospital = ", ".join(f"{name} ε={eps:.2f}" for name, eps in sorted(spent.items())) or "no DP round completed"
+    return (
+        f"DP-SGD, target ε={settings.get('dp-target-epsilon', 'n/a')}, clip {settings.get('dp-max-grad-norm', 'n/a')}: "
+        f"{per_hospital}"
+    )
+
+
+def _duration(history: Mapping[str, Any] | None) -> str:
+    if not history or history.get("duration_s") is None:
+        return "n/a (history.json has no run timing)"
+    return f"{history['duration_s']:.1f} s ({history.get('started_at')} to {history.get('finished_at')})"
+
+
+def run_summary(
+    config: Mapping[str, Any] | None, history: Mapping[str, Any] | None, report: Mapping[str, Any]
+) -> dict[str, str]:
+    """Dataset, hospitals, rounds, model, training, DP and HE settings and duration, as text."""
+    if config is None:
+        return {
+            "classes": ", ".join(report["classes"]),
+            "test images": str(report["n"]),
+            "run settings": "unknown: no config.json in this directory",
+        }
+    rounds: Rounds = history["rounds"] if history else []
+    names = hospital_names(rounds)
+    central = [r["round"] for r in rounds if r.get("central")]
+    last = f"round {central[-1]}" if central else "an unrecorded round"
+    return {
+        "dataset": f"{config.get('dataset')} ({config.get('data-root')})",
+        "hospitals": f"{len(names)} ({', '.join(names) or 'none recorded'}), partitioner {config.get('partitioner')}",
+        "rounds": f"{config.get('num-server-rounds')} (report from {last})",
+        "model": f"{config.get('model')} at {config.get('image-size')} px",
+        "local training": f"{config.get('local-epochs')} epoch(s), {config.get('optimizer')} "
+        f"lr {config.get('learning-rate')}, batch {config.get('batch-size')}",
+        "privacy": privacy_summary(config, rounds),
+        "encryption": "CKKS encrypted FedAvg (TenSEAL)" if he_enabled(config) else "HE off",
+        "central test set": f"{report['n']} images, {fmt(_central_skipped(rounds))} unreadable or skipped",
+        "duration": _duration(history),
+    }
+
+
+def _central_skipped(rounds: Rounds) -> int | None:
+    skipped = [r["central"].get("skipped_images") for r in rounds if r.get("central")]
+    return skipped[-1] if skipped and skipped[-1] is not None else None

@@ -1,0 +1,121 @@
+"""A real run's report.html in headless Chromium: it renders, requests nothing, and shows report.json's numbers."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flower_env import REPO, Flower
+from PIL import Image
+
+from common.data.synth import write_synthetic_tree
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking")
+FIGURES = {
+    "confusion_matrix.png",
+    "roc_curves.png",
+    "pr_curves.png",
+    "learning_curves.png",
+    "class_distribution.png",
+    "gradcam.png",
+}
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium or chromium-browser binary on PATH")
+
+
+class _Values(HTMLParser):
+    """``data-key`` -> ``data-value`` of every keyed element, and every ``src``/``href``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[str, str] = {}
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if "data-key" in found:
+            self.values[str(found["data-key"])] = str(found["data-value"])
+        self.links += [str(v) for k, v in attrs if k in ("src", "href")]
+
+
+def _flatten(value: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}{key}.").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in _flatten(item, f"{prefix}{i}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def _screenshot(page: Path, tmp_path: Path, name: str) -> tuple[Path, list[str]]:
+    """Open ``page`` in headless Chromium; return the screenshot and the URLs the page itself requested."""
+    shot, net_log = tmp_path / f"{name}.png", tmp_path / f"{name}-net.json"
+    proc = subprocess.run(
+        [
+            str(CHROMIUM),
+            *FLAGS,
+            f"--user-data-dir={tmp_path / f'{name}-profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,2000",
+            f"--log-net-log={net_log}",
+            page.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
+    log = json.loads(net_log.read_text())
+    start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    # The browser's own background fetches have no initiating origin; the page's have its (file://) origin.
+    jobs = [e.get("params", {}) for e in log["events"] if e["type"] == start_job]
+    requested = [job.get("url", "") for job in jobs if job.get("initiator") != "not an origin"]
+    return shot, [u for u in requested if re.match(r"(https?|wss?|ftp)://", u)]
+
+
+def test_report_html_opens_offline_in_headless_chromium(flower: Flower, tmp_path: Path) -> None:
+    root = write_synthetic_tree(
+        tmp_path / "data", modality="brain-mri", train_per_class=12, test_per_class=6, size=40, seed=5
+    )
+    out = tmp_path / "runs"
+    overrides = (
+        f"model='cnn3' image-size=32 num-server-rounds=2 local-epochs=1 batch-size=16 learning-rate=0.003 "
+        f"min-train-nodes=3 min-evaluate-nodes=3 data-root='{root}' output-dir='{out}' run-name='browser'"
+    )
+    proc = flower.run(
+        "run", str(REPO), "--stream", "--federation-config", "num-supernodes=3", "--run-config", overrides, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = out / "browser"
+    assert "round 2/2: 3 hospital(s) trained in" in proc.stdout + proc.stderr
+    assert {p.name for p in (run_dir / "figures").iterdir()} == FIGURES
+
+    html = (run_dir / "report.html").read_text()
+    page = _Values()
+    page.feed(html)
+    report = json.loads((run_dir / "report.json").read_text())
+    expected = {k: v for k, v in _flatten(report).items() if not k.startswith("classes.")}
+    assert set(page.values) == set(expected)
+    for key, value in expected.items():
+        shown = page.values[key]
+        assert (shown == "null") if value is None else (float(shown) == value), key
+    assert not re.search(r"https?://", html)
+    assert all(link.startswith(("data:image/png;base64,", "#")) for link in page.links)
+
+    shot, requested = _screenshot(run_dir / "report.html", tmp_path, "report")
+    assert requested == []
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float64)
+    assert pixels.shape[:2] == (2000, 1200)
+    assert pixels.std() > 20 and (pixels.min(axis=2) < 200).mean() > 0.05
+    assert len(np.unique(pixels.reshape(-1, 3).astype(np.uint8), axis=0)) > 200
+
+    # The detector itself: a page that loads an external image must be caught.
+    control = tmp_path / "control.html"
+    control.write_text('<!DOCTYPE html><p>control</p><img src="http://example.invalid/x.png">')
+    assert _screenshot(control, tmp_path, "control")[1] == ["http://example.invalid/x.png"]
