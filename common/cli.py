@@ -239,10 +239,13 @@ def ui(
     model: Annotated[Path, typer.Option(help="model directory (model.safetensors + model.json)")],
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8501,
     address: Annotated[str, typer.Option(help="interface to serve on; 0.0.0.0 opens it to the network")] = "localhost",
+    example: Annotated[Path | None, typer.Option(help="image to show, classified, until something is uploaded")] = None,
 ) -> None:
     """Serve a local web page: upload an image, see its prediction and Grad-CAM (Streamlit)."""
     with _one_line_errors():
         load_model_dir(model)  # a bad directory fails here in one line, not later in the browser
+        if example is not None and not example.is_file():
+            raise ValueError(f"example image {example} is not a file; expected an image file")
     page = Path(__file__).with_name("ui_app.py")
     command = [
         sys.executable,
@@ -261,6 +264,7 @@ def ui(
         "--",
         "--model",
         str(model.resolve()),
+        *(["--example", str(example.resolve())] if example is not None else []),
     ]
     console.print(f"serving {model} at http://{address}:{port} (Ctrl+C stops)", highlight=False)
     raise typer.Exit(code=subprocess.run(command, check=False).returncode)

@@ -1,8 +1,10 @@
 """The Streamlit page behind ``medsilo ui``: upload an image, see the prediction and its Grad-CAM.
 
-Run as ``streamlit run common/ui_app.py -- --model DIR``; without ``--model`` the model
-directory comes from the ``MEDSILO_UI_MODEL`` environment variable. Nothing leaves the
-machine: the image is classified in this process and the temporary copy is deleted.
+Run as ``streamlit run common/ui_app.py -- --model DIR [--example IMAGE]``; without ``--model``
+the model directory comes from the ``MEDSILO_UI_MODEL`` environment variable. ``--example``
+names an image that is shown, through the same path as an upload, until something is uploaded.
+Nothing leaves the machine: the image is classified in this process and the temporary copy
+is deleted.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from torch import nn
 from common.explain import class_probabilities, gradcam, load_image, overlay
 from common.models import ModelSpec, load_model_dir
 
-__all__ = ["MAX_UPLOAD_MB", "MODEL_ENV", "explain_upload", "model_dir_from_args", "upload_types"]
+__all__ = [
+    "MAX_UPLOAD_MB",
+    "MODEL_ENV",
+    "example_from_args",
+    "explain_upload",
+    "model_dir_from_args",
+    "upload_types",
+]
 
 MAX_UPLOAD_MB = 20
 MODEL_ENV = "MEDSILO_UI_MODEL"
@@ -35,15 +44,39 @@ def upload_types() -> tuple[str, ...]:
     return ("png", "jpg", "jpeg", *dicom)
 
 
-def model_dir_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Path:
-    """The model directory: ``--model DIR`` in ``argv``, else ``$MEDSILO_UI_MODEL``."""
+def _page_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The page's own options in ``argv``; anything else (pytest's, Streamlit's) is ignored."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--model")
+    parser.add_argument("--example")
     known, _ = parser.parse_known_args(list(argv))
-    model = known.model or environ.get(MODEL_ENV)
+    return known
+
+
+def model_dir_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Path:
+    """The model directory: ``--model DIR`` in ``argv``, else ``$MEDSILO_UI_MODEL``."""
+    model = _page_args(argv).model or environ.get(MODEL_ENV)
     if not model:
         raise ValueError(f"no model directory; expected 'medsilo ui --model DIR' or {MODEL_ENV}=DIR")
     return Path(model)
+
+
+def example_from_args(argv: Sequence[str]) -> Path | None:
+    """The image shown before anything is uploaded: ``--example IMAGE`` in ``argv``, else None."""
+    example = _page_args(argv).example
+    return Path(example) if example else None
+
+
+def _example_bytes(path: Path) -> bytes:
+    """The bytes of the ``--example`` image.
+
+    Raises:
+        ValueError: the path is no readable file.
+    """
+    try:
+        return path.read_bytes()
+    except OSError:
+        raise ValueError(f"example image {path} is not a readable file; expected an image for --example") from None
 
 
 def explain_upload(name: str, data: bytes, model: nn.Module, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -94,11 +127,21 @@ def main() -> None:
     upload = st.file_uploader(
         f"Image to classify ({', '.join(upload_types())})", max_upload_size=MAX_UPLOAD_MB, key="upload"
     )
-    if upload is None:
-        return
+    if upload is not None:
+        name, data = upload.name, upload.getvalue()
+    else:
+        example = example_from_args(sys.argv[1:])
+        if example is None:
+            return
+        try:
+            name, data = example.name, _example_bytes(example)
+        except ValueError as err:
+            st.error(str(err))
+            return
+        st.info(f"Example: {name} (upload an image to classify your own)")
     try:
         with _model_lock():
-            probs, heat = explain_upload(upload.name, upload.getvalue(), model, spec)
+            probs, heat = explain_upload(name, data, model, spec)
     except ValueError as err:
         st.error(str(err))
         return

@@ -146,6 +146,25 @@ def test_ui_launches_streamlit_headless_without_telemetry(model_dir: Path, monke
     assert command[-3:] == ["--", "--model", str(model_dir.resolve())]
 
 
+def test_ui_passes_an_example_image_to_the_page(model_dir: Path, tmp_path: Path, monkeypatch):
+    calls: list[list[str]] = []
+    monkeypatch.setattr(
+        subprocess, "run", lambda command, check: calls.append(command) or subprocess.CompletedProcess(command, 0)
+    )
+    image = tmp_path / "scan.png"
+    image.write_bytes(b"png")
+    result = CliRunner().invoke(app, ["ui", "--model", str(model_dir), "--example", str(image)])
+    assert result.exit_code == 0, result.output
+    (command,) = calls
+    assert command[-5:] == ["--", "--model", str(model_dir.resolve()), "--example", str(image.resolve())]
+
+
+def test_ui_rejects_a_missing_example_image(model_dir: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("streamlit started"))
+    result = CliRunner().invoke(app, ["ui", "--model", str(model_dir), "--example", str(tmp_path / "gone.png")])
+    assert f"example image {tmp_path / 'gone.png'} is not a file" in _one_line_error(result)
+
+
 def test_ui_rejects_a_folder_that_is_no_model(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("streamlit started"))
     result = CliRunner().invoke(app, ["ui", "--model", str(tmp_path)])

@@ -140,6 +140,47 @@ def test_a_folder_that_is_no_model_gets_a_clear_error(tmp_path: Path, monkeypatc
     assert not at.file_uploader
 
 
+def test_an_example_image_is_shown_until_something_is_uploaded(
+    model_dir: Path, tmp_path: Path, monkeypatch, no_pydicom
+):
+    data = _png(tmp_path)
+    monkeypatch.setattr(sys, "argv", [PAGE, "--model", str(model_dir), "--example", str(tmp_path / "scan.png")])
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.run()
+
+    assert not at.exception and not at.error
+    assert [i.value for i in at.info] == ["Example: scan.png (upload an image to classify your own)"]
+    probs = _expected_probabilities(data)
+    best = int(probs.argmax())
+    assert [s.value for s in at.subheader] == [f"Prediction: {CLASSES[best]} (p = {probs[best]:.2f})"]
+    assert len(at.progress) == len(CLASSES)
+    assert len(at.image) == 1 and "Grad-CAM" in at.image[0].captions[0]
+
+    at.file_uploader[0].set_value(("notes.txt", b"not an image\n", "text/plain"))
+    at.run()  # an upload replaces the example
+    assert not at.info and not at.subheader and not at.image
+    assert [e.value for e in at.error] == [f"notes.txt is not a supported image; expected a {TYPES} file"]
+
+
+def test_a_missing_example_image_gets_a_clear_error(model_dir: Path, tmp_path: Path, monkeypatch):
+    missing = tmp_path / "gone.png"
+    monkeypatch.setattr(sys, "argv", [PAGE, "--model", str(model_dir), "--example", str(missing)])
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        f"example image {missing} is not a readable file; expected an image for --example"
+    ]
+    assert not at.info and not at.subheader and not at.image
+    assert at.file_uploader  # uploading still works
+
+
+def test_example_from_args():
+    assert ui_app.example_from_args(["--model", "/m", "--example", "/x/scan.png"]) == Path("/x/scan.png")
+    assert ui_app.example_from_args(["--model", "/m"]) is None
+    assert ui_app.example_from_args(["--exam", "/abbreviated"]) is None
+
+
 def test_model_dir_from_args_prefers_the_command_line():
     env = {ui_app.MODEL_ENV: "/from/env"}
     assert ui_app.model_dir_from_args(["--model", "/from/argv"], env) == Path("/from/argv")
