@@ -31,8 +31,9 @@ from common.he.keys import create_key_pair, load_public_context, load_secret_con
 from common.he.payload import EncryptedPayload
 from common.models import build_model, state_dict_to_cpu
 from common.presets import get_preset
-from server.encrypted_strategy import EncryptedFedAvg, NodeRoster
+from server.encrypted_strategy import EncryptedFedAvg
 from server.history import RunHistory
+from server.roster import NodeRoster
 from server.strategy import MedsiloFedAvg
 
 RESULTS = Path(__file__).parent / "results" / "he_overhead.json"

@@ -99,6 +99,8 @@ class RunConfig(BaseModel):
     seed: Int = Field(42, ge=0)
     output_dir: str = Field("runs", min_length=1)
     run_name: str = ""
+    round_timeout: Float = Field(600.0, gt=0.0, le=86400.0)
+    resume_from: str = ""
 
     @model_validator(mode="after")
     def _image_size_fits_model(self) -> RunConfig:

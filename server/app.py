@@ -13,46 +13,74 @@ from common.experiment import initial_model, model_spec, resolve_path
 from common.he.codec import ParamLayout
 from common.logs import use_flower_logging
 from common.models import state_dict_to_cpu
-from server.central import CentralEvaluator, EvaluatorNodeScorer, LocalScorer
-from server.encrypted_strategy import EncryptedFedAvg, NodeRoster
+from server.central import CentralEvaluator, EvaluatorNodeScorer, LocalScorer, Scorer
+from server.encrypted_strategy import EncryptedFedAvg
 from server.history import RunHistory
 from server.keys import server_context
+from server.resume import ResumePoint, load_resume_point
+from server.roster import NodeRoster
+from server.rounds import run_rounds
 from server.run_directory import RunDirectory
-from server.strategy import MedsiloFedAvg
+from server.strategy import MedsiloFedAvg, RunStopped
 
 log = logging.getLogger(__name__)
 
 app = ServerApp()
 
-MESSAGE_TIMEOUT_S = 3600.0
-
 
 def _strategy(
     cfg: RunConfig, grid: Grid, history: RunHistory, run_dir: RunDirectory, layout: ParamLayout
 ) -> tuple[MedsiloFedAvg, CentralEvaluator]:
-    """The plaintext or the encrypted strategy, with the matching central evaluation."""
+    """The plaintext or the encrypted strategy, with the matching central evaluation.
+
+    A ``query.describe`` first learns every node's role and n_k. The central test set is
+    scored on the evaluator node when there is one (always under HE; in deployment it
+    holds the test set), otherwise by the server itself (plaintext simulation).
+    """
     sampling = {
         "fraction_train": cfg.fraction_train,
         "fraction_evaluate": cfg.fraction_evaluate,
         "min_train_nodes": cfg.min_train_nodes,
         "min_evaluate_nodes": cfg.min_evaluate_nodes if cfg.fraction_evaluate > 0 else 0,
         "min_available_nodes": cfg.min_train_nodes,
+        "round_timeout": cfg.round_timeout,
+        "seed": cfg.seed,
     }
-    spec = model_spec(cfg)
+    try:
+        roster = NodeRoster.discover(
+            grid, min_hospitals=cfg.min_train_nodes, timeout=cfg.round_timeout, evaluator=cfg.he_enabled
+        )
+    except RuntimeError as err:
+        raise RunStopped(str(err)) from None
     if not cfg.he_enabled:
-        evaluator = CentralEvaluator(cfg, scorer=LocalScorer(cfg, spec), history=history, run_dir=run_dir)
-        return MedsiloFedAvg(history=history, **sampling), evaluator
-    public, keys_dir = server_context(cfg, run_dir.path)
-    roster = NodeRoster.discover(grid, min_hospitals=cfg.min_train_nodes, timeout=MESSAGE_TIMEOUT_S)
-    base = ConfigRecord(
-        {rk.HE_KEYS_DIR: str(keys_dir), rk.HE_KEY_ID: public.key_id, rk.NUM_EXAMPLES_TOTAL: roster.total_examples}
-    )
-    scorer = EvaluatorNodeScorer(grid, node_id=roster.evaluator, base_config=base, timeout=MESSAGE_TIMEOUT_S)
-    evaluator = CentralEvaluator(cfg, scorer=scorer, history=history, run_dir=run_dir)
-    strategy = EncryptedFedAvg(
-        history=history, public=public, layout=layout, roster=roster, base_config=base, seed=cfg.seed, **sampling
-    )
-    return strategy, evaluator
+        base = ConfigRecord()
+        strategy = MedsiloFedAvg(history=history, roster=roster, **sampling)
+    else:
+        public, keys_dir = server_context(cfg, run_dir.path)
+        base = ConfigRecord(
+            {rk.HE_KEYS_DIR: str(keys_dir), rk.HE_KEY_ID: public.key_id, rk.NUM_EXAMPLES_TOTAL: roster.total_examples}
+        )
+        strategy = EncryptedFedAvg(
+            history=history, public=public, layout=layout, roster=roster, base_config=base, **sampling
+        )
+    if roster.evaluator is None:
+        scorer: Scorer = LocalScorer(cfg, model_spec(cfg))
+    else:
+        scorer = EvaluatorNodeScorer(grid, node_id=roster.evaluator, base_config=base, timeout=cfg.round_timeout)
+    return strategy, CentralEvaluator(cfg, scorer=scorer, history=history, run_dir=run_dir)
+
+
+def _start(cfg: RunConfig, run_id: int) -> tuple[RunDirectory, RunHistory, ResumePoint | None]:
+    """A fresh run directory, or (``resume-from``) the stopped run's directory and history."""
+    if not cfg.resume_from:
+        run_dir = RunDirectory.create(cfg, run_id=run_id, output_dir=resolve_path(cfg.output_dir))
+        return run_dir, RunHistory(run_dir.history_file), None
+    point = load_resume_point(resolve_path(cfg.resume_from), cfg)
+    run_dir = RunDirectory.reopen(point.run_dir, cfg)
+    history = RunHistory(run_dir.history_file)
+    history.restore(point.rounds, after_round=point.last_round)
+    log.info("resuming %s after round %d", run_dir.path, point.last_round)
+    return run_dir, history, point
 
 
 @app.main()
@@ -61,24 +89,43 @@ def main(grid: Grid, context: Context) -> None:
     use_flower_logging()
     try:
         cfg = parse_run_config(context.run_config)
+        run_dir, history, point = _start(cfg, context.run_id)
     except ConfigError as err:
         log.error("%s", err)
         raise SystemExit(2) from None
-    run_dir = RunDirectory.create(cfg, run_id=context.run_id, output_dir=resolve_path(cfg.output_dir))
-    history = RunHistory(run_dir.history_file)
     state = state_dict_to_cpu(initial_model(cfg))
-    strategy, evaluator = _strategy(cfg, grid, history, run_dir, ParamLayout.of(state))
+    first_round = point.last_round + 1 if point is not None else 1
     log.info(
-        "run %s: %s on %s, %d rounds -> %s", context.run_id, cfg.model, cfg.dataset, cfg.num_server_rounds, run_dir.path
+        "run %s: %s on %s, rounds %d-%d -> %s",
+        context.run_id,
+        cfg.model,
+        cfg.dataset,
+        first_round,
+        cfg.num_server_rounds,
+        run_dir.path,
     )
-    strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(state),
-        num_rounds=cfg.num_server_rounds,
-        timeout=MESSAGE_TIMEOUT_S,
-        train_config=ConfigRecord({rk.RUN_DIR: str(run_dir.path)}),
-        evaluate_fn=evaluator,
-    )
+    try:
+        strategy, evaluator = _strategy(cfg, grid, history, run_dir, ParamLayout.of(state))
+        run_rounds(
+            strategy,
+            grid,
+            arrays=point.arrays if point is not None else ArrayRecord(state),
+            first_round=first_round,
+            last_round=cfg.num_server_rounds,
+            round_timeout=cfg.round_timeout,
+            train_config=ConfigRecord({rk.RUN_DIR: str(run_dir.path)}),
+            evaluate_fn=evaluator,
+        )
+    except RunStopped as err:
+        history.flush()
+        log.error(
+            "run stopped: %s. The last completed round's checkpoint is in %s; continue it with "
+            "--run-config \"resume-from='%s'\" once enough hospitals are back",
+            err,
+            run_dir.path / "checkpoints",
+            run_dir.path,
+        )
+        raise SystemExit(3) from None
     final = evaluator.latest
     if final is None or evaluator.latest_arrays is None:
         raise RuntimeError("the run ended without any central evaluation; see the log for the evaluator's error")

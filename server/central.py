@@ -27,7 +27,7 @@ from common.models import ModelSpec, build_from_spec
 from server.history import RunHistory
 from server.run_directory import RunDirectory
 
-__all__ = ["CentralEvaluation", "CentralEvaluator", "EvaluatorNodeScorer", "LocalScorer", "Scored"]
+__all__ = ["CentralEvaluation", "CentralEvaluator", "EvaluatorNodeScorer", "LocalScorer", "Scored", "Scorer"]
 
 log = logging.getLogger(__name__)
 

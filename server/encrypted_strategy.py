@@ -14,86 +14,22 @@ vetting and the aggregation step differ. Protocol (DESIGN, "Encrypted FedAvg"):
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-import numpy as np
 import tenseal as ts
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.serverapp import Grid
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from common import records as rk
 from common.he.codec import ParamLayout
 from common.he.keys import HEContext
 from common.he.payload import EncryptedPayload
 from server.history import RunHistory
+from server.roster import NodeRoster
 from server.strategy import MedsiloFedAvg, reply_problem
 
-__all__ = ["EncryptedFedAvg", "NodeRoster"]
+__all__ = ["EncryptedFedAvg"]
 
 log = logging.getLogger(__name__)
-
-
-class NodeRoster:
-    """Which SuperNodes are hospitals (with their n_k) and which one is the evaluator."""
-
-    def __init__(self, hospitals: dict[int, int], names: dict[int, str], evaluator: int | None) -> None:
-        self.hospitals = hospitals
-        self.names = names
-        self.evaluator = evaluator
-
-    @property
-    def total_examples(self) -> int:
-        """n_total: the training examples of every hospital."""
-        return sum(self.hospitals.values())
-
-    @classmethod
-    def discover(cls, grid: Grid, *, min_hospitals: int, timeout: float) -> NodeRoster:
-        """Wait for ``min_hospitals`` + 1 nodes, then ask each for its role and n_k."""
-        deadline = time.monotonic() + timeout
-        while len(list(grid.get_node_ids())) < min_hospitals + 1:
-            if time.monotonic() > deadline:
-                connected = len(list(grid.get_node_ids()))
-                raise RuntimeError(
-                    f"only {connected} SuperNode(s) connected after {timeout:.0f}s; encrypted FedAvg "
-                    f"needs at least min-train-nodes + 1 = {min_hospitals + 1} (the hospitals and one evaluator)"
-                )
-            time.sleep(1.0)
-        node_ids = sorted(grid.get_node_ids())
-        query = [
-            Message(
-                RecordDict({rk.CONFIG: ConfigRecord()}),
-                dst_node_id=n,
-                message_type=f"{MessageType.QUERY}.{rk.DESCRIBE}",
-            )
-            for n in node_ids
-        ]
-        hospitals, names, evaluators = {}, {}, []
-        for reply in grid.send_and_receive(query, timeout=timeout):
-            node = reply.metadata.src_node_id
-            if reply.has_error():
-                log.warning("node %d did not describe itself: %s", node, reply.error.reason)
-                continue
-            info = reply.content[rk.HOSPITAL]
-            names[node] = str(info["name"])
-            if info[rk.ROLE] == "evaluator":
-                evaluators.append(node)
-            else:
-                hospitals[node] = int(next(iter(reply.content.metric_records.values()))[rk.NUM_EXAMPLES])
-        if len(evaluators) != 1:
-            raise RuntimeError(
-                f"found {len(evaluators)} evaluator node(s); encrypted FedAvg needs exactly one "
-                "(in simulation: num-supernodes = hospitals + 1)"
-            )
-        if len(hospitals) < min_hospitals:
-            raise RuntimeError(f"found {len(hospitals)} hospital(s); min-train-nodes is {min_hospitals}")
-        log.info(
-            "roster: %d hospitals (%d training examples), evaluator node %d",
-            len(hospitals),
-            sum(hospitals.values()),
-            evaluators[0],
-        )
-        return cls(hospitals, names, evaluators[0])
 
 
 class EncryptedFedAvg(MedsiloFedAvg):
@@ -107,58 +43,20 @@ class EncryptedFedAvg(MedsiloFedAvg):
         layout: ParamLayout,
         roster: NodeRoster,
         base_config: ConfigRecord,
-        seed: int,
         **kwargs: object,
     ) -> None:
         if public.secret or public.context.is_private():
             raise RuntimeError("the aggregation server must never hold a secret key: give it public.ctx only")
-        super().__init__(history=history, **kwargs)
+        super().__init__(history=history, roster=roster, **kwargs)  # type: ignore[arg-type]
+        self.roster: NodeRoster = roster
         self.public = public
         self.layout = layout
-        self.roster = roster
         self.base_config = base_config
-        self.rng = np.random.default_rng(seed)
-
-    def _sample(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
-        alive = set(grid.get_node_ids())
-        pool = sorted(n for n in self.roster.hospitals if n in alive)
-        if len(pool) < minimum:
-            log.warning(
-                "only %d of %d hospitals are connected; the minimum is %d",
-                len(pool),
-                len(self.roster.hospitals),
-                minimum,
-            )
-        size = min(len(pool), max(int(len(pool) * fraction), minimum))
-        picked = self.rng.choice(len(pool), size=size, replace=False) if size else []
-        return sorted(pool[int(i)] for i in picked)  # indices: node ids exceed int64
 
     def _messages(self, arrays: ArrayRecord, config: ConfigRecord, nodes: Sequence[int], kind: str) -> list[Message]:
+        """The plain messages, with the run's HE keys, key id and n_total merged into the config."""
         merged = ConfigRecord({**dict(self.base_config), **dict(config)})
-        return [
-            Message(RecordDict({rk.ARRAYS: arrays, rk.CONFIG: merged}), dst_node_id=n, message_type=kind) for n in nodes
-        ]
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Send the global model (plaintext in round 1, then the encrypted aggregate) to hospitals."""
-        self._started["train"] = time.perf_counter()
-        nodes = self._sample(grid, self.fraction_train, self.min_train_nodes)
-        log.info("round %d: training on %d hospital(s)", server_round, len(nodes))
-        config = ConfigRecord({**dict(config), rk.SERVER_ROUND: server_round})
-        return self._messages(arrays, config, nodes, MessageType.TRAIN)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Send the encrypted aggregate to hospitals for their local evaluation."""
-        self._started["evaluate"] = time.perf_counter()
-        if self.fraction_evaluate == 0.0:
-            return []
-        nodes = self._sample(grid, self.fraction_evaluate, self.min_evaluate_nodes)
-        config = ConfigRecord({**dict(config), rk.SERVER_ROUND: server_round})
-        return self._messages(arrays, config, nodes, MessageType.EVALUATE)
+        return super()._messages(arrays, merged, nodes, kind)
 
     def _reply_problem(self, msg: Message, *, stage: str) -> str | None:
         problem = reply_problem(msg, expected=None)

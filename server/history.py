@@ -29,7 +29,13 @@ class RunHistory:
         self.started_at = datetime.now(UTC)
         self.finished_at: datetime | None = None
         self.duration_s: float | None = None
+        self.resumed: list[dict[str, Any]] = []
         self._clock = time.monotonic()
+
+    def restore(self, rounds: list[dict[str, Any]], *, after_round: int) -> None:
+        """Continue a stopped run: keep its rounds up to ``after_round`` and note the resume."""
+        self.rounds = {int(r["round"]): r for r in rounds if int(r["round"]) <= after_round}
+        self.resumed.append({"after_round": after_round, "at": _iso(datetime.now(UTC))})
 
     def round(self, server_round: int) -> dict[str, Any]:
         """The (mutable) record of ``server_round``, created on first use."""
@@ -96,6 +102,7 @@ class RunHistory:
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
             "duration_s": self.duration_s,
+            **({"resumed": self.resumed} if self.resumed else {}),
             "rounds": [self.rounds[r] for r in sorted(self.rounds)],
         }
 

@@ -27,6 +27,8 @@ def server_context(cfg: RunConfig, run_dir: Path) -> tuple[HEContext, Path]:
     """
     if cfg.he_keys_dir:
         keys_dir = resolve_path(cfg.he_keys_dir)
+    elif (run_dir / "keys" / PUBLIC_FILE).is_file():  # a resumed simulation keeps its key pair
+        keys_dir = run_dir / "keys"
     else:
         keys_dir = run_dir / "keys"
         subprocess.run(

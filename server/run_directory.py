@@ -46,6 +46,12 @@ class RunDirectory:
         write_json(path / "config.json", cfg.to_run_config())
         return cls(path)
 
+    @classmethod
+    def reopen(cls, path: Path, cfg: RunConfig) -> RunDirectory:
+        """A stopped run's directory, to resume in place; ``config.json`` takes the new config."""
+        write_json(path / "config.json", cfg.to_run_config())
+        return cls(path)
+
     @property
     def history_file(self) -> Path:
         """``history.json``."""

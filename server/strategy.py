@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common import records as rk
 from server.history import RunHistory
+from server.roster import NodeRoster
 
-__all__ = ["MedsiloFedAvg", "reply_problem"]
+__all__ = ["MedsiloFedAvg", "RunStopped", "reply_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +66,66 @@ def reply_problem(msg: Message, *, expected: ArrayRecord | None) -> str | None:
     return None
 
 
+class RunStopped(RuntimeError):
+    """Fewer hospitals than the minimum remain; the run stops and can be resumed from its checkpoint."""
+
+
 class MedsiloFedAvg(FedAvg):
     """FedAvg that rejects a bad reply (logged with the hospital) instead of the round.
 
-    It records each hospital's metrics, payload bytes and failures, plus the round
-    timings, into a :class:`RunHistory`.
+    It records each hospital's metrics, payload bytes and failures (including hospitals
+    that did not reply within ``round_timeout``), plus the round timings, into a
+    :class:`RunHistory`. Unlike Flower's sampling it never waits forever: when fewer than
+    ``min_train_nodes`` hospitals are connected or reply, it raises :class:`RunStopped`.
+    Only the roster's hospitals are sampled, never the evaluator node.
     """
 
-    def __init__(self, *, history: RunHistory, **kwargs: object) -> None:
+    def __init__(
+        self,
+        *,
+        history: RunHistory,
+        roster: NodeRoster | None = None,
+        round_timeout: float = 600.0,
+        seed: int = 0,
+        **kwargs: object,
+    ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.history = history
+        self.roster = roster
+        self.round_timeout = round_timeout
+        self.seed = seed
         self._sent: ArrayRecord | None = None
+        self._sent_to: dict[str, list[int]] = {}
         self._started: dict[str, float] = {}
+
+    def _pool(self, grid: Grid) -> list[int]:
+        """The connected hospitals: the roster's, or every node when there is no roster."""
+        alive = set(grid.get_node_ids())
+        if self.roster is None:
+            return sorted(alive)
+        return sorted(n for n in self.roster.hospitals if n in alive)
+
+    def _sample(self, grid: Grid, server_round: int, fraction: float, minimum: int, stage: str) -> list[int]:
+        """Wait up to ``round_timeout`` for ``minimum`` hospitals, then draw ``fraction`` of them (seeded per round)."""
+        deadline = time.monotonic() + self.round_timeout
+        pool = self._pool(grid)
+        while len(pool) < minimum and time.monotonic() < deadline:
+            time.sleep(1.0)
+            pool = self._pool(grid)
+        if len(pool) < minimum:
+            raise RunStopped(
+                f"round {server_round} {stage}: only {len(pool)} hospital(s) connected after round-timeout "
+                f"{self.round_timeout:.0f} s; the minimum is {minimum}"
+            )
+        size = min(len(pool), max(int(len(pool) * fraction), minimum))
+        rng = np.random.default_rng([self.seed, server_round])
+        picked = rng.choice(len(pool), size=size, replace=False) if size else []
+        return sorted(pool[int(i)] for i in picked)  # indices: node ids exceed int64
+
+    def _messages(self, arrays: ArrayRecord, config: ConfigRecord, nodes: Sequence[int], kind: str) -> list[Message]:
+        return [
+            Message(RecordDict({rk.ARRAYS: arrays, rk.CONFIG: config}), dst_node_id=n, message_type=kind) for n in nodes
+        ]
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -83,9 +133,22 @@ class MedsiloFedAvg(FedAvg):
         """Sample hospitals and send them the global model."""
         self._sent = arrays
         self._started["train"] = time.perf_counter()
-        messages = list(super().configure_train(server_round, arrays, config, grid))
-        log.info("round %d: training on %d hospital(s)", server_round, len(messages))
-        return messages
+        nodes = self._sample(grid, server_round, self.fraction_train, self.min_train_nodes, "train")
+        self._sent_to["train"] = nodes
+        log.info("round %d: training on %d hospital(s)", server_round, len(nodes))
+        config = ConfigRecord({**dict(config), rk.SERVER_ROUND: server_round})
+        return self._messages(arrays, config, nodes, MessageType.TRAIN)
+
+    def _record_missing(self, server_round: int, replies: list[Message], stage: str) -> None:
+        """Record every sampled hospital that sent nothing back within ``round_timeout``."""
+        answered = {m.metadata.src_node_id for m in replies}
+        for node in self._sent_to.pop(stage, []):
+            if node in answered:
+                continue
+            name = self.roster.names.get(node, f"node-{node}") if self.roster is not None else f"node-{node}"
+            reason = f"no reply within round-timeout ({self.round_timeout:.0f} s): {name} dropped out"
+            log.warning("round %d %s: %s", server_round, stage, reason)
+            self.history.fail(server_round, node_id=node, stage=stage, reason=reason)
 
     def _vet(self, server_round: int, replies: Iterable[Message], *, stage: str) -> list[Message]:
         valid: list[Message] = []
@@ -116,7 +179,7 @@ class MedsiloFedAvg(FedAvg):
                 problem,
             )
             self.history.fail(server_round, node_id=msg.metadata.src_node_id, stage=stage, reason=problem)
-        return valid
+        return sorted(valid, key=_hospital_name)  # arrival order must not change the floating-point sum
 
     def _reply_problem(self, msg: Message, *, stage: str) -> str | None:
         """Why this reply cannot be aggregated (``None`` when it is sound)."""
@@ -159,8 +222,17 @@ class MedsiloFedAvg(FedAvg):
         """Vet the replies, record each hospital, then aggregate the valid ones."""
         timings = self.history.round(server_round)["timings"]
         timings["train_s"] = time.perf_counter() - self._started.pop("train", time.perf_counter())
+        replies = list(replies)
+        self._record_missing(server_round, replies, "train")
         valid = self._vet(server_round, replies, stage="train")
         self._record_hospitals(server_round, valid)
+        declined = sum(1 for m in replies if _declined(m) is not None)
+        if len(valid) + declined < self.min_train_nodes:
+            self.history.flush()
+            raise RunStopped(
+                f"round {server_round}: {len(valid)} valid hospital update(s) ({declined} declined), below "
+                f"min-train-nodes {self.min_train_nodes}; see this round's failures in history.json"
+            )
         start = time.perf_counter()
         if valid:
             aggregated, metrics = self._aggregate(server_round, valid)
@@ -183,14 +255,21 @@ class MedsiloFedAvg(FedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Send the new global model to hospitals for local evaluation."""
+        """Send the new global model to hospitals for local evaluation (none when fraction-evaluate is 0)."""
         self._started["evaluate"] = time.perf_counter()
-        return super().configure_evaluate(server_round, arrays, config, grid)
+        if self.fraction_evaluate == 0.0:
+            return []
+        nodes = self._sample(grid, server_round, self.fraction_evaluate, self.min_evaluate_nodes, "evaluate")
+        self._sent_to["evaluate"] = nodes
+        config = ConfigRecord({**dict(config), rk.SERVER_ROUND: server_round})
+        return self._messages(arrays, config, nodes, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Vet and record the hospitals' local evaluation, then average it."""
         timings = self.history.round(server_round)["timings"]
         timings["federated_evaluate_s"] = time.perf_counter() - self._started.pop("evaluate", time.perf_counter())
+        replies = list(replies)
+        self._record_missing(server_round, replies, "evaluate")
         valid = self._vet(server_round, replies, stage="evaluate")
         for msg in valid:
             metrics = next(iter(msg.content.metric_records.values()))

@@ -49,6 +49,8 @@ DEFAULTS = {
     "seed": 42,
     "output-dir": "runs",
     "run-name": "",
+    "round-timeout": 600.0,
+    "resume-from": "",
 }
 
 
@@ -206,6 +208,9 @@ def test_non_finite_float_is_rejected(key):
         ("dp-target-epsilon", 0.0, "a value > 0"),
         ("dp-delta", 1.0, "a value < 1"),
         ("dp-max-grad-norm", -1.0, "a value > 0"),
+        ("round-timeout", 0.0, "a value > 0"),
+        ("round-timeout", "soon", "a number"),
+        ("resume-from", 3, "a string"),
         ("dp-noise-multiplier", -0.5, "a value >= 0"),
         ("dp-enabled", "yes", "true or false"),
     ],

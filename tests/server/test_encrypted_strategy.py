@@ -14,8 +14,9 @@ from flwr.supercore.task_identity import TaskIdentity
 from common.he.codec import ParamLayout, decrypt_chunks, encrypt_vector
 from common.he.keys import create_key_pair, load_public_context, load_secret_context
 from common.he.payload import EncryptedPayload
-from server.encrypted_strategy import EncryptedFedAvg, NodeRoster
+from server.encrypted_strategy import EncryptedFedAvg
 from server.history import RunHistory
+from server.roster import NodeRoster
 
 REPO = Path(__file__).resolve().parents[2]
 

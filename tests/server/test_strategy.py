@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 from flwr.supercore.task_identity import TaskIdentity
 
 from server.history import RunHistory
-from server.strategy import MedsiloFedAvg, reply_problem
+from server.roster import NodeRoster
+from server.strategy import MedsiloFedAvg, RunStopped, reply_problem
 
 SHAPES = {"w": (3, 2), "b": (2,)}
 
@@ -72,11 +75,56 @@ def test_bad_replies_are_rejected_and_logged_while_the_round_goes_on(
     assert sum("rejected reply from" in r.getMessage() for r in caplog.records) == 4
 
 
-def test_a_round_without_valid_replies_keeps_the_model(tmp_path: Path) -> None:
-    strategy = MedsiloFedAvg(history=RunHistory(tmp_path / "h.json"), min_train_nodes=1, min_available_nodes=1)
+def test_a_round_below_the_minimum_stops_the_run_and_records_who_dropped_out(tmp_path: Path) -> None:
+    history = RunHistory(tmp_path / "h.json")
+    strategy = MedsiloFedAvg(history=history, min_train_nodes=2, min_available_nodes=2, round_timeout=30)
     strategy._sent = _arrays(0.0)
-    arrays, metrics = strategy.aggregate_train(1, [_reply(3, Error(code=1, reason="x"))])
-    assert arrays is None and metrics is None
+    strategy._sent_to["train"] = [3, 4, 5]
+    with pytest.raises(
+        RunStopped, match="round 1: 1 valid hospital update\\(s\\) \\(0 declined\\), below min-train-nodes 2"
+    ):
+        replies = [_reply(3, Error(code=1, reason="x")), _reply(4, _train_content(1.0, 10, name="b"))]
+        strategy.aggregate_train(1, replies)
+    failed = {f["node_id"]: f["reason"] for f in json.loads((tmp_path / "h.json").read_text())["rounds"][0]["failures"]}
+    assert failed[5] == "no reply within round-timeout (30 s): node-5 dropped out"
+    assert "x" in failed[3] and 4 not in failed
+
+
+def test_hospitals_that_decline_do_not_stop_the_run(tmp_path: Path) -> None:
+    strategy = MedsiloFedAvg(history=RunHistory(tmp_path / "h.json"), min_train_nodes=2, min_available_nodes=2)
+    strategy._sent = _arrays(0.0)
+    declined = RecordDict(
+        {
+            "metrics": MetricRecord({"num-examples": 0}),
+            "hospital": ConfigRecord({"name": "a", "declined": "privacy budget spent"}),
+        }
+    )
+    arrays, metrics = strategy.aggregate_train(1, [_reply(3, declined), _reply(4, declined)])
+    assert arrays is None and metrics is None  # the global model stays as it was
+
+
+class _Nodes:
+    """A grid whose connected nodes are fixed."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+
+def test_sampling_skips_the_evaluator_and_never_waits_forever(tmp_path: Path) -> None:
+    roster = NodeRoster({1: 10, 2: 10, 3: 10}, {1: "a", 2: "b", 3: "c"}, evaluator=9)
+    strategy = MedsiloFedAvg(
+        history=RunHistory(tmp_path / "h.json"), roster=roster, min_train_nodes=2, round_timeout=1.5, seed=4
+    )
+    messages = list(strategy.configure_train(1, _arrays(0.0), ConfigRecord(), _Nodes([1, 2, 3, 9])))
+    assert sorted(m.metadata.dst_node_id for m in messages) == [1, 2, 3]
+    assert all(m.content["config"]["server-round"] == 1 for m in messages)
+    start = time.monotonic()
+    with pytest.raises(RunStopped, match="only 1 hospital\\(s\\) connected after round-timeout 2 s; the minimum is 2"):
+        strategy.configure_train(2, _arrays(0.0), ConfigRecord(), _Nodes([1, 9]))
+    assert 1.4 < time.monotonic() - start < 10
 
 
 @pytest.mark.parametrize("n", [-1, "ten", 2.5e-9 * -1])

@@ -1,0 +1,83 @@
+"""Which SuperNodes take part in a run: hospitals with their example counts, and the evaluator."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from common import records as rk
+
+__all__ = ["NodeRoster"]
+
+log = logging.getLogger(__name__)
+
+
+class NodeRoster:
+    """Which SuperNodes are hospitals (with their n_k) and which one is the evaluator."""
+
+    def __init__(self, hospitals: dict[int, int], names: dict[int, str], evaluator: int | None) -> None:
+        self.hospitals = hospitals
+        self.names = names
+        self.evaluator = evaluator
+
+    @property
+    def total_examples(self) -> int:
+        """n_total: the training examples of every hospital."""
+        return sum(self.hospitals.values())
+
+    @classmethod
+    def discover(cls, grid: Grid, *, min_hospitals: int, timeout: float, evaluator: bool = True) -> NodeRoster:
+        """Wait for enough nodes, then ask each for its role and n_k.
+
+        With ``evaluator`` (encrypted FedAvg) exactly one evaluator node must answer;
+        without, an evaluator node is optional (deployment keeps the test set there).
+        """
+        needed = min_hospitals + 1 if evaluator else min_hospitals
+        deadline = time.monotonic() + timeout
+        while len(list(grid.get_node_ids())) < needed:
+            if time.monotonic() > deadline:
+                connected = len(list(grid.get_node_ids()))
+                what = "encrypted FedAvg needs at least min-train-nodes + 1" if evaluator else "min-train-nodes is"
+                raise RuntimeError(
+                    f"only {connected} SuperNode(s) connected after {timeout:.0f}s; {what} = {needed}"
+                    + (" (the hospitals and one evaluator)" if evaluator else "")
+                )
+            time.sleep(1.0)
+        node_ids = sorted(grid.get_node_ids())
+        query = [
+            Message(
+                RecordDict({rk.CONFIG: ConfigRecord()}),
+                dst_node_id=n,
+                message_type=f"{MessageType.QUERY}.{rk.DESCRIBE}",
+            )
+            for n in node_ids
+        ]
+        hospitals, names, evaluators = {}, {}, []
+        for reply in grid.send_and_receive(query, timeout=timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                log.warning("node %d did not describe itself: %s", node, reply.error.reason)
+                continue
+            info = reply.content[rk.HOSPITAL]
+            names[node] = str(info["name"])
+            if info[rk.ROLE] == "evaluator":
+                evaluators.append(node)
+            else:
+                hospitals[node] = int(next(iter(reply.content.metric_records.values()))[rk.NUM_EXAMPLES])
+        if len(evaluators) > 1 or (evaluator and not evaluators):
+            raise RuntimeError(
+                f"found {len(evaluators)} evaluator node(s); expected {'exactly' if evaluator else 'at most'} one "
+                "(encrypted FedAvg in simulation: num-supernodes = hospitals + 1)"
+            )
+        if len(hospitals) < min_hospitals:
+            raise RuntimeError(f"found {len(hospitals)} hospital(s); min-train-nodes is {min_hospitals}")
+        log.info(
+            "roster: %d hospitals (%d training examples), evaluator node %s",
+            len(hospitals),
+            sum(hospitals.values()),
+            evaluators[0] if evaluators else "none",
+        )
+        return cls(hospitals, names, evaluators[0] if evaluators else None)

@@ -1,0 +1,59 @@
+"""The round loop: train, federated evaluation, central evaluation; resumable and never waiting forever.
+
+Flower's ``Strategy.start`` always runs rounds ``1..N`` and waits indefinitely for the
+minimum number of nodes. This loop starts at any round (for ``resume-from``), bounds every
+wait by ``round-timeout``, and stops the run with a clear message when fewer hospitals than
+``min-train-nodes`` remain; the checkpoint of the last completed round stays on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp import Grid
+
+from server.strategy import MedsiloFedAvg, RunStopped
+
+__all__ = ["run_rounds"]
+
+log = logging.getLogger(__name__)
+
+
+def run_rounds(
+    strategy: MedsiloFedAvg,
+    grid: Grid,
+    *,
+    arrays: ArrayRecord,
+    first_round: int,
+    last_round: int,
+    round_timeout: float,
+    train_config: ConfigRecord,
+    evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None],
+) -> ArrayRecord:
+    """Run rounds ``first_round..last_round`` from ``arrays``; return the final global model.
+
+    Round 0 (the initial model) is scored only on a fresh start.
+
+    Raises:
+        RunStopped: a round's training left no model to aggregate (too few valid replies).
+    """
+    if first_round == 1:
+        evaluate_fn(0, arrays)
+    for server_round in range(first_round, last_round + 1):
+        start = time.perf_counter()
+        log.info("round %d/%d: sending the global model to the hospitals", server_round, last_round)
+        messages = strategy.configure_train(server_round, arrays, train_config, grid)
+        replies = grid.send_and_receive(messages, timeout=round_timeout)
+        aggregated, _ = strategy.aggregate_train(server_round, replies)
+        if aggregated is None:
+            raise RunStopped(f"round {server_round}: no hospital update could be aggregated")
+        arrays = aggregated
+        messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
+        if messages:
+            strategy.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=round_timeout))
+        evaluate_fn(server_round, arrays)
+        log.info("round %d/%d done in %.1f s", server_round, last_round, time.perf_counter() - start)
+    return arrays
