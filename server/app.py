@@ -91,8 +91,8 @@ def main(grid: Grid, context: Context) -> None:
         cfg = parse_run_config(context.run_config)
         run_dir, history, point = _start(cfg, context.run_id)
     except ConfigError as err:
-        log.error("%s", err)
-        raise SystemExit(2) from None
+        log.error("%s", err)  # returning (not exiting) lets Flower ship this line to `flwr run` and `flwr log`
+        return
     state = state_dict_to_cpu(initial_model(cfg))
     first_round = point.last_round + 1 if point is not None else 1
     log.info(
@@ -117,6 +117,7 @@ def main(grid: Grid, context: Context) -> None:
             evaluate_fn=evaluator,
         )
     except RunStopped as err:
+        history.stop(str(err))
         history.flush()
         log.error(
             "run stopped: %s. The last completed round's checkpoint is in %s; continue it with "
@@ -125,7 +126,7 @@ def main(grid: Grid, context: Context) -> None:
             run_dir.path / "checkpoints",
             run_dir.path,
         )
-        raise SystemExit(3) from None
+        return
     final = evaluator.latest
     if final is None or evaluator.latest_arrays is None:
         raise RuntimeError("the run ended without any central evaluation; see the log for the evaluator's error")

@@ -30,6 +30,7 @@ class RunHistory:
         self.finished_at: datetime | None = None
         self.duration_s: float | None = None
         self.resumed: list[dict[str, Any]] = []
+        self.stopped: str | None = None
         self._clock = time.monotonic()
 
     def restore(self, rounds: list[dict[str, Any]], *, after_round: int) -> None:
@@ -59,6 +60,11 @@ class RunHistory:
     def fail(self, server_round: int, *, node_id: int, stage: str, reason: str) -> None:
         """Record a hospital that errored, timed out or sent an invalid reply."""
         self.round(server_round)["failures"].append({"node_id": node_id, "stage": stage, "reason": reason})
+
+    def stop(self, reason: str) -> None:
+        """Record why the run stopped before its last round (it can be resumed)."""
+        self.stopped = reason
+        self.finish()
 
     def finish(self) -> None:
         """Stamp the end of the run: ``finished_at`` and ``duration_s``."""
@@ -103,6 +109,7 @@ class RunHistory:
             "finished_at": _iso(self.finished_at),
             "duration_s": self.duration_s,
             **({"resumed": self.resumed} if self.resumed else {}),
+            **({"stopped": self.stopped} if self.stopped else {}),
             "rounds": [self.rounds[r] for r in sorted(self.rounds)],
         }
 

@@ -95,8 +95,21 @@ class MedsiloFedAvg(FedAvg):
         self.round_timeout = round_timeout
         self.seed = seed
         self._sent: ArrayRecord | None = None
-        self._sent_to: dict[str, list[int]] = {}
+        self._outbox: dict[str, list[Message]] = {}
         self._started: dict[str, float] = {}
+
+    def _origin(self, msg: Message, stage: str) -> int:
+        """The hospital a reply answers for: an error made by the SuperLink names the SuperLink as sender."""
+        sent = {
+            m.metadata.message_id: m.metadata.dst_node_id for m in self._outbox.get(stage, []) if m.metadata.message_id
+        }
+        return sent.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+
+    def _name(self, node: int, msg: Message | None = None) -> str:
+        """A hospital's name: from the roster, else from its reply, else its node id."""
+        if self.roster is not None and node in self.roster.names:
+            return self.roster.names[node]
+        return _hospital_name(msg) if msg is not None and msg.has_content() else f"node-{node}"
 
     def _pool(self, grid: Grid) -> list[int]:
         """The connected hospitals: the roster's, or every node when there is no roster."""
@@ -134,19 +147,18 @@ class MedsiloFedAvg(FedAvg):
         self._sent = arrays
         self._started["train"] = time.perf_counter()
         nodes = self._sample(grid, server_round, self.fraction_train, self.min_train_nodes, "train")
-        self._sent_to["train"] = nodes
         log.info("round %d: training on %d hospital(s)", server_round, len(nodes))
         config = ConfigRecord({**dict(config), rk.SERVER_ROUND: server_round})
-        return self._messages(arrays, config, nodes, MessageType.TRAIN)
+        self._outbox["train"] = self._messages(arrays, config, nodes, MessageType.TRAIN)
+        return self._outbox["train"]
 
     def _record_missing(self, server_round: int, replies: list[Message], stage: str) -> None:
         """Record every sampled hospital that sent nothing back within ``round_timeout``."""
-        answered = {m.metadata.src_node_id for m in replies}
-        for node in self._sent_to.pop(stage, []):
+        answered = {self._origin(m, stage) for m in replies}
+        for node in (m.metadata.dst_node_id for m in self._outbox.get(stage, [])):
             if node in answered:
                 continue
-            name = self.roster.names.get(node, f"node-{node}") if self.roster is not None else f"node-{node}"
-            reason = f"no reply within round-timeout ({self.round_timeout:.0f} s): {name} dropped out"
+            reason = f"no reply within round-timeout ({self.round_timeout:.0f} s): {self._name(node)} dropped out"
             log.warning("round %d %s: %s", server_round, stage, reason)
             self.history.fail(server_round, node_id=node, stage=stage, reason=reason)
 
@@ -170,15 +182,16 @@ class MedsiloFedAvg(FedAvg):
             if problem is None:
                 valid.append(msg)
                 continue
+            node = self._origin(msg, stage)
             log.warning(
                 "round %d %s: rejected reply from %s (node %d): %s",
                 server_round,
                 stage,
-                _hospital_name(msg),
-                msg.metadata.src_node_id,
+                self._name(node, msg),
+                node,
                 problem,
             )
-            self.history.fail(server_round, node_id=msg.metadata.src_node_id, stage=stage, reason=problem)
+            self.history.fail(server_round, node_id=node, stage=stage, reason=problem)
         return sorted(valid, key=_hospital_name)  # arrival order must not change the floating-point sum
 
     def _reply_problem(self, msg: Message, *, stage: str) -> str | None:
@@ -260,9 +273,9 @@ class MedsiloFedAvg(FedAvg):
         if self.fraction_evaluate == 0.0:
             return []
         nodes = self._sample(grid, server_round, self.fraction_evaluate, self.min_evaluate_nodes, "evaluate")
-        self._sent_to["evaluate"] = nodes
         config = ConfigRecord({**dict(config), rk.SERVER_ROUND: server_round})
-        return self._messages(arrays, config, nodes, MessageType.EVALUATE)
+        self._outbox["evaluate"] = self._messages(arrays, config, nodes, MessageType.EVALUATE)
+        return self._outbox["evaluate"]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Vet and record the hospitals' local evaluation, then average it."""

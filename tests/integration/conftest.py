@@ -1,5 +1,6 @@
-"""Make the real-process fixtures of ``flower_env`` available to these tests."""
+"""Make the real-process fixtures of ``flower_env`` and ``deployment`` available to these tests."""
 
+from deployment import deployment
 from flower_env import flower
 
-__all__ = ["flower"]
+__all__ = ["deployment", "flower"]

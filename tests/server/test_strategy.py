@@ -75,11 +75,20 @@ def test_bad_replies_are_rejected_and_logged_while_the_round_goes_on(
     assert sum("rejected reply from" in r.getMessage() for r in caplog.records) == 4
 
 
+class _Nodes:
+    """A grid whose connected nodes are fixed."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+
 def test_a_round_below_the_minimum_stops_the_run_and_records_who_dropped_out(tmp_path: Path) -> None:
     history = RunHistory(tmp_path / "h.json")
     strategy = MedsiloFedAvg(history=history, min_train_nodes=2, min_available_nodes=2, round_timeout=30)
-    strategy._sent = _arrays(0.0)
-    strategy._sent_to["train"] = [3, 4, 5]
+    strategy.configure_train(1, _arrays(0.0), ConfigRecord(), _Nodes([3, 4, 5]))
     with pytest.raises(
         RunStopped, match="round 1: 1 valid hospital update\\(s\\) \\(0 declined\\), below min-train-nodes 2"
     ):
@@ -101,16 +110,6 @@ def test_hospitals_that_decline_do_not_stop_the_run(tmp_path: Path) -> None:
     )
     arrays, metrics = strategy.aggregate_train(1, [_reply(3, declined), _reply(4, declined)])
     assert arrays is None and metrics is None  # the global model stays as it was
-
-
-class _Nodes:
-    """A grid whose connected nodes are fixed."""
-
-    def __init__(self, nodes: list[int]) -> None:
-        self.nodes = nodes
-
-    def get_node_ids(self) -> list[int]:
-        return self.nodes
 
 
 def test_sampling_skips_the_evaluator_and_never_waits_forever(tmp_path: Path) -> None:
@@ -150,3 +149,17 @@ def test_evaluate_replies_with_mismatched_metric_keys_are_rejected(tmp_path: Pat
     metrics = strategy.aggregate_evaluate(1, [_reply(5, good), _reply(6, odd)])
     assert metrics is not None and metrics["eval-accuracy"] == pytest.approx(0.5)
     assert [f["node_id"] for f in history.round(1)["failures"]] == [6]
+
+
+def test_an_error_the_superlink_reports_is_charged_to_the_hospital_it_was_sent_to(tmp_path: Path) -> None:
+    history = RunHistory(tmp_path / "h.json")
+    roster = NodeRoster({3: 10, 4: 10}, {3: "a", 4: "b"}, evaluator=None)
+    strategy = MedsiloFedAvg(history=history, roster=roster, min_train_nodes=1, round_timeout=5)
+    sent = strategy.configure_train(1, _arrays(0.0), ConfigRecord(), _Nodes([3, 4]))
+    for msg in sent:  # what Flower's grid does when it pushes a message
+        msg.metadata.__dict__["_message_id"] = f"m{msg.metadata.dst_node_id}"
+    unavailable = Message(Error(code=1, reason="Node Unavailable"), reply_to=sent[1])
+    unavailable.metadata.__dict__["_src_node_id"] = 1  # the SuperLink answers for a dead node
+    strategy.aggregate_train(1, [_reply(3, _train_content(1.0, 10, name="a")), unavailable])
+    failures = history.round(1)["failures"]
+    assert [(f["node_id"], f["reason"]) for f in failures] == [(4, "error reply: Node Unavailable")]
