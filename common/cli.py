@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from PIL import Image
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from common.data.check import check_data_root
@@ -143,9 +144,16 @@ def evaluate(
         images = load_folder(folder, classes=spec.classes, channels=spec.channels, size=spec.image_size)
         if len(images) == 0:
             raise ValueError(f"{folder} holds no readable images of the classes {', '.join(spec.classes)}")
-        probs, loss = predict(
-            net, images, normalize(spec.mean, spec.std), batch_size=batch_size, device=resolve_device(device)
-        )
+        with Progress(console=console) as bar:
+            task = bar.add_task("scoring the test images", total=len(images))
+            probs, loss = predict(
+                net,
+                images,
+                normalize(spec.mean, spec.std),
+                batch_size=batch_size,
+                device=resolve_device(device),
+                on_batch=lambda n: bar.advance(task, n),
+            )
         report = classification_report(images.labels.numpy(), probs, spec.classes, loss=loss)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)

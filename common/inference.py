@@ -62,8 +62,12 @@ def predict(
     *,
     batch_size: int = 64,
     device: torch.device | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Class probabilities ``(N, K)`` and the mean cross-entropy over ``images``."""
+    """Class probabilities ``(N, K)`` and the mean cross-entropy over ``images``.
+
+    ``on_batch`` is called with each batch's size once it is scored (for progress bars).
+    """
     device = device or resolve_device()
     model = model.to(device).eval()
     chunks: list[np.ndarray] = []
@@ -75,6 +79,8 @@ def predict(
         logits = logits.float()
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         chunks.append(torch.softmax(logits, dim=1).cpu().numpy().astype(np.float64))
+        if on_batch is not None:
+            on_batch(len(y))
     n = len(images)
     probs = np.concatenate(chunks) if chunks else np.empty((0, len(images.classes)))
     return probs, loss_sum / max(n, 1)
