@@ -15,7 +15,7 @@ from collections.abc import Callable
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
-from server.strategy import MedsiloFedAvg, RunStopped
+from server.strategy import MedsiloFedAvg
 
 __all__ = ["run_rounds"]
 
@@ -38,7 +38,7 @@ def run_rounds(
     Round 0 (the initial model) is scored only on a fresh start.
 
     Raises:
-        RunStopped: a round's training left no model to aggregate (too few valid replies).
+        RunStopped: from the strategy, when fewer than ``min-train-nodes`` hospitals remain.
     """
     if first_round == 1:
         evaluate_fn(0, arrays)
@@ -48,9 +48,8 @@ def run_rounds(
         messages = strategy.configure_train(server_round, arrays, train_config, grid)
         replies = grid.send_and_receive(messages, timeout=round_timeout)
         aggregated, _ = strategy.aggregate_train(server_round, replies)
-        if aggregated is None:
-            raise RunStopped(f"round {server_round}: no hospital update could be aggregated")
-        arrays = aggregated
+        if aggregated is not None:  # None: every hospital declined (budget spent), the model stays as it was
+            arrays = aggregated
         messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
         if messages:
             strategy.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=round_timeout))
