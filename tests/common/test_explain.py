@@ -21,13 +21,7 @@ SIZE = 32  # the trained cnn3
 CLASSES = ("stripes", "solid")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models run faster on one thread than on an oversubscribed pool; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _spec(arch: str = "cnn3", *, size: int = 64, channels: int = 1, dp: bool = False) -> ModelSpec:

@@ -28,19 +28,13 @@ from common.privacy import (
     train_private,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Opacus: secure RNG off, torch.func notes
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning"),  # Opacus: secure RNG off, torch.func notes
+    pytest.mark.usefixtures("one_thread"),
+]
 
 CPU = torch.device("cpu")
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models train faster on one thread than on an oversubscribed pool; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _google_epsilon(entries: list[tuple[float, float, int]], delta: float) -> float:

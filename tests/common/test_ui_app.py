@@ -22,13 +22,7 @@ SPEC = ModelSpec("cnn3", CLASSES, 32, 1, (0.5,), (0.25,))
 TYPES = "png, jpg, jpeg"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models run faster on one thread than on an oversubscribed pool; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
