@@ -16,6 +16,11 @@ from deployment import HOSPITALS, Deployment
 SMALL = "model='cnn3' image-size=32 local-epochs=1 batch-size=16 fraction-evaluate=0.0"
 
 
+def _dropped_out(reason: str, round_timeout: int) -> bool:
+    """Our timeout, or Flower's own verdict on a dead node (its heartbeat expires after about 50 s)."""
+    return f"no reply within round-timeout ({round_timeout} s)" in reason or "Node Unavailable" in reason
+
+
 def _start_all(deployment: Deployment) -> None:
     for node in (*HOSPITALS, "evaluator"):
         deployment.start_supernode(node)
@@ -66,7 +71,7 @@ def test_encrypted_private_run_survives_a_hospital_that_dies_and_comes_back(depl
     assert sorted(rounds[1]["hospitals"]) == sorted(rounds[3]["hospitals"]) == list(HOSPITALS)
     assert sorted(rounds[2]["hospitals"]) == ["hospital-a"]
     dropped = [f for f in rounds[2]["failures"] if f["stage"] == "train"]
-    assert len(dropped) == 1 and "no reply within round-timeout (60 s)" in dropped[0]["reason"]
+    assert len(dropped) == 1 and _dropped_out(dropped[0]["reason"], 60)
     eps = {r["round"]: {n: h["epsilon"] for n, h in r["hospitals"].items()} for r in rounds[1:]}
     # hospital-b trained in rounds 1 and 3: after its restart the ledger continues (2 rounds spent, not 1),
     # exactly what hospital-a (same data size, same noise) had spent after its second round.
@@ -98,7 +103,7 @@ def test_too_few_hospitals_stop_the_run_in_time_and_it_resumes(deployment: Deplo
     assert f"resume-from='{run_dir}'" in out
     history = json.loads((run_dir / "history.json").read_text())
     assert history["stopped"].startswith("round 2: 1 valid hospital update(s)")
-    assert "no reply within round-timeout (40 s)" in history["rounds"][2]["failures"][0]["reason"]
+    assert _dropped_out(history["rounds"][2]["failures"][0]["reason"], 40)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["round-0001"]
 
     deployment.restart("hospital-b")
