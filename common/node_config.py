@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -61,12 +62,17 @@ class NodeConfig(BaseModel):
 
 
 def parse_node_config(values: Mapping[str, Any]) -> NodeConfig:
-    """Validate a SuperNode's node config.
+    """Validate a SuperNode's node config (once per process and distinct config).
 
     Raises:
         ConfigError: one line naming the key, the value and what is expected.
     """
-    node = validate_keys(NodeConfig, values, source="node config")
+    return _parse(tuple(sorted(values.items())))
+
+
+@lru_cache(maxsize=8)
+def _parse(items: tuple[tuple[str, Any], ...]) -> NodeConfig:
+    node = validate_keys(NodeConfig, dict(items), source="node config")
     if node.deployed:
         if node.partition_id is not None:
             raise ConfigError(

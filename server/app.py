@@ -42,7 +42,6 @@ def _strategy(
         "fraction_evaluate": cfg.fraction_evaluate,
         "min_train_nodes": cfg.min_train_nodes,
         "min_evaluate_nodes": cfg.min_evaluate_nodes if cfg.fraction_evaluate > 0 else 0,
-        "min_available_nodes": cfg.min_train_nodes,
         "round_timeout": cfg.round_timeout,
         "seed": cfg.seed,
     }
@@ -112,7 +111,6 @@ def main(grid: Grid, context: Context) -> None:
             arrays=point.arrays if point is not None else ArrayRecord(state),
             first_round=first_round,
             last_round=cfg.num_server_rounds,
-            round_timeout=cfg.round_timeout,
             train_config=ConfigRecord({rk.RUN_DIR: str(run_dir.path)}),
             evaluate_fn=evaluator,
         )

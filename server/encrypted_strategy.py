@@ -48,7 +48,6 @@ class EncryptedFedAvg(MedsiloFedAvg):
         if public.secret or public.context.is_private():
             raise RuntimeError("the aggregation server must never hold a secret key: give it public.ctx only")
         super().__init__(history=history, roster=roster, **kwargs)  # type: ignore[arg-type]
-        self.roster: NodeRoster = roster
         self.public = public
         self.layout = layout
         self.base_config = base_config

@@ -29,7 +29,6 @@ def run_rounds(
     arrays: ArrayRecord,
     first_round: int,
     last_round: int,
-    round_timeout: float,
     train_config: ConfigRecord,
     evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None],
 ) -> ArrayRecord:
@@ -46,13 +45,13 @@ def run_rounds(
         start = time.perf_counter()
         log.info("round %d/%d: sending the global model to the hospitals", server_round, last_round)
         messages = strategy.configure_train(server_round, arrays, train_config, grid)
-        replies = grid.send_and_receive(messages, timeout=round_timeout)
+        replies = grid.send_and_receive(messages, timeout=strategy.round_timeout)
         aggregated, _ = strategy.aggregate_train(server_round, replies)
         if aggregated is not None:  # None: every hospital declined (budget spent), the model stays as it was
             arrays = aggregated
         messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
         if messages:
-            strategy.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=round_timeout))
+            strategy.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=strategy.round_timeout))
         evaluate_fn(server_round, arrays)
         log.info("round %d/%d done in %.1f s", server_round, last_round, time.perf_counter() - start)
     return arrays

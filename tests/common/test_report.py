@@ -7,13 +7,13 @@ import io
 import json
 import re
 import shutil
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
+from report_page import flatten, read_page
 from sklearn.metrics import confusion_matrix, roc_auc_score
 from typer.testing import CliRunner
 
@@ -126,57 +126,6 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-class _Page(HTMLParser):
-    """Every attribute, the keyed values with their text, each figure's alt text and section ids."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.attrs: list[tuple[str, str, str]] = []
-        self.keyed: dict[str, tuple[str, str]] = {}
-        self.alts: dict[str, str] = {}
-        self.sections: list[str] = []
-        self.tags: set[str] = set()
-        self._key: tuple[str, str] | None = None
-        self._figure = ""
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        values = {k: v or "" for k, v in attrs}
-        self.tags.add(tag)
-        self.attrs += [(tag, k, v) for k, v in values.items()]
-        if "data-key" in values:
-            self._key = (values["data-key"], values["data-value"])
-            self.keyed[values["data-key"]] = (values["data-value"], "")
-        if tag == "figure":
-            self._figure = values.get("id", "")
-        if tag == "img":
-            self.alts[self._figure] = values.get("alt", "")
-        if tag == "section":
-            self.sections.append(values.get("id", ""))
-
-    def handle_data(self, data: str) -> None:
-        if self._key is not None:
-            key, value = self._key
-            self.keyed[key] = (value, self.keyed[key][1] + data)
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("td", "span"):
-            self._key = None
-
-
-def _page(run: Path) -> _Page:
-    page = _Page()
-    page.feed((run / "report.html").read_text())
-    return page
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}{key}.").items()}
-    if isinstance(value, list):
-        return {k: v for i, item in enumerate(value) for k, v in _flatten(item, f"{prefix}{i}.").items()}
-    return {prefix.rstrip("."): value}
-
-
 def _copy(run: Path, tmp_path: Path, *, drop: tuple[str, ...] = ()) -> Path:
     target = tmp_path / "copy"
     shutil.copytree(run, target)
@@ -200,7 +149,7 @@ def test_writes_markdown_html_and_valid_pngs(run_dir: Path) -> None:
 
 def test_html_is_self_contained(run_dir: Path) -> None:
     text = (run_dir / "report.html").read_text()
-    page = _page(run_dir)
+    page = read_page(run_dir)
     assert not re.search(r"https?://", text)
     assert not page.tags & {"script", "link", "iframe", "object", "embed"}
     for tag, name, value in page.attrs:
@@ -216,8 +165,8 @@ def test_html_is_self_contained(run_dir: Path) -> None:
 
 def test_every_report_number_is_in_the_html(run_dir: Path) -> None:
     report = json.loads((run_dir / "report.json").read_text())
-    expected = {k: v for k, v in _flatten(report).items() if not k.startswith("classes.")}
-    page = _page(run_dir)
+    expected = {k: v for k, v in flatten(report).items() if not k.startswith("classes.")}
+    page = read_page(run_dir)
     assert set(page.keyed) == set(expected)
     for key, value in expected.items():
         raw, shown = page.keyed[key]
@@ -231,7 +180,7 @@ def test_every_report_number_is_in_the_html(run_dir: Path) -> None:
 
 def test_roc_legend_auc_matches_sklearn(run_dir: Path) -> None:
     y, probs = _predictions()
-    alt = _page(run_dir).alts["figure-roc_curves"]
+    alt = read_page(run_dir).alts["figure-roc_curves"]
     legend = dict(re.findall(r"(\w+) \(AUC ([0-9.]+|n/a)\)", alt))
     assert set(legend) == set(CLASSES)
     for i, name in enumerate(CLASSES[:3]):
@@ -375,6 +324,6 @@ def test_cli_evaluate_writes_the_same_report(run_dir: Path, tmp_path: Path) -> N
     markdown = (out / "report.md").read_text()
     assert "# medsilo evaluation" in markdown and "- **skipped files**: 0" in markdown
     assert "## Learning curves\n\n_Left out:" in markdown
-    page = _page(out)
+    page = read_page(out)
     report = json.loads((out / "report.json").read_text())
     assert float(page.keyed["accuracy"][0]) == report["accuracy"]

@@ -65,6 +65,21 @@ class Flower:
             [str(BIN / "flwr"), *args], cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout
         )
 
+    def simulate(self, config: str, *, supernodes: int, cwd: Path) -> subprocess.CompletedProcess[str]:
+        """``flwr run . --stream`` on ``supernodes`` simulated SuperNodes; fails the test unless it succeeds."""
+        proc = self.run(
+            "run",
+            str(REPO),
+            "--stream",
+            "--federation-config",
+            f"num-supernodes={supernodes}",
+            "--run-config",
+            config,
+            cwd=cwd,
+        )
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+        return proc
+
 
 @pytest.fixture
 def flower(tmp_path: Path) -> Iterator[Flower]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flower_env import REPO, Flower
+from flower_env import Flower
 
 from common.data.synth import write_synthetic_tree
 from common.models import load_model_dir
@@ -33,25 +33,11 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def _run(flower: Flower, cwd: Path, supernodes: int, overrides: str) -> None:
-    proc = flower.run(
-        "run",
-        str(REPO),
-        "--stream",
-        "--federation-config",
-        f"num-supernodes={supernodes}",
-        "--run-config",
-        overrides,
-        cwd=cwd,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-
-
 def test_encrypted_run_matches_the_plaintext_run(flower: Flower, synthetic_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "runs"
     common = f"{CONFIG} data-root='{synthetic_root}' output-dir='{out}'"
-    _run(flower, tmp_path, 2, f"{common} run-name='plain'")
-    _run(flower, tmp_path, 3, f"{common} run-name='he' he-enabled=true")
+    flower.simulate(f"{common} run-name='plain'", supernodes=2, cwd=tmp_path)
+    flower.simulate(f"{common} run-name='he' he-enabled=true", supernodes=3, cwd=tmp_path)
     plain, he = out / "plain", out / "he"
 
     # The server kept only ciphertexts; a key-holder decrypts the final model.

@@ -9,7 +9,7 @@ from pathlib import Path
 import dp_accounting
 import pytest
 from dp_accounting.rdp import RdpAccountant
-from flower_env import REPO, Flower
+from flower_env import Flower
 
 from common.data.synth import write_synthetic_tree
 
@@ -35,10 +35,7 @@ def test_dp_with_he_accounts_declines_and_completes(flower: Flower, tmp_path: Pa
         f"min-train-nodes=2 min-evaluate-nodes=2 he-enabled=true dp-enabled=true dp-noise-multiplier={SIGMA} "
         f"dp-delta={DELTA} dp-target-epsilon={target} data-root='{root}' output-dir='{out}' run-name='dp-he'"
     )
-    proc = flower.run(
-        "run", str(REPO), "--stream", "--federation-config", "num-supernodes=3", "--run-config", overrides, cwd=tmp_path
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    flower.simulate(overrides, supernodes=3, cwd=tmp_path)
     run_dir = out / "dp-he"
     assert (run_dir / "report.json").is_file() and (run_dir / "model" / "encrypted.json").is_file()
     rounds = {r["round"]: r for r in json.loads((run_dir / "history.json").read_text())["rounds"]}

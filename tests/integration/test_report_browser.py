@@ -6,13 +6,13 @@ import json
 import re
 import shutil
 import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
-from flower_env import REPO, Flower
+from flower_env import Flower
 from PIL import Image
+from report_page import flatten, read_page
 
 from common.data.synth import write_synthetic_tree
 
@@ -28,29 +28,6 @@ FIGURES = {
 }
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium or chromium-browser binary on PATH")
-
-
-class _Values(HTMLParser):
-    """``data-key`` -> ``data-value`` of every keyed element, and every ``src``/``href``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.values: dict[str, str] = {}
-        self.links: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        found = dict(attrs)
-        if "data-key" in found:
-            self.values[str(found["data-key"])] = str(found["data-value"])
-        self.links += [str(v) for k, v in attrs if k in ("src", "href")]
-
-
-def _flatten(value: object, prefix: str = "") -> dict[str, object]:
-    if isinstance(value, dict):
-        return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}{key}.").items()}
-    if isinstance(value, list):
-        return {k: v for i, item in enumerate(value) for k, v in _flatten(item, f"{prefix}{i}.").items()}
-    return {prefix.rstrip("."): value}
 
 
 def _screenshot(page: Path, tmp_path: Path, name: str) -> tuple[Path, list[str]]:
@@ -88,25 +65,22 @@ def test_report_html_opens_offline_in_headless_chromium(flower: Flower, tmp_path
         f"model='cnn3' image-size=32 num-server-rounds=2 local-epochs=1 batch-size=16 learning-rate=0.003 "
         f"min-train-nodes=3 min-evaluate-nodes=3 data-root='{root}' output-dir='{out}' run-name='browser'"
     )
-    proc = flower.run(
-        "run", str(REPO), "--stream", "--federation-config", "num-supernodes=3", "--run-config", overrides, cwd=tmp_path
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = flower.simulate(overrides, supernodes=3, cwd=tmp_path)
     run_dir = out / "browser"
     assert "round 2/2: 3 hospital(s) trained in" in proc.stdout + proc.stderr
     assert {p.name for p in (run_dir / "figures").iterdir()} == FIGURES
 
     html = (run_dir / "report.html").read_text()
-    page = _Values()
-    page.feed(html)
+    page = read_page(run_dir)
     report = json.loads((run_dir / "report.json").read_text())
-    expected = {k: v for k, v in _flatten(report).items() if not k.startswith("classes.")}
-    assert set(page.values) == set(expected)
+    expected = {k: v for k, v in flatten(report).items() if not k.startswith("classes.")}
+    assert set(page.keyed) == set(expected)
     for key, value in expected.items():
-        shown = page.values[key]
-        assert (shown == "null") if value is None else (float(shown) == value), key
+        raw, _ = page.keyed[key]
+        assert (raw == "null") if value is None else (float(raw) == value), key
     assert not re.search(r"https?://", html)
-    assert all(link.startswith(("data:image/png;base64,", "#")) for link in page.links)
+    links = [value for _, name, value in page.attrs if name in ("src", "href")]
+    assert all(link.startswith(("data:image/png;base64,", "#")) for link in links)
 
     shot, requested = _screenshot(run_dir / "report.html", tmp_path, "report")
     assert requested == []

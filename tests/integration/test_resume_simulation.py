@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flower_env import REPO, Flower
+from flower_env import Flower
 from safetensors.numpy import load_file
 
 from common.data.synth import write_synthetic_tree
@@ -25,28 +25,16 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def _run(flower: Flower, tmp_path: Path, config: str, *, supernodes: int = 3) -> None:
-    proc = flower.run(
-        "run",
-        str(REPO),
-        "--stream",
-        "--federation-config",
-        f"num-supernodes={supernodes}",
-        "--run-config",
-        config,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-
-
 def test_a_resumed_run_equals_an_uninterrupted_one(flower: Flower, data_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "runs"
     paths = f"data-root='{data_root}' output-dir='{out}'"
-    _run(flower, tmp_path, f"{BASE} {paths} num-server-rounds=3 run-name='whole'")
-    _run(flower, tmp_path, f"{BASE} {paths} num-server-rounds=2 run-name='stopped'")
+    flower.simulate(f"{BASE} {paths} num-server-rounds=3 run-name='whole'", supernodes=3, cwd=tmp_path)
+    flower.simulate(f"{BASE} {paths} num-server-rounds=2 run-name='stopped'", supernodes=3, cwd=tmp_path)
     stopped = out / "stopped"
     assert sorted(p.name for p in (stopped / "checkpoints").iterdir()) == ["round-0002"]
-    _run(flower, tmp_path, f"{BASE} {paths} num-server-rounds=3 run-name='ignored' resume-from='{stopped}'")
+    flower.simulate(
+        f"{BASE} {paths} num-server-rounds=3 run-name='ignored' resume-from='{stopped}'", supernodes=3, cwd=tmp_path
+    )
 
     assert not (out / "ignored").exists()  # the resumed run continues in its own directory
     history = json.loads((stopped / "history.json").read_text())
@@ -67,10 +55,10 @@ def test_an_encrypted_run_resumes_from_its_encrypted_checkpoint(
 ) -> None:
     out = tmp_path / "runs"
     config = f"{BASE} data-root='{data_root}' output-dir='{out}' he-enabled=true run-name='he'"
-    _run(flower, tmp_path, f"{config} num-server-rounds=1", supernodes=4)
+    flower.simulate(f"{config} num-server-rounds=1", supernodes=4, cwd=tmp_path)
     checkpoint = out / "he" / "checkpoints" / "round-0001"
     assert (checkpoint / "encrypted.json").is_file() and not (checkpoint / "model.safetensors").exists()
-    _run(flower, tmp_path, f"{config} num-server-rounds=2 resume-from='{out / 'he'}'", supernodes=4)
+    flower.simulate(f"{config} num-server-rounds=2 resume-from='{out / 'he'}'", supernodes=4, cwd=tmp_path)
     history = json.loads((out / "he" / "history.json").read_text())
     assert [r["round"] for r in history["rounds"]] == [0, 1, 2]
     assert sorted(history["rounds"][2]["hospitals"]) == ["hospital-0", "hospital-1", "hospital-2"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flower_env import REPO, Flower
+from flower_env import Flower
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
 
 from common.data.synth import write_synthetic_tree
@@ -48,11 +48,8 @@ def test_flwr_run_writes_the_run_directory(flower: Flower, synthetic_root: Path,
         f"model='cnn3' image-size=32 num-server-rounds=2 local-epochs=2 batch-size=16 learning-rate=0.003 "
         f"min-train-nodes=3 min-evaluate-nodes=3 data-root='{synthetic_root}' output-dir='{out}' run-name='sim'"
     )
-    proc = flower.run(
-        "run", str(REPO), "--stream", "--federation-config", "num-supernodes=3", "--run-config", overrides, cwd=tmp_path
-    )
+    proc = flower.simulate(overrides, supernodes=3, cwd=tmp_path)
     run_dir = out / "sim"
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (run_dir / "report.md").is_file(), proc.stdout[-5000:]
     for name in ("config.json", "history.json", "report.json", "predictions.csv", "report.md"):
         assert (run_dir / name).is_file(), name
