@@ -77,13 +77,19 @@ def dp_plan(cfg: RunConfig, *, num_examples: int) -> DPPlan:
 
 
 def state_dir(node_config: Mapping[str, object], config: ConfigRecord, hospital: str) -> Path:
-    """The node config's ``state-dir``, else ``<run dir>/state/<hospital>`` (simulation)."""
+    """This hospital's ledger folder for this run.
+
+    ``<state-dir>/<run name>`` when the node config sets ``state-dir`` (deployment), else
+    ``<run dir>/state/<hospital>`` (simulation). A resumed run keeps its run directory, so
+    its ledger continues; a new run starts its own.
+    """
+    if rk.RUN_DIR not in config:
+        raise ValueError(f"train message: '{rk.RUN_DIR}' is missing; expected the run directory from the server")
+    run_dir = Path(str(config[rk.RUN_DIR]))
     configured = parse_node_config(node_config).state_dir
     if configured:
-        return Path(str(configured))
-    if rk.RUN_DIR not in config:
-        raise ValueError("node config: 'state-dir' is missing; expected a folder for this hospital's privacy ledger")
-    return Path(str(config[rk.RUN_DIR])) / "state" / hospital
+        return Path(str(configured)) / run_dir.name
+    return run_dir / "state" / hospital
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,18 @@
-"""Seeded splits of one data root into hospitals, with flwr-datasets partitioners."""
+"""Seeded splits of one data root into hospitals, with flwr-datasets partitioners.
+
+flwr-datasets is imported on first use: it pulls in ``datasets``, seaborn and scipy (about
+1.5 s), which a deployed hospital, reading its own folder, never needs at each ClientApp start.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasets import Dataset
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
+
+if TYPE_CHECKING:
+    from flwr_datasets.partitioner import Partitioner
 
 __all__ = ["PARTITIONERS", "partition_indices", "split_train_val"]
 
@@ -14,6 +20,8 @@ PARTITIONERS = ("iid", "dirichlet")
 
 
 def _make_partitioner(name: str, num_partitions: int, *, alpha: float, seed: int, n: int) -> Partitioner:
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
     if name == "iid":
         return IidPartitioner(num_partitions=num_partitions)
     if name == "dirichlet":
@@ -45,6 +53,8 @@ def partition_indices(
     n = len(labels)
     if n < num_partitions:
         raise ValueError(f"{n} training images cannot be split into {num_partitions} hospitals")
+    from datasets import Dataset
+
     dataset = Dataset.from_dict({"label": list(map(int, labels)), "index": list(range(n))})
     if partitioner == "iid":
         dataset = dataset.shuffle(seed=seed).flatten_indices()

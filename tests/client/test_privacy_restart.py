@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from flwr.app import ConfigRecord
+
+from client.privacy import state_dir
 from common.data.synth import write_synthetic_tree
 
 SCRIPT = """
@@ -55,3 +59,17 @@ def test_epsilon_keeps_growing_across_a_killed_hospital(tmp_path: Path) -> None:
     ledger = json.loads((ledger_dir / "privacy-ledger.json").read_text())
     assert sum(entry["steps"] for entry in ledger["history"]) == first["steps"] + second["steps"]
     assert second["epsilon"] <= 5.0
+
+
+def test_the_ledger_is_per_hospital_and_run(tmp_path: Path) -> None:
+    run_a, run_b = ConfigRecord({"run-dir": "/srv/runs/a"}), ConfigRecord({"run-dir": "/srv/runs/b"})
+    deployed = {"role": "hospital", "data-path": str(tmp_path), "state-dir": str(tmp_path / "state")}
+    assert state_dir(deployed, run_a, "hospital-a") == tmp_path / "state" / "a"
+    assert state_dir(deployed, run_b, "hospital-a") == tmp_path / "state" / "b"
+    simulated = {"partition-id": 0, "num-partitions": 2}
+    assert state_dir(simulated, run_a, "hospital-0") == Path("/srv/runs/a/state/hospital-0")
+
+
+def test_a_train_message_without_run_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'run-dir' is missing"):
+        state_dir({"partition-id": 0, "num-partitions": 2}, ConfigRecord(), "hospital-0")

@@ -188,10 +188,10 @@ class Deployment:
         return self._spawn(name, [str(BIN / "flwr"), "run", str(REPO), "deploy", "--stream", "--run-config", config])
 
 
-@pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    """PKI, HE keys, one small synthetic data folder per node, a running TLS SuperLink, enrolled nodes."""
-    root = tmp_path
+@pytest.fixture(scope="module")
+def materials(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What the consortium hands out once: PKI, HE keys, and one small synthetic data folder per node."""
+    root = tmp_path_factory.mktemp("materials")
     subprocess.run(
         ["bash", str(REPO / "docker" / "make-pki.sh"), str(root / "pki"), *NODES], check=True, capture_output=True
     )
@@ -205,6 +205,15 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     write_synthetic_tree(
         root / "data" / "evaluator", modality="brain-mri", train_per_class=1, test_per_class=6, size=40, seed=9
     )
+    return root
+
+
+@pytest.fixture
+def deployment(materials: Path, tmp_path: Path) -> Iterator[Deployment]:
+    """A running TLS SuperLink with the nodes enrolled; its state, logs and runs live in ``tmp_path``."""
+    root = tmp_path
+    for shared in ("pki", "keys", "server-keys", "data"):
+        (root / shared).symlink_to(materials / shared, target_is_directory=True)
     home = root / "flwr-home"
     home.mkdir()
     port = free_port()
