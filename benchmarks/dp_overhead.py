@@ -2,8 +2,10 @@
 
 The same DP-compatible model (``common.privacy.make_dp_compatible``: GroupNorm, nothing in
 place), the same batch and the same synthetic data are trained without DP (plain SGD) and
-with Opacus DP-SGD in each per-sample-gradient mode: ``hooks``, ``functorch``, ``ew``
-(expanded weights) and ``ghost`` (ghost clipping, ``DPLossFastGradientClipping``).
+with DP-SGD in each mode of ``common.privacy.GRAD_SAMPLE_MODES``: medsilo's ``bk``
+(book-keeping ghost clipping, ``common.ghost_clipping``, on Opacus' ghost-clipping
+optimizer) and Opacus' ``hooks``, ``functorch``, ``ew`` (expanded weights) and ``ghost``
+(``DPLossFastGradientClipping``, with medsilo's mixed ghost norms for Conv2d).
 
 A mode counts as correct when one step with noise 0 matches the reference DP-SGD update,
 computed independently: per-example gradients one example at a time, each clipped to
@@ -37,6 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from common.ghost_clipping import BookKeepingClipper
 from common.models import build_model
 from common.privacy import GRAD_SAMPLE_MODES, make_dp_compatible
 
@@ -60,12 +63,27 @@ def _make_private(model: nn.Module, mode: str, *, x: torch.Tensor, y: torch.Tens
             noise_multiplier=noise,
             max_grad_norm=MAX_GRAD_NORM,
             poisson_sampling=False,
-            grad_sample_mode=mode,
+            grad_sample_mode="ghost" if mode == "bk" else mode,
         )
-    if mode == "ghost":
+    if mode in ("ghost", "bk"):
         dp_model, dp_optimizer, criterion, _ = wrapped
     else:
         (dp_model, dp_optimizer, _), criterion = wrapped, nn.CrossEntropyLoss()
+    if mode == "bk":
+        dp_model.disable_hooks()
+        clipper = BookKeepingClipper(model, max_grad_norm=MAX_GRAD_NORM)
+        inputs = x.clone().requires_grad_(True)
+
+        def bk_step() -> None:
+            dp_optimizer.zero_grad(set_to_none=True)
+            clipper.backward(F.cross_entropy(dp_model(inputs), y, reduction="none"), inputs)
+            dp_optimizer.step()
+
+        def bk_cleanup() -> None:
+            clipper.remove()
+            dp_model.cleanup()
+
+        return bk_step, bk_cleanup
 
     def step() -> None:
         dp_optimizer.zero_grad(set_to_none=True)

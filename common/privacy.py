@@ -37,6 +37,7 @@ from torchvision.models.inception import BasicConv2d
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from common.data.images import ImageSet
+from common.ghost_clipping import BookKeepingClipper  # importing it also registers ghost clipping's Conv2d norms
 from common.inference import loader
 
 __all__ = [
@@ -51,8 +52,9 @@ __all__ = [
     "train_private",
 ]
 
-GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew", "ghost")
-"""Opacus per-sample gradient modes :func:`train_private` accepts."""
+GRAD_SAMPLE_MODES = ("bk", "hooks", "functorch", "ew", "ghost")
+"""How :func:`train_private` clips per example: ``bk`` (book-keeping, :mod:`common.ghost_clipping`;
+the fastest, and the default) or one of Opacus' per-sample gradient modes."""
 
 LEDGER_MECHANISM = "rdp"
 _ENTRY_KEYS = ("noise_multiplier", "sample_rate", "steps")
@@ -437,10 +439,16 @@ def _strip_opacus(model: nn.Module) -> None:
         p.grad = None
 
 
-def _noise_only_step(optimizer: Any) -> None:
-    """An empty Poisson batch in a mode that cannot run one: release the noise alone, as ``hooks`` does."""
+def _noise_only_step(optimizer: Any, *, summed: bool) -> None:
+    """An empty Poisson batch in a mode that cannot run one: release the noise alone, as ``hooks`` does.
+
+    ``summed``: the optimizer takes the clipped sum in ``.grad`` (ghost clipping's), not per-sample gradients.
+    """
     for p in optimizer.params:
-        p.grad_sample = p.new_zeros((0, *p.shape))
+        if summed:
+            p.grad = torch.zeros_like(p)
+        else:
+            p.grad_sample = p.new_zeros((0, *p.shape))
     optimizer.step()
 
 
@@ -457,7 +465,7 @@ def train_private(
     max_grad_norm: float,
     seed: int,
     device: torch.device,
-    grad_sample_mode: str = "hooks",
+    grad_sample_mode: str = "bk",
     momentum: float = 0.9,
     weight_decay: float = 0.0,
 ) -> PrivateTrainResult:
@@ -482,7 +490,7 @@ def train_private(
         max_grad_norm: per-sample gradient clipping norm.
         seed: seed of the sampling, augmentation and noise.
         device: where to train.
-        grad_sample_mode: Opacus per-sample gradient mode, one of :data:`GRAD_SAMPLE_MODES`.
+        grad_sample_mode: how to clip per example, one of :data:`GRAD_SAMPLE_MODES`.
         momentum: SGD momentum.
         weight_decay: weight decay of every optimizer.
 
@@ -517,13 +525,17 @@ def train_private(
             noise_multiplier=float(noise_multiplier),
             max_grad_norm=float(max_grad_norm),
             poisson_sampling=True,
-            grad_sample_mode=grad_sample_mode,
+            grad_sample_mode="ghost" if grad_sample_mode == "bk" else grad_sample_mode,
         )
-    if grad_sample_mode == "ghost":
+    clipper = None
+    if grad_sample_mode in ("ghost", "bk"):
         dp_model, dp_optimizer, criterion, dp_batches = wrapped
     else:
         dp_model, dp_optimizer, dp_batches = wrapped
         criterion = nn.CrossEntropyLoss()
+    if grad_sample_mode == "bk":  # the clipped sums come from book-keeping; Opacus' optimizer adds the noise
+        dp_model.disable_hooks()
+        clipper = BookKeepingClipper(model, max_grad_norm=float(max_grad_norm))
     steps, seen, loss_sum, correct = 0, 0, 0.0, 0
     try:
         if not math.isclose(dp_batches.sample_rate, sample_rate, rel_tol=1e-12):
@@ -534,13 +546,20 @@ def train_private(
                 for x, y in dp_batches:
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     dp_optimizer.zero_grad(set_to_none=True)
-                    if len(y) == 0 and grad_sample_mode in ("functorch", "ew"):
-                        _noise_only_step(dp_optimizer)
+                    if len(y) == 0 and grad_sample_mode in ("functorch", "ew", "bk"):
+                        _noise_only_step(dp_optimizer, summed=clipper is not None)
                         steps += 1
                         continue
-                    logits = dp_model(x)
-                    loss = criterion(logits, y)
-                    loss.backward()
+                    if clipper is not None:
+                        x.requires_grad_(True)
+                        logits = dp_model(x)
+                        per_example = F.cross_entropy(logits, y, reduction="none")
+                        clipper.backward(per_example, x)
+                        loss = per_example.mean()
+                    else:
+                        logits = dp_model(x)
+                        loss = criterion(logits, y)
+                        loss.backward()
                     dp_optimizer.step()
                     steps += 1
                     if len(y):
@@ -548,6 +567,8 @@ def train_private(
                         loss_sum += float(loss.detach()) * len(y)
                         correct += int((logits.detach().argmax(1) == y).sum())
     finally:
+        if clipper is not None:
+            clipper.remove()
         dp_model.cleanup()
         _strip_opacus(model)
     if steps != planned_steps:  # the accountant must record what really happened

@@ -379,7 +379,7 @@ def test_train_private_is_reproducible_and_modes_agree_with_empty_batches() -> N
         result = train_private(model, images, grad_sample_mode=mode, **args)
         assert result.steps == 9
         states[mode] = model.state_dict()
-    for mode in GRAD_SAMPLE_MODES[1:]:
+    for mode in set(GRAD_SAMPLE_MODES) - {"hooks"}:
         for key, value in states["hooks"].items():
             torch.testing.assert_close(states[mode][key], value, rtol=1e-4, atol=1e-5, msg=f"{mode}: {key}")
 
