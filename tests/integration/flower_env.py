@@ -7,11 +7,14 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
+
+from common.data.synth import write_synthetic_tree
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -81,12 +84,12 @@ class Flower:
         return proc
 
 
-@pytest.fixture
-def flower(tmp_path: Path) -> Iterator[Flower]:
-    """A Flower environment in ``tmp_path``; every process it starts is stopped afterwards."""
+@contextmanager
+def flower_environment(root: Path) -> Iterator[Flower]:
+    """A Flower environment in ``root``; every process it starts is stopped on exit, by PID."""
     if _port_busy(LOCAL_SUPERLINK_PORT):
         pytest.fail(f"port {LOCAL_SUPERLINK_PORT} is in use: stop the running local SuperLink (make stop) first")
-    home = tmp_path / "flwr-home"
+    home = root / "flwr-home"
     home.mkdir()
     env = {
         **os.environ,
@@ -102,3 +105,46 @@ def flower(tmp_path: Path) -> Iterator[Flower]:
     finally:
         stop_all(home)
         assert not processes_of(home), "processes outlived the test"
+
+
+@pytest.fixture
+def flower(tmp_path: Path) -> Iterator[Flower]:
+    """A Flower environment in ``tmp_path`` for one test."""
+    with flower_environment(tmp_path) as env:
+        yield env
+
+
+@dataclass(frozen=True)
+class SimulatedRun:
+    """A finished plaintext simulation: its data root, run directory and ``flwr run`` output."""
+
+    data_root: Path
+    run_dir: Path
+    output: str
+
+
+SIMULATION = (
+    "model='cnn3' image-size=32 local-epochs=1 batch-size=16 learning-rate=0.003 min-train-nodes=3 "
+    "min-evaluate-nodes=3 seed=11"
+)
+"""The shared run's config, less data-root, output-dir, run-name and num-server-rounds (3)."""
+
+
+@pytest.fixture(scope="session")
+def simulated_run(tmp_path_factory: pytest.TempPathFactory) -> SimulatedRun:
+    """One 3-round plaintext simulation on 3 hospitals, shared by the tests that only read what it wrote.
+
+    Its Flower processes are stopped before the first test uses it.
+    """
+    root = tmp_path_factory.mktemp("simulated")
+    data_root = write_synthetic_tree(
+        root / "data" / "synthetic-mri", modality="brain-mri", train_per_class=24, test_per_class=8, size=40, seed=3
+    )
+    out = root / "runs"
+    with flower_environment(root) as env:
+        proc = env.simulate(
+            f"{SIMULATION} num-server-rounds=3 data-root='{data_root}' output-dir='{out}' run-name='whole'",
+            supernodes=3,
+            cwd=root,
+        )
+    return SimulatedRun(data_root, out / "whole", proc.stdout + proc.stderr)

@@ -1,4 +1,4 @@
-"""Encrypted FedAvg end to end: a real ``flwr run`` with HE on, against the plaintext run."""
+"""Encrypted FedAvg end to end: a real ``flwr run`` with HE on, stopped and resumed, against the plaintext run."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from common.data.synth import write_synthetic_tree
 from common.models import load_model_dir
 
 CONFIG = (
-    "model='cnn3' image-size=32 num-server-rounds=2 local-epochs=2 batch-size=16 learning-rate=0.003 "
+    "model='cnn3' image-size=32 local-epochs=2 batch-size=16 learning-rate=0.003 "
     "min-train-nodes=2 min-evaluate-nodes=2 seed=5"
 )
 
@@ -33,12 +33,18 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def test_encrypted_run_matches_the_plaintext_run(flower: Flower, synthetic_root: Path, tmp_path: Path) -> None:
+def test_resumed_encrypted_run_matches_the_plaintext_run(flower: Flower, synthetic_root: Path, tmp_path: Path) -> None:
+    """2 plaintext rounds against 1 encrypted round, stopped, then resumed from its encrypted checkpoint."""
     out = tmp_path / "runs"
     common = f"{CONFIG} data-root='{synthetic_root}' output-dir='{out}'"
-    flower.simulate(f"{common} run-name='plain'", supernodes=2, cwd=tmp_path)
-    flower.simulate(f"{common} run-name='he' he-enabled=true", supernodes=3, cwd=tmp_path)
+    flower.simulate(f"{common} num-server-rounds=2 run-name='plain'", supernodes=2, cwd=tmp_path)
+    he_config = f"{common} run-name='he' he-enabled=true"
+    flower.simulate(f"{he_config} num-server-rounds=1", supernodes=3, cwd=tmp_path)
     plain, he = out / "plain", out / "he"
+    first = he / "checkpoints" / "round-0001"
+    assert (first / "encrypted.json").is_file() and not (first / "model.safetensors").exists()
+    flower.simulate(f"{he_config} num-server-rounds=2 resume-from='{he}'", supernodes=3, cwd=tmp_path)
+    assert json.loads((he / "history.json").read_text())["resumed"][0]["after_round"] == 1
 
     # The server kept only ciphertexts; a key-holder decrypts the final model.
     assert not (he / "model" / "model.safetensors").exists()

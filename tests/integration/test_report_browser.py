@@ -10,11 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flower_env import Flower
+from flower_env import SimulatedRun
 from PIL import Image
 from report_page import flatten, read_page
-
-from common.data.synth import write_synthetic_tree
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking")
@@ -56,18 +54,9 @@ def _screenshot(page: Path, tmp_path: Path, name: str) -> tuple[Path, list[str]]
     return shot, [u for u in requested if re.match(r"(https?|wss?|ftp)://", u)]
 
 
-def test_report_html_opens_offline_in_headless_chromium(flower: Flower, tmp_path: Path) -> None:
-    root = write_synthetic_tree(
-        tmp_path / "data", modality="brain-mri", train_per_class=12, test_per_class=6, size=40, seed=5
-    )
-    out = tmp_path / "runs"
-    overrides = (
-        f"model='cnn3' image-size=32 num-server-rounds=2 local-epochs=1 batch-size=16 learning-rate=0.003 "
-        f"min-train-nodes=3 min-evaluate-nodes=3 data-root='{root}' output-dir='{out}' run-name='browser'"
-    )
-    proc = flower.simulate(overrides, supernodes=3, cwd=tmp_path)
-    run_dir = out / "browser"
-    assert "round 2/2: 3 hospital(s) trained in" in proc.stdout + proc.stderr
+def test_report_html_opens_offline_in_headless_chromium(simulated_run: SimulatedRun, tmp_path: Path) -> None:
+    run_dir = simulated_run.run_dir
+    assert "round 3/3: 3 hospital(s) trained in" in simulated_run.output
     assert {p.name for p in (run_dir / "figures").iterdir()} == FIGURES
 
     html = (run_dir / "report.html").read_text()

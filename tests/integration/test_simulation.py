@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flower_env import Flower
+from flower_env import SimulatedRun
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
 
-from common.data.synth import write_synthetic_tree
 from common.models import load_model_dir
 from common.reporting import read_predictions_csv
 
@@ -30,36 +29,18 @@ REPORT_KEYS = {
 PER_CLASS_KEYS = {"precision", "recall", "f1", "specificity", "npv", "auroc", "average_precision", "support"}
 
 
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_synthetic_tree(
-        tmp_path_factory.mktemp("data") / "synthetic-mri",
-        modality="brain-mri",
-        train_per_class=24,
-        test_per_class=8,
-        size=40,
-        seed=3,
-    )
-
-
-def test_flwr_run_writes_the_run_directory(flower: Flower, synthetic_root: Path, tmp_path: Path) -> None:
-    out = tmp_path / "runs"
-    overrides = (
-        f"model='cnn3' image-size=32 num-server-rounds=2 local-epochs=2 batch-size=16 learning-rate=0.003 "
-        f"min-train-nodes=3 min-evaluate-nodes=3 data-root='{synthetic_root}' output-dir='{out}' run-name='sim'"
-    )
-    proc = flower.simulate(overrides, supernodes=3, cwd=tmp_path)
-    run_dir = out / "sim"
-    assert (run_dir / "report.md").is_file(), proc.stdout[-5000:]
+def test_flwr_run_writes_the_run_directory(simulated_run: SimulatedRun, tmp_path: Path) -> None:
+    run_dir, synthetic_root = simulated_run.run_dir, simulated_run.data_root
+    assert (run_dir / "report.md").is_file(), simulated_run.output[-5000:]
     for name in ("config.json", "history.json", "report.json", "predictions.csv", "report.md"):
         assert (run_dir / name).is_file(), name
 
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["model"] == "cnn3" and config["num-server-rounds"] == 2 and config["data-root"] == str(synthetic_root)
+    assert config["model"] == "cnn3" and config["num-server-rounds"] == 3 and config["data-root"] == str(synthetic_root)
 
     history = json.loads((run_dir / "history.json").read_text())
     rounds = history["rounds"]
-    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
     for record in rounds[1:]:
         assert sorted(record["hospitals"]) == ["hospital-0", "hospital-1", "hospital-2"]
         assert record["failures"] == []
