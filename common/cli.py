@@ -1,4 +1,8 @@
-"""The ``medsilo`` command line. Flower's own commands still run the federations."""
+"""The ``medsilo`` command line. Flower's own commands still run the federations.
+
+Each command imports what it needs when it runs (torch, TenSEAL, the report), so
+``medsilo --help`` answers at once and ``medsilo keys init`` does not load torch.
+"""
 
 from __future__ import annotations
 
@@ -11,23 +15,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from common.data.check import check_data_root
-from common.data.images import load_folder, resolve_test_folder
-from common.data.synth import write_synthetic_tree
-from common.data.transforms import normalize
-from common.explain import class_probabilities, gradcam, load_image, overlay
-from common.he.keys import HEParams, create_key_pair, load_secret_context
-from common.he.model_dir import decrypt_model_dir
-from common.inference import predict, resolve_device
-from common.metrics import classification_report
-from common.models import load_model_dir
 from common.presets import PRESETS
-from common.report import build_report
 from common.reporting import write_json, write_predictions_csv
 
 __all__ = ["app"]
@@ -62,6 +54,8 @@ def data_synth(
     seed: Annotated[int, typer.Option(min=0)] = 0,
 ) -> None:
     """Write a synthetic ImageFolder tree whose classes a CNN can learn."""
+    from common.data.synth import write_synthetic_tree
+
     with _one_line_errors():
         root = write_synthetic_tree(
             out, modality=modality, train_per_class=train_per_class, test_per_class=test_per_class, size=size, seed=seed
@@ -75,6 +69,8 @@ def data_check(
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the full report as JSON")] = None,
 ) -> None:
     """Report class counts per split, unreadable files and exact duplicates."""
+    from common.data.check import check_data_root
+
     with _one_line_errors():
         result = check_data_root(root)
     classes = sorted({c for counts in result["splits"].values() for c in counts})
@@ -106,6 +102,8 @@ def keys_init(
     scale_bits: Annotated[int, typer.Option(help="CKKS scale, as a power of two")] = 40,
 ) -> None:
     """Generate a CKKS key pair: secret.ctx for hospitals and the evaluator, public.ctx for the server."""
+    from common.he.keys import HEParams, create_key_pair
+
     with _one_line_errors():
         try:
             sizes = tuple(int(b) for b in coeff_mod_bit_sizes.split(","))
@@ -124,6 +122,9 @@ def model_decrypt(
     workers: Annotated[int, typer.Option(min=1, help="decryption processes")] = 2,
 ) -> None:
     """Decrypt an encrypted global model into a plaintext model directory (key-holders only)."""
+    from common.he.keys import load_secret_context
+    from common.he.model_dir import decrypt_model_dir
+
     with _one_line_errors():
         decrypt_model_dir(model, load_secret_context(keys), out, workers=workers)
     console.print(f"wrote the plaintext model to {out}")
@@ -138,6 +139,13 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:
     """Score a saved model on any test folder, in the run directory's report schema."""
+    from common.data.images import load_folder, resolve_test_folder
+    from common.data.transforms import normalize
+    from common.inference import predict, resolve_device
+    from common.metrics import classification_report
+    from common.models import load_model_dir
+    from common.report import build_report
+
     with _one_line_errors():
         net, spec = load_model_dir(model)
         folder = resolve_test_folder(data)
@@ -197,6 +205,8 @@ def rebuild_report(
     ] = None,
 ) -> None:
     """Rebuild report.md, report.html and figures/ from history.json, predictions.csv and the model."""
+    from common.report import build_report
+
     with _one_line_errors():
         html = build_report(
             run_dir,
@@ -217,6 +227,12 @@ def predict_images(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:
     """Print each image's class probabilities and, with --cam, save its Grad-CAM overlay."""
+    from PIL import Image
+
+    from common.explain import class_probabilities, gradcam, load_image, overlay
+    from common.inference import resolve_device
+    from common.models import load_model_dir
+
     with _one_line_errors():
         net, spec = load_model_dir(model)
         net.to(resolve_device(device))
@@ -250,6 +266,8 @@ def ui(
     example: Annotated[Path | None, typer.Option(help="image to show, classified, until something is uploaded")] = None,
 ) -> None:
     """Serve a local web page: upload an image, see its prediction and Grad-CAM (Streamlit)."""
+    from common.models import load_model_dir
+
     with _one_line_errors():
         load_model_dir(model)  # a bad directory fails here in one line, not later in the browser
         if example is not None and not example.is_file():
