@@ -55,17 +55,10 @@ def conv2d_norm_sample(
     n = x.shape[0]
     if n == 0:  # an empty Poisson batch
         return {p: backprops.new_zeros(0) for p in layer.parameters() if p.requires_grad}
-    if layer.groups != 1:
-        raise NotImplementedError(f"ghost clipping supports Conv2d with groups=1, not groups={layer.groups}")
-    a = unfold2d(x, kernel_size=layer.kernel_size, padding=layer.padding, stride=layer.stride, dilation=layer.dilation)
     g = backprops.reshape(n, backprops.shape[1], -1)
     norms: dict[nn.Parameter, torch.Tensor] = {}
     if layer.weight.requires_grad:
-        if uses_gram(positions=a.shape[2], fan_in=a.shape[1], out_channels=g.shape[1]):
-            squared = (torch.bmm(a.transpose(1, 2), a) * torch.bmm(g.transpose(1, 2), g)).sum(dim=(1, 2))
-        else:
-            squared = torch.bmm(g, a.transpose(1, 2)).square().sum(dim=(1, 2))
-        norms[layer.weight] = squared.clamp(min=0).sqrt()
+        norms[layer.weight] = _conv_weight_sq_norms(layer, x, backprops).sqrt()
     if layer.bias is not None and layer.bias.requires_grad:
         norms[layer.bias] = g.sum(dim=2).norm(2, dim=1)
     return norms
@@ -74,10 +67,10 @@ def conv2d_norm_sample(
 def _conv_weight_sq_norms(layer: nn.Conv2d, x: Tensor, grad_out: Tensor) -> Tensor:
     """Squared per-example norms of the gradient of ``layer.weight`` (groups = 1)."""
     if layer.groups != 1 or isinstance(layer.padding, str):
-        raise NotImplementedError(f"book-keeping supports Conv2d with groups=1 and numeric padding, not {layer}")
+        raise NotImplementedError(f"ghost clipping supports Conv2d with groups=1 and numeric padding, not {layer}")
     a = unfold2d(x, kernel_size=layer.kernel_size, padding=layer.padding, stride=layer.stride, dilation=layer.dilation)
     g = grad_out.reshape(len(x), grad_out.shape[1], -1)
-    if uses_gram(positions=a.shape[2], fan_in=a.shape[1], out_channels=g.shape[1]):
+    if uses_gram(positions=a.shape[2], fan_in=a.shape[1], out_channels=g.shape[1]):  # Σ_ts (AᵀA)_ts (GᵀG)_ts
         return (torch.bmm(a.transpose(1, 2), a) * torch.bmm(g.transpose(1, 2), g)).sum(dim=(1, 2)).clamp(min=0)
     return torch.bmm(g, a.transpose(1, 2)).square().sum(dim=(1, 2))
 
