@@ -34,14 +34,12 @@ from typing import Any
 
 import opacus
 import torch
-from opacus import PrivacyEngine
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.ghost_clipping import BookKeepingClipper
 from common.models import build_model
-from common.privacy import GRAD_SAMPLE_MODES, make_dp_compatible
+from common.privacy import GRAD_SAMPLE_MODES, make_dp_compatible, make_private
 
 RESULTS = Path(__file__).parent / "results" / "dp_overhead.json"
 NUM_CLASSES = 4
@@ -51,46 +49,17 @@ REL_TOLERANCE = 1e-3
 
 
 def _make_private(model: nn.Module, mode: str, *, x: torch.Tensor, y: torch.Tensor, noise: float, lr: float) -> Any:
-    """``(forward_backward_step, cleanup)`` for ``mode`` on a fixed batch, without Poisson sampling."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        wrapped = PrivacyEngine().make_private(
-            module=model,
-            optimizer=optimizer,
-            criterion=nn.CrossEntropyLoss(),
-            data_loader=DataLoader(TensorDataset(x, y), batch_size=len(y)),
-            noise_multiplier=noise,
-            max_grad_norm=MAX_GRAD_NORM,
-            poisson_sampling=False,
-            grad_sample_mode="ghost" if mode == "bk" else mode,
-        )
-    if mode in ("ghost", "bk"):
-        dp_model, dp_optimizer, criterion, _ = wrapped
-    else:
-        (dp_model, dp_optimizer, _), criterion = wrapped, nn.CrossEntropyLoss()
-    if mode == "bk":
-        dp_model.disable_hooks()
-        clipper = BookKeepingClipper(model, max_grad_norm=MAX_GRAD_NORM)
-        inputs = x.clone().requires_grad_(True)
-
-        def bk_step() -> None:
-            dp_optimizer.zero_grad(set_to_none=True)
-            clipper.backward(F.cross_entropy(dp_model(inputs), y, reduction="none"), inputs)
-            dp_optimizer.step()
-
-        def bk_cleanup() -> None:
-            clipper.remove()
-            dp_model.cleanup()
-
-        return bk_step, bk_cleanup
-
-    def step() -> None:
-        dp_optimizer.zero_grad(set_to_none=True)
-        criterion(dp_model(x), y).backward()
-        dp_optimizer.step()
-
-    return step, dp_model.cleanup
+    """``(step, cleanup)`` for ``mode`` on a fixed batch, without Poisson sampling (medsilo's own wiring)."""
+    private = make_private(
+        model,
+        torch.optim.SGD(model.parameters(), lr=lr),
+        DataLoader(TensorDataset(x, y), batch_size=len(y)),
+        noise_multiplier=noise,
+        max_grad_norm=MAX_GRAD_NORM,
+        poisson_sampling=False,
+        mode=mode,
+    )
+    return lambda: private.step(x, y), private.close
 
 
 def _plain_step(model: nn.Module, *, x: torch.Tensor, y: torch.Tensor, lr: float) -> Any:

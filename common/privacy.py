@@ -32,6 +32,7 @@ from opacus.accountants.utils import get_noise_multiplier
 from opacus.validators import ModuleValidator
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.data import DataLoader
 from torchvision.models.densenet import DenseNet
 from torchvision.models.inception import BasicConv2d
 from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -46,7 +47,9 @@ __all__ = [
     "PrivateTrainResult",
     "default_delta",
     "fits_budget",
+    "PrivateTraining",
     "make_dp_compatible",
+    "make_private",
     "noise_multiplier_for",
     "poisson_schedule",
     "train_private",
@@ -439,17 +442,90 @@ def _strip_opacus(model: nn.Module) -> None:
         p.grad = None
 
 
-def _noise_only_step(optimizer: Any, *, summed: bool) -> None:
-    """An empty Poisson batch in a mode that cannot run one: release the noise alone, as ``hooks`` does.
+@dataclass
+class PrivateTraining:
+    """Opacus' private model, optimizer and batches, and the DP-SGD step of the chosen clipping mode."""
 
-    ``summed``: the optimizer takes the clipped sum in ``.grad`` (ghost clipping's), not per-sample gradients.
-    """
-    for p in optimizer.params:
-        if summed:
-            p.grad = torch.zeros_like(p)
+    model: nn.Module
+    optimizer: Any
+    batches: Any
+    mode: str
+    criterion: Callable[[Tensor, Tensor], Any]
+    clipper: BookKeepingClipper | None
+
+    def step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor] | None:
+        """One DP-SGD step on a batch: the logits and mean loss, or None for an empty Poisson batch.
+
+        An empty batch still takes its step (the accountant counts it): modes that cannot run
+        one release the noise alone, as ``hooks`` does.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        if len(y) == 0 and self.mode in ("functorch", "ew", "bk"):
+            for p in self.optimizer.params:
+                if self.clipper is not None:  # ghost clipping's optimizer takes the clipped sum in .grad
+                    p.grad = torch.zeros_like(p)
+                else:
+                    p.grad_sample = p.new_zeros((0, *p.shape))
+            self.optimizer.step()
+            return None
+        if self.clipper is not None:
+            x = x.detach().requires_grad_(True)  # the backward pass reaches every layer through the input
+            logits = self.model(x)
+            per_example = F.cross_entropy(logits, y, reduction="none")
+            self.clipper.backward(per_example, x)
+            loss = per_example.mean()
         else:
-            p.grad_sample = p.new_zeros((0, *p.shape))
-    optimizer.step()
+            logits = self.model(x)
+            loss = self.criterion(logits, y)
+            loss.backward()
+        self.optimizer.step()
+        return (logits, loss) if len(y) else None
+
+    def close(self) -> None:
+        """Remove every hook; the wrapped model's parameters keep Opacus' attributes (see ``_strip_opacus``)."""
+        if self.clipper is not None:
+            self.clipper.remove()
+        self.model.cleanup()
+
+
+def make_private(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: DataLoader,
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    poisson_sampling: bool,
+    mode: str,
+) -> PrivateTraining:
+    """Wrap ``model``, ``optimizer`` and ``batches`` for DP-SGD with clipping ``mode`` (:data:`GRAD_SAMPLE_MODES`).
+
+    ``bk`` runs on Opacus' ghost-clipping wrapper with its hooks off: the book-keeping clipper
+    computes the clipped sums, Opacus' optimizer adds the noise.
+    """
+    if mode not in GRAD_SAMPLE_MODES:
+        raise ValueError(f"grad_sample_mode = {mode!r} is invalid; expected one of {GRAD_SAMPLE_MODES}")
+    with warnings.catch_warnings():  # Opacus warns about secure RNG and (functorch) about torch.func
+        warnings.simplefilter("ignore")
+        wrapped = PrivacyEngine(accountant="rdp").make_private(
+            module=model,
+            optimizer=optimizer,
+            criterion=nn.CrossEntropyLoss(),
+            data_loader=batches,
+            noise_multiplier=float(noise_multiplier),
+            max_grad_norm=float(max_grad_norm),
+            poisson_sampling=poisson_sampling,
+            grad_sample_mode="ghost" if mode == "bk" else mode,
+        )
+    if mode in ("ghost", "bk"):  # ghost clipping's loss runs both backward passes; bk does not use it
+        dp_model, dp_optimizer, criterion, dp_batches = wrapped
+    else:
+        (dp_model, dp_optimizer, dp_batches), criterion = wrapped, nn.CrossEntropyLoss()
+    clipper = None
+    if mode == "bk":
+        dp_model.disable_hooks()
+        clipper = BookKeepingClipper(model, max_grad_norm=float(max_grad_norm))
+    return PrivateTraining(dp_model, dp_optimizer, dp_batches, mode, criterion, clipper)
 
 
 def train_private(
@@ -507,69 +583,38 @@ def train_private(
         raise ValueError(f"noise_multiplier = {noise_multiplier!r} is invalid; expected a finite number >= 0")
     if not _is_number(max_grad_norm) or max_grad_norm <= 0:
         raise ValueError(f"max_grad_norm = {max_grad_norm!r} is invalid; expected a finite number > 0")
-    if grad_sample_mode not in GRAD_SAMPLE_MODES:
-        raise ValueError(f"grad_sample_mode = {grad_sample_mode!r} is invalid; expected one of {GRAD_SAMPLE_MODES}")
     start = time.perf_counter()
     torch.manual_seed(seed)
     model.to(device).train()
     optimizer = _make_optimizer(model, optimizer_name, lr=lr, momentum=momentum, weight_decay=weight_decay)
     batches = loader(images, transform, batch_size=batch_size, device=device, shuffle=False, seed=seed)
-    engine = PrivacyEngine(accountant="rdp")
-    with warnings.catch_warnings():  # Opacus warns about secure RNG and (functorch) about torch.func
-        warnings.simplefilter("ignore")
-        wrapped = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            criterion=nn.CrossEntropyLoss(),
-            data_loader=batches,
-            noise_multiplier=float(noise_multiplier),
-            max_grad_norm=float(max_grad_norm),
-            poisson_sampling=True,
-            grad_sample_mode="ghost" if grad_sample_mode == "bk" else grad_sample_mode,
-        )
-    clipper = None
-    if grad_sample_mode in ("ghost", "bk"):
-        dp_model, dp_optimizer, criterion, dp_batches = wrapped
-    else:
-        dp_model, dp_optimizer, dp_batches = wrapped
-        criterion = nn.CrossEntropyLoss()
-    if grad_sample_mode == "bk":  # the clipped sums come from book-keeping; Opacus' optimizer adds the noise
-        dp_model.disable_hooks()
-        clipper = BookKeepingClipper(model, max_grad_norm=float(max_grad_norm))
+    private = make_private(
+        model,
+        optimizer,
+        batches,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        poisson_sampling=True,
+        mode=grad_sample_mode,
+    )
     steps, seen, loss_sum, correct = 0, 0, 0.0, 0
     try:
-        if not math.isclose(dp_batches.sample_rate, sample_rate, rel_tol=1e-12):
-            raise RuntimeError(f"Opacus samples at rate {dp_batches.sample_rate}; expected {sample_rate}")
+        if not math.isclose(private.batches.sample_rate, sample_rate, rel_tol=1e-12):
+            raise RuntimeError(f"Opacus samples at rate {private.batches.sample_rate}; expected {sample_rate}")
         with warnings.catch_warnings():  # torch: "the first layer's input needs no gradient", once per step
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             for _ in range(epochs):
-                for x, y in dp_batches:
+                for x, y in private.batches:
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    dp_optimizer.zero_grad(set_to_none=True)
-                    if len(y) == 0 and grad_sample_mode in ("functorch", "ew", "bk"):
-                        _noise_only_step(dp_optimizer, summed=clipper is not None)
-                        steps += 1
-                        continue
-                    if clipper is not None:
-                        x.requires_grad_(True)
-                        logits = dp_model(x)
-                        per_example = F.cross_entropy(logits, y, reduction="none")
-                        clipper.backward(per_example, x)
-                        loss = per_example.mean()
-                    else:
-                        logits = dp_model(x)
-                        loss = criterion(logits, y)
-                        loss.backward()
-                    dp_optimizer.step()
+                    result = private.step(x, y)
                     steps += 1
-                    if len(y):
+                    if result is not None:
+                        logits, loss = result
                         seen += len(y)
                         loss_sum += float(loss.detach()) * len(y)
                         correct += int((logits.detach().argmax(1) == y).sum())
     finally:
-        if clipper is not None:
-            clipper.remove()
-        dp_model.cleanup()
+        private.close()
         _strip_opacus(model)
     if steps != planned_steps:  # the accountant must record what really happened
         raise RuntimeError(f"DP-SGD took {steps} steps; expected {planned_steps}")
