@@ -13,7 +13,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 # `flwr run` starts `flower-superlink`, which must be on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install system-deps run test lint stop clean
+.PHONY: install system-deps run test test-fast lint stop clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The unit tests only (no `flwr run`, no SuperLink, no browser, no killed processes): the inner loop, under 2 minutes.
+test-fast: install
+	$(BIN)/python -m pytest --ignore=tests/integration
 
 lint: install
 	$(BIN)/ruff check .

@@ -3,7 +3,7 @@
 The same DP-compatible model (``common.privacy.make_dp_compatible``: GroupNorm, nothing in
 place), the same batch and the same synthetic data are trained without DP (plain SGD) and
 with DP-SGD in each mode of ``common.privacy.GRAD_SAMPLE_MODES``: medsilo's ``bk``
-(book-keeping ghost clipping, ``common.ghost_clipping``, on Opacus' ghost-clipping
+(book-keeping ghost clipping, ``common.privacy.clipping``, on Opacus' ghost-clipping
 optimizer) and Opacus' ``hooks``, ``functorch``, ``ew`` (expanded weights) and ``ghost``
 (``DPLossFastGradientClipping``, with medsilo's mixed ghost norms for Conv2d).
 
@@ -39,7 +39,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.models import build_model
-from common.privacy import GRAD_SAMPLE_MODES, make_dp_compatible, make_private
+from common.privacy.compat import make_dp_compatible
+from common.privacy.dpsgd import GRAD_SAMPLE_MODES, make_private
 
 RESULTS = Path(__file__).parent / "results" / "dp_overhead.json"
 NUM_CLASSES = 4

@@ -3,7 +3,7 @@
 Runs three real ``flwr run`` simulations side by side (same seed, data, model and
 schedule; only the DP keys differ) and writes ``benchmarks/results/dp_utility.json``.
 
-    python benchmarks/dp_utility.py --data-root ../shared/data/brain-mri
+    python benchmarks/dp_utility.py --data-root $DATA/brain-mri
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from common.privacy_utility import compare_runs, comparison_note, plot
+from common.privacy.utility import compare_runs, comparison_note, plot
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "dp_utility.json"

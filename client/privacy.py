@@ -21,15 +21,8 @@ from common.config import RunConfig
 from common.data import ImageSet, build_transform
 from common.experiment import preset_for
 from common.node_config import parse_node_config
-from common.privacy import (
-    PrivacyLedger,
-    PrivateTrainResult,
-    default_delta,
-    fits_budget,
-    noise_multiplier_for,
-    poisson_schedule,
-    train_private,
-)
+from common.privacy.accounting import PrivacyLedger, default_delta, fits_budget, noise_multiplier_for, poisson_schedule
+from common.privacy.dpsgd import PrivateTrainResult, train_private
 
 __all__ = ["LEDGER_FILE", "DPPlan", "PrivateRound", "dp_plan", "state_dir", "train_within_budget"]
 

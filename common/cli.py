@@ -20,7 +20,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from common.presets import PRESETS
-from common.reporting import write_json, write_predictions_csv
+from common.run_files import write_json, write_predictions_csv
 
 __all__ = ["app"]
 

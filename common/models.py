@@ -156,7 +156,7 @@ def build_from_spec(spec: ModelSpec, *, seed: int | None = None) -> nn.Module:
     """Build the spec's model; the Opacus-compatible variant (GroupNorm, no in-place ops) under DP."""
     model = build_model(spec.architecture, num_classes=len(spec.classes), in_channels=spec.channels, seed=seed)
     if spec.dp_compatible:
-        from common.privacy import make_dp_compatible  # opacus is imported only when DP is on
+        from common.privacy.compat import make_dp_compatible  # opacus is imported only when DP is on
 
         model = make_dp_compatible(model)
     return model

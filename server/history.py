@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from common import records as rk
-from common.reporting import write_json
+from common.run_files import write_json
 
 __all__ = ["RunHistory"]
 

@@ -17,7 +17,7 @@ from common.he.model_dir import save_encrypted_dir
 from common.he.payload import is_encrypted
 from common.models import ModelSpec, save_model_dir
 from common.report import build_report
-from common.reporting import write_json, write_predictions_csv
+from common.run_files import write_json, write_predictions_csv
 
 __all__ = ["RunDirectory"]
 

@@ -13,7 +13,7 @@ from torch import nn
 from common.experiment import resolve_path
 from common.he.model_dir import HEADER_FILE
 from common.models import SPEC_FILE, ModelSpec
-from common.privacy_utility import compare_runs
+from common.privacy.utility import compare_runs
 from common.report import sections
 from common.report.content import Note, Section
 from common.report.gradcam import TITLE as GRADCAM_TITLE

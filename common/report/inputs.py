@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from common.reporting import read_predictions_csv
+from common.run_files import read_predictions_csv
 
 __all__ = ["Predictions", "ReportInputs", "read_inputs"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from common import records as rk
-from common.privacy_utility import comparison_note, plot
+from common.privacy.utility import comparison_note, plot
 from common.report import figures
 from common.report.content import Block, Cell, Figure, Note, Paragraph, Section, Table, fmt
 from common.report.inputs import Predictions

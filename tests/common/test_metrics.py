@@ -21,7 +21,7 @@ from sklearn.metrics import (
 
 from common.metrics import classification_report
 from common.report import render_markdown
-from common.reporting import read_predictions_csv, write_json, write_predictions_csv
+from common.run_files import read_predictions_csv, write_json, write_predictions_csv
 
 TOL = 1e-12
 PER_CLASS_KEYS = {"precision", "recall", "f1", "specificity", "npv", "auroc", "average_precision", "support"}

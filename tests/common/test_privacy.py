@@ -16,17 +16,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from common.data.images import ImageSet
 from common.data.transforms import normalize
 from common.models import build_model
-from common.privacy import (
-    GRAD_SAMPLE_MODES,
-    PrivacyLedger,
-    PrivateTrainResult,
-    default_delta,
-    fits_budget,
-    make_dp_compatible,
-    noise_multiplier_for,
-    poisson_schedule,
-    train_private,
-)
+from common.privacy.accounting import PrivacyLedger, default_delta, fits_budget, noise_multiplier_for, poisson_schedule
+from common.privacy.compat import make_dp_compatible
+from common.privacy.dpsgd import GRAD_SAMPLE_MODES, PrivateTrainResult, train_private
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),  # Opacus: secure RNG off, torch.func notes

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from common.privacy_utility import compare_runs, comparison_note, config_differences, plot
+from common.privacy.utility import compare_runs, comparison_note, config_differences, plot
 
 BASE = {"model": "cnn3", "learning-rate": 0.003, "dp-enabled": False, "dp-target-epsilon": 8.0, "run-name": "x"}
 

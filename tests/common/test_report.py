@@ -24,7 +24,7 @@ from common.models import ModelSpec, build_from_spec, save_model_dir
 from common.report import build_report
 from common.report.figures import row_normalised
 from common.report.gradcam import select_examples
-from common.reporting import write_json, write_predictions_csv
+from common.run_files import write_json, write_predictions_csv
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 FIGURES = {

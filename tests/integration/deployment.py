@@ -7,7 +7,6 @@ Every process is started with this deployment's own ``FLWR_HOME`` and stopped by
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from flower_env import BIN, REPO, processes_of, stop_all
+from flower_env import BIN, REPO, free_port, processes_of, stop_all
 
 from common.data.synth import write_synthetic_tree
 
@@ -27,13 +26,6 @@ FLOWER_ENV = {
 }
 HOSPITALS = ("hospital-a", "hospital-b")
 NODES = (*HOSPITALS, "evaluator", "rogue")
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

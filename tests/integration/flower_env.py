@@ -18,12 +18,15 @@ from common.data.synth import write_synthetic_tree
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-LOCAL_SUPERLINK_PORT = 39091
+DEFAULT_LOCAL_SUPERLINK_PORT = 39091
+"""Where ``flwr run`` starts its local SuperLink unless told otherwise (``make run`` leaves one there)."""
 
 
-def _port_busy(port: int) -> bool:
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
     with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def processes_of(flwr_home: Path) -> list[psutil.Process]:
@@ -57,10 +60,11 @@ def stop_all(flwr_home: Path) -> None:
 
 @dataclass(frozen=True)
 class Flower:
-    """A temporary ``FLWR_HOME`` and the environment every Flower command needs."""
+    """A temporary ``FLWR_HOME``, the local SuperLink's own ports, and the environment every Flower command needs."""
 
     home: Path
     env: dict[str, str]
+    superlink_port: int
 
     def run(self, *args: str, cwd: Path, timeout: float = 420) -> subprocess.CompletedProcess[str]:
         """Run ``flwr ARGS`` to completion and return its output."""
@@ -86,10 +90,14 @@ class Flower:
 
 @contextmanager
 def flower_environment(root: Path) -> Iterator[Flower]:
-    """A Flower environment in ``root``; every process it starts is stopped on exit, by PID."""
-    if _port_busy(LOCAL_SUPERLINK_PORT):
-        pytest.fail(f"port {LOCAL_SUPERLINK_PORT} is in use: stop the running local SuperLink (make stop) first")
+    """A Flower environment in ``root``; every process it starts is stopped on exit, by PID.
+
+    Its local SuperLink listens on free ports of its own (Flower reads them from
+    ``FLWR_LOCAL_SUPERLINK_HTTP_API_PORT`` and ``FLWR_LOCAL_CONTROL_API_PORT``), so a SuperLink
+    that ``make run`` left on the default port neither blocks the tests nor receives their runs.
+    """
     home = root / "flwr-home"
+    superlink_port = free_port()
     home.mkdir()
     env = {
         **os.environ,
@@ -99,9 +107,11 @@ def flower_environment(root: Path) -> Iterator[Flower]:
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "RAY_DEDUP_LOGS": "0",
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(superlink_port),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
     }
     try:
-        yield Flower(home, env)
+        yield Flower(home, env, superlink_port)
     finally:
         stop_all(home)
         assert not processes_of(home), "processes outlived the test"
@@ -114,13 +124,29 @@ def flower(tmp_path: Path) -> Iterator[Flower]:
         yield env
 
 
+@contextmanager
+def default_port_held() -> Iterator[None]:
+    """Keep the default local SuperLink port busy, as the SuperLink ``make run`` leaves behind does."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", DEFAULT_LOCAL_SUPERLINK_PORT))
+            sock.listen()
+        except OSError:
+            pass  # already taken: by a SuperLink of `make run`, which is what this stands in for
+        yield
+
+
 @dataclass(frozen=True)
 class SimulatedRun:
-    """A finished plaintext simulation: its data root, run directory and ``flwr run`` output."""
+    """A finished plaintext simulation: its data root, run directory and ``flwr run`` output.
+
+    It ran while the default local SuperLink port was busy, as after ``make run``.
+    """
 
     data_root: Path
     run_dir: Path
     output: str
+    superlink_port: int
 
 
 SIMULATION = (
@@ -141,10 +167,10 @@ def simulated_run(tmp_path_factory: pytest.TempPathFactory) -> SimulatedRun:
         root / "data" / "synthetic-mri", modality="brain-mri", train_per_class=24, test_per_class=8, size=40, seed=3
     )
     out = root / "runs"
-    with flower_environment(root) as env:
+    with default_port_held(), flower_environment(root) as env:
         proc = env.simulate(
             f"{SIMULATION} num-server-rounds=3 data-root='{data_root}' output-dir='{out}' run-name='whole'",
             supernodes=3,
             cwd=root,
         )
-    return SimulatedRun(data_root, out / "whole", proc.stdout + proc.stderr)
+    return SimulatedRun(data_root, out / "whole", proc.stdout + proc.stderr, env.superlink_port)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flower_env import SimulatedRun
+from flower_env import DEFAULT_LOCAL_SUPERLINK_PORT, SimulatedRun
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
 
 from common.models import load_model_dir
-from common.reporting import read_predictions_csv
+from common.run_files import read_predictions_csv
 
 REPORT_KEYS = {
     "classes",
@@ -27,6 +27,13 @@ REPORT_KEYS = {
     "confusion_matrix",
 }
 PER_CLASS_KEYS = {"precision", "recall", "f1", "specificity", "npv", "auroc", "average_precision", "support"}
+
+
+def test_tests_run_beside_the_superlink_make_run_leaves(simulated_run: SimulatedRun) -> None:
+    """`make run` then `make test`: the shared run had the default port taken and used a port of its own."""
+    assert simulated_run.superlink_port != DEFAULT_LOCAL_SUPERLINK_PORT
+    assert f"Starting local SuperLink on 127.0.0.1:{simulated_run.superlink_port}" in simulated_run.output
+    assert (simulated_run.run_dir / "report.json").is_file()
 
 
 def test_flwr_run_writes_the_run_directory(simulated_run: SimulatedRun, tmp_path: Path) -> None:

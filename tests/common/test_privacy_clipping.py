@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.ghost_clipping import BookKeepingClipper, conv2d_norm_sample, uses_gram
 from common.models import build_model
-from common.privacy import make_dp_compatible
+from common.privacy.clipping import BookKeepingClipper, conv2d_norm_sample, uses_gram
+from common.privacy.compat import make_dp_compatible
 
 
 def _per_example_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[list[torch.Tensor]]:

@@ -1,0 +1,264 @@
+"""One round of sample-level DP-SGD (Opacus, Poisson sampling) with the chosen clipping mode."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from opacus import PrivacyEngine
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from common.data.images import ImageSet
+from common.inference import loader
+from common.privacy.accounting import is_finite_number, poisson_schedule
+from common.privacy.clipping import BookKeepingClipper  # importing it also registers ghost clipping's Conv2d norms
+
+__all__ = ["GRAD_SAMPLE_MODES", "PrivateTrainResult", "PrivateTraining", "make_private", "train_private"]
+
+GRAD_SAMPLE_MODES = ("bk", "hooks", "functorch", "ew", "ghost")
+"""How :func:`train_private` clips per example: ``bk`` (book-keeping, :mod:`common.privacy.clipping`;
+the fastest, and the default) or one of Opacus' per-sample gradient modes."""
+
+_OPACUS_PARAM_ATTRS = ("grad_sample", "summed_grad", "_forward_counter", "_current_grad_sample", "_norm_sample")
+
+
+@dataclass(frozen=True)
+class PrivateTrainResult:
+    """What one round of DP-SGD reports (the last four go into the :class:`PrivacyLedger`).
+
+    Attributes:
+        num_examples: training examples at this hospital (the FedAvg weight).
+        loss: mean training cross-entropy over the examples Poisson sampling drew.
+        accuracy: training accuracy over the same examples.
+        seconds: wall-clock time of the round.
+        steps: DP-SGD steps taken (empty Poisson batches included: they are released too).
+        sample_rate: Poisson sampling rate of each step.
+        noise_multiplier: Gaussian noise std / clipping norm.
+        max_grad_norm: per-sample gradient clipping norm.
+    """
+
+    num_examples: int
+    loss: float
+    accuracy: float
+    seconds: float
+    steps: int
+    sample_rate: float
+    noise_multiplier: float
+    max_grad_norm: float
+
+
+def _make_optimizer(
+    model: nn.Module, name: str, *, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer_name = {name!r} is invalid; expected 'sgd', 'adam' or 'adamw'")
+
+
+def _strip_opacus(model: nn.Module) -> None:
+    """Remove what Opacus attached to the parameters (per-sample grads, accumulators)."""
+    for p in model.parameters():
+        for attr in _OPACUS_PARAM_ATTRS:
+            if hasattr(p, attr):
+                delattr(p, attr)
+        p.grad = None
+
+
+@dataclass
+class PrivateTraining:
+    """Opacus' private model, optimizer and batches, and the DP-SGD step of the chosen clipping mode."""
+
+    model: nn.Module
+    optimizer: Any
+    batches: Any
+    mode: str
+    criterion: Callable[[Tensor, Tensor], Any]
+    clipper: BookKeepingClipper | None
+
+    def step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor] | None:
+        """One DP-SGD step on a batch: the logits and mean loss, or None for an empty Poisson batch.
+
+        An empty batch still takes its step (the accountant counts it): modes that cannot run
+        one release the noise alone, as ``hooks`` does.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        if len(y) == 0 and self.mode in ("functorch", "ew", "bk"):
+            for p in self.optimizer.params:
+                if self.clipper is not None:  # ghost clipping's optimizer takes the clipped sum in .grad
+                    p.grad = torch.zeros_like(p)
+                else:
+                    p.grad_sample = p.new_zeros((0, *p.shape))
+            self.optimizer.step()
+            return None
+        if self.clipper is not None:
+            x = x.detach().requires_grad_(True)  # the backward pass reaches every layer through the input
+            logits = self.model(x)
+            per_example = F.cross_entropy(logits, y, reduction="none")
+            self.clipper.backward(per_example, x)
+            loss = per_example.mean()
+        else:
+            logits = self.model(x)
+            loss = self.criterion(logits, y)
+            loss.backward()
+        self.optimizer.step()
+        return (logits, loss) if len(y) else None
+
+    def close(self) -> None:
+        """Remove every hook; the wrapped model's parameters keep Opacus' attributes (see ``_strip_opacus``)."""
+        if self.clipper is not None:
+            self.clipper.remove()
+        self.model.cleanup()
+
+
+def make_private(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: DataLoader,
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    poisson_sampling: bool,
+    mode: str,
+) -> PrivateTraining:
+    """Wrap ``model``, ``optimizer`` and ``batches`` for DP-SGD with clipping ``mode`` (:data:`GRAD_SAMPLE_MODES`).
+
+    ``bk`` runs on Opacus' ghost-clipping wrapper with its hooks off: the book-keeping clipper
+    computes the clipped sums, Opacus' optimizer adds the noise.
+    """
+    if mode not in GRAD_SAMPLE_MODES:
+        raise ValueError(f"grad_sample_mode = {mode!r} is invalid; expected one of {GRAD_SAMPLE_MODES}")
+    with warnings.catch_warnings():  # Opacus warns about secure RNG and (functorch) about torch.func
+        warnings.simplefilter("ignore")
+        wrapped = PrivacyEngine(accountant="rdp").make_private(
+            module=model,
+            optimizer=optimizer,
+            criterion=nn.CrossEntropyLoss(),
+            data_loader=batches,
+            noise_multiplier=float(noise_multiplier),
+            max_grad_norm=float(max_grad_norm),
+            poisson_sampling=poisson_sampling,
+            grad_sample_mode="ghost" if mode == "bk" else mode,
+        )
+    if mode in ("ghost", "bk"):  # ghost clipping's loss runs both backward passes; bk does not use it
+        dp_model, dp_optimizer, criterion, dp_batches = wrapped
+    else:
+        (dp_model, dp_optimizer, dp_batches), criterion = wrapped, nn.CrossEntropyLoss()
+    clipper = None
+    if mode == "bk":
+        dp_model.disable_hooks()
+        clipper = BookKeepingClipper(model, max_grad_norm=float(max_grad_norm))
+    return PrivateTraining(dp_model, dp_optimizer, dp_batches, mode, criterion, clipper)
+
+
+def train_private(
+    model: nn.Module,
+    images: ImageSet,
+    *,
+    transform: Callable[[Tensor], Tensor],
+    batch_size: int,
+    epochs: int,
+    lr: float,
+    optimizer_name: str,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    seed: int,
+    device: torch.device,
+    grad_sample_mode: str = "bk",
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+) -> PrivateTrainResult:
+    """One round of DP-SGD (Opacus, Poisson sampling), training ``model`` in place.
+
+    ``model`` must come from :func:`make_dp_compatible`. Opacus wraps it for the round;
+    afterwards its hooks and per-parameter attributes are removed, so the caller's model
+    object holds the trained weights under its original state-dict keys (no ``_module.``).
+    Training runs in float32 (no autocast: per-sample gradients are computed in full
+    precision). ``seed`` fixes the Poisson sampling, the augmentation and the noise, which
+    makes a round reproducible; that is for experiments, not a secure noise source.
+
+    Args:
+        model: the DP-compatible model, trained in place.
+        images: this hospital's training images.
+        transform: the training transform (augmentation + normalisation).
+        batch_size: expected Poisson batch size; see :func:`poisson_schedule`.
+        epochs: local epochs of ``ceil(len(images) / batch_size)`` steps each.
+        lr: learning rate.
+        optimizer_name: ``sgd``, ``adam`` or ``adamw``.
+        noise_multiplier: Gaussian noise std relative to ``max_grad_norm`` (0 disables noise: not private).
+        max_grad_norm: per-sample gradient clipping norm.
+        seed: seed of the sampling, augmentation and noise.
+        device: where to train.
+        grad_sample_mode: how to clip per example, one of :data:`GRAD_SAMPLE_MODES`.
+        momentum: SGD momentum.
+        weight_decay: weight decay of every optimizer.
+
+    Returns:
+        The round's :class:`PrivateTrainResult`.
+
+    Raises:
+        ValueError: no images, or an argument out of range.
+    """
+    if len(images) == 0:
+        raise ValueError("this hospital has no training images")
+    sample_rate, planned_steps = poisson_schedule(num_examples=len(images), batch_size=batch_size, epochs=epochs)
+    if not is_finite_number(noise_multiplier) or noise_multiplier < 0:
+        raise ValueError(f"noise_multiplier = {noise_multiplier!r} is invalid; expected a finite number >= 0")
+    if not is_finite_number(max_grad_norm) or max_grad_norm <= 0:
+        raise ValueError(f"max_grad_norm = {max_grad_norm!r} is invalid; expected a finite number > 0")
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    model.to(device).train()
+    optimizer = _make_optimizer(model, optimizer_name, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    batches = loader(images, transform, batch_size=batch_size, device=device, shuffle=False, seed=seed)
+    private = make_private(
+        model,
+        optimizer,
+        batches,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        poisson_sampling=True,
+        mode=grad_sample_mode,
+    )
+    steps, seen, loss_sum, correct = 0, 0, 0.0, 0
+    try:
+        if not math.isclose(private.batches.sample_rate, sample_rate, rel_tol=1e-12):
+            raise RuntimeError(f"Opacus samples at rate {private.batches.sample_rate}; expected {sample_rate}")
+        with warnings.catch_warnings():  # torch: "the first layer's input needs no gradient", once per step
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            for _ in range(epochs):
+                for x, y in private.batches:
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    result = private.step(x, y)
+                    steps += 1
+                    if result is not None:
+                        logits, loss = result
+                        seen += len(y)
+                        loss_sum += float(loss.detach()) * len(y)
+                        correct += int((logits.detach().argmax(1) == y).sum())
+    finally:
+        private.close()
+        _strip_opacus(model)
+    if steps != planned_steps:  # the accountant must record what really happened
+        raise RuntimeError(f"DP-SGD took {steps} steps; expected {planned_steps}")
+    return PrivateTrainResult(
+        num_examples=len(images),
+        loss=loss_sum / max(seen, 1),
+        accuracy=correct / max(seen, 1),
+        seconds=time.perf_counter() - start,
+        steps=steps,
+        sample_rate=sample_rate,
+        noise_multiplier=float(noise_multiplier),
+        max_grad_norm=float(max_grad_norm),
+    )
