@@ -12,9 +12,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client.crypto import decode_global, encrypt_update, secret_context
+from client.optimizer_state import load_optimizer_state, save_optimizer_state
 from client.privacy import state_dir, train_within_budget
 from client.site import central_test_set, hospital_data, node_identity
-from client.training import train_local
+from client.training import non_finite_reason, train_local
 from common import records as rk
 from common.config import RunConfig, parse_run_config
 from common.data import build_transform
@@ -70,6 +71,12 @@ def describe(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+def _decline(msg: Message, name: str, reason: str) -> Message:
+    """A reply that sends no weights and says why (budget spent, training diverged)."""
+    info = ConfigRecord({"name": name, rk.DECLINED: reason})
+    return Message(RecordDict({rk.METRICS: MetricRecord({rk.NUM_EXAMPLES: 0}), rk.HOSPITAL: info}), reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the global model on this hospital's shard; reply with the (encrypted) weights."""
@@ -85,13 +92,26 @@ def train(msg: Message, context: Context) -> Message:
             setup.model, site.train, cfg=cfg, ledger_dir=ledger_dir, seed=seed, device=setup.device
         )
         if isinstance(outcome, str):
-            info = ConfigRecord({"name": site.name, rk.DECLINED: outcome})
-            return Message(
-                RecordDict({rk.METRICS: MetricRecord({rk.NUM_EXAMPLES: 0}), rk.HOSPITAL: info}), reply_to=msg
-            )
-        result, privacy = outcome.result, outcome.metrics
+            return _decline(msg, site.name, outcome)
+        result, privacy, folder = outcome.result, outcome.metrics, None
     else:
-        result = train_local(setup.model, site.train, cfg=cfg, preset=preset_for(cfg), device=setup.device, seed=seed)
+        folder = state_dir(context.node_config, config, site.name) if cfg.optimizer_state == "keep" else None
+        result = train_local(
+            setup.model,
+            site.train,
+            cfg=cfg,
+            preset=preset_for(cfg),
+            device=setup.device,
+            seed=seed,
+            server_round=server_round,
+            optimizer_state=load_optimizer_state(folder, before_round=server_round) if folder else None,
+        )
+    diverged = non_finite_reason(result.loss, setup.model)
+    if diverged is not None:
+        log.warning("%s round %d: declining: %s", site.name, server_round, diverged)
+        return _decline(msg, site.name, diverged)
+    if folder is not None and result.optimizer_state is not None:
+        save_optimizer_state(folder, server_round=server_round, state=result.optimizer_state)
     log.info(
         "%s round %d: %d images, loss %.4f, %.1fs",
         site.name,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,19 +17,20 @@ from common.data import ImageSet, build_transform
 from common.inference import autocast, loader
 from common.presets import DatasetPreset
 
-__all__ = ["TrainResult", "make_optimizer", "train_local"]
+__all__ = ["TrainResult", "lr_factor", "make_optimizer", "non_finite_reason", "train_local"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What one round of local training reports."""
+    """What one round of local training reports; ``optimizer_state`` is kept for the next round."""
 
     num_examples: int
     loss: float
     accuracy: float
     seconds: float
+    optimizer_state: dict[str, Any] | None = None
 
 
 def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -40,12 +43,53 @@ def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
+def lr_factor(cfg: RunConfig, *, step: int, steps_per_round: int) -> float:
+    """The learning-rate multiplier at global local step ``step`` (0-based, counted over all rounds).
+
+    Linear warm-up over ``lr-warmup-rounds``, then constant or cosine decay to 0 at the end
+    of ``num-server-rounds``. Every hospital derives it from the round number alone.
+    """
+    warmup = cfg.lr_warmup_rounds * steps_per_round
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    total = max(cfg.num_server_rounds * steps_per_round - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total) / total))
+
+
+def non_finite_reason(loss: float, model: nn.Module) -> str | None:
+    """Why a trained model must not be sent (a diverged run, an fp16 overflow), or ``None``."""
+    if not math.isfinite(loss):
+        return f"training diverged: loss is {loss}"
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"training diverged: {name} holds NaN or Inf values"
+    return None
+
+
+def _proximal_term(model: nn.Module, anchor: list[torch.Tensor]) -> torch.Tensor:
+    """FedProx's ``||w - w_global||^2`` over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))  # type: ignore[return-value]
+
+
 def train_local(
-    model: nn.Module, images: ImageSet, *, cfg: RunConfig, preset: DatasetPreset, device: torch.device, seed: int
+    model: nn.Module,
+    images: ImageSet,
+    *,
+    cfg: RunConfig,
+    preset: DatasetPreset,
+    device: torch.device,
+    seed: int,
+    server_round: int = 1,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``cfg.local_epochs`` epochs on ``images``.
 
     ``seed`` fixes the shuffling and the augmentation, so a round is reproducible.
+    ``optimizer_state`` (this hospital's from its previous round, with ``optimizer-state =
+    "keep"``) continues the optimizer's moments; the result carries the new state.
     """
     if len(images) == 0:
         raise ValueError("this hospital has no training images")
@@ -53,6 +97,8 @@ def train_local(
     torch.manual_seed(seed)
     model.to(device).train()
     optimizer = make_optimizer(model, cfg)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
     batches = loader(
         images,
         build_transform(preset, train=True),
@@ -62,16 +108,24 @@ def train_local(
         drop_last=len(images) > cfg.batch_size,
         seed=seed,
     )
+    steps_per_round = cfg.local_epochs * len(batches)
+    step = (server_round - 1) * steps_per_round
+    mu = cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0
+    anchor = [p.detach().clone() for p in model.parameters() if p.requires_grad] if mu > 0 else []
     seen, loss_sum, correct = 0, 0.0, 0
     for epoch in range(cfg.local_epochs):
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.learning_rate * lr_factor(cfg, step=step, steps_per_round=steps_per_round)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
-            loss.backward()
+            objective = loss + 0.5 * mu * _proximal_term(model, anchor) if mu > 0 else loss
+            objective.backward()
             optimizer.step()
+            step += 1
             seen += len(y)
             loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
@@ -81,4 +135,5 @@ def train_local(
         loss=loss_sum / max(seen, 1),
         accuracy=correct / max(seen, 1),
         seconds=time.perf_counter() - start,
+        optimizer_state=optimizer.state_dict() if cfg.optimizer_state == "keep" else None,
     )

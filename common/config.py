@@ -23,11 +23,24 @@ from pydantic import (
 from common.models import MIN_IMAGE_SIZE, MODELS
 from common.presets import PRESETS
 
-__all__ = ["ConfigError", "RunConfig", "parse_run_config", "validate_keys"]
+__all__ = ["STRATEGIES", "WEIGHTED_SUM_STRATEGIES", "ConfigError", "RunConfig", "parse_run_config", "validate_keys"]
+
+STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+"""The server steps (Flower's strategies of the same names)."""
+WEIGHTED_SUM_STRATEGIES = ("fedavg", "fedprox")
+"""The server steps that are a weighted sum of the updates, hence possible on ciphertexts."""
 
 
 class ConfigError(ValueError):
     """A bad configuration value; the message is one line a user can act on."""
+
+
+class _KeyConflict(Exception):
+    """A value that conflicts with another key (raised past pydantic, which would drop the key)."""
+
+    def __init__(self, key: str, expected: str) -> None:
+        super().__init__(key, expected)
+        self.key, self.expected = key, expected
 
 
 def _no_bool(value: Any) -> Any:
@@ -101,12 +114,30 @@ class RunConfig(BaseModel):
     run_name: str = ""
     round_timeout: Float = Field(600.0, gt=0.0, le=86400.0)
     resume_from: str = ""
+    strategy: Annotated[str, _one_of(dict.fromkeys(STRATEGIES))] = "fedavg"
+    server_learning_rate: Float = Field(1.0, gt=0.0, le=100.0)
+    server_momentum: Float = Field(0.0, ge=0.0, lt=1.0)
+    proximal_mu: Float = Field(0.0, ge=0.0, le=100.0)
+    optimizer_state: Literal["reset", "keep"] = "reset"
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_warmup_rounds: Int = Field(0, ge=0)
+    norm_layer: Literal["batch", "group"] = "batch"
 
     @model_validator(mode="after")
     def _image_size_fits_model(self) -> RunConfig:
         minimum = MIN_IMAGE_SIZE.get(self.model, 32)
         if self.image_size < minimum:
-            raise ValueError(f"image-size >= {minimum} for model {self.model!r}")
+            raise _KeyConflict("image-size", f"image-size >= {minimum} for model {self.model!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _server_step_fits_encryption(self) -> RunConfig:
+        if self.he_enabled and self.strategy not in WEIGHTED_SUM_STRATEGIES:
+            raise _KeyConflict(
+                "strategy",
+                f"one of {', '.join(repr(s) for s in WEIGHTED_SUM_STRATEGIES)} under he-enabled: "
+                f"{self.strategy!r} is not a weighted sum, and the server only adds ciphertexts",
+            )
         return self
 
     @property
@@ -161,10 +192,13 @@ def validate_keys(model: type[BaseModel], values: Mapping[str, Any], *, source: 
             raise ConfigError(f"{source}: unknown key {key!r}{hint}")
     try:
         return model.model_validate(dict(values))
+    except _KeyConflict as err:
+        given = values.get(err.key, model.model_fields[err.key.replace("-", "_")].default)
+        raise ConfigError(f"{source}: {err.key!r} = {given!r} is invalid; expected {err.expected}") from None
     except ValidationError as err:
         lines = []
         for error in err.errors():
-            key = str(error["loc"][0]) if error["loc"] else "image-size"
+            key = str(error["loc"][0])
             given = values.get(key, error.get("input"))
             lines.append(f"{source}: {key!r} = {given!r} is invalid; expected {_describe(error)}")
         raise ConfigError("\n".join(lines)) from None

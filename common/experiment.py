@@ -28,7 +28,7 @@ def model_spec(cfg: RunConfig) -> ModelSpec:
         channels=preset.channels,
         mean=preset.mean,
         std=preset.std,
-        dp_compatible=cfg.dp_enabled,
+        dp_compatible=cfg.dp_enabled or cfg.norm_layer == "group",  # the GroupNorm variant
     )
 
 

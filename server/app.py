@@ -21,6 +21,7 @@ from server.resume import ResumePoint, load_resume_point
 from server.roster import NodeRoster
 from server.rounds import run_rounds
 from server.run_directory import RunDirectory
+from server.server_steps import load_server_state, make_strategy, server_state
 from server.strategy import MedsiloFedAvg, RunStopped
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def _strategy(
         raise RunStopped(str(err)) from None
     if not cfg.he_enabled:
         base = ConfigRecord()
-        strategy = MedsiloFedAvg(history=history, roster=roster, **sampling)
+        strategy = make_strategy(cfg, history=history, roster=roster, **sampling)
     else:
         public, keys_dir = server_context(cfg, run_dir.path)
         base = ConfigRecord(
@@ -66,7 +67,10 @@ def _strategy(
         scorer: Scorer = LocalScorer(cfg, model_spec(cfg))
     else:
         scorer = EvaluatorNodeScorer(grid, node_id=roster.evaluator, base_config=base, timeout=cfg.round_timeout)
-    return strategy, CentralEvaluator(cfg, scorer=scorer, history=history, run_dir=run_dir)
+    evaluator = CentralEvaluator(
+        cfg, scorer=scorer, history=history, run_dir=run_dir, server_state=lambda: server_state(strategy)
+    )
+    return strategy, evaluator
 
 
 def _start(cfg: RunConfig, run_id: int) -> tuple[RunDirectory, RunHistory, ResumePoint | None]:
@@ -105,6 +109,8 @@ def main(grid: Grid, context: Context) -> None:
     )
     try:
         strategy, evaluator = _strategy(cfg, grid, history, run_dir, ParamLayout.of(state))
+        if point is not None:
+            load_server_state(strategy, point.server_state)
         run_rounds(
             strategy,
             grid,

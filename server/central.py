@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -119,8 +120,17 @@ class EvaluatorNodeScorer:
 class CentralEvaluator:
     """Flower ``evaluate_fn``: scores each round's global model, records and checkpoints it."""
 
-    def __init__(self, cfg: RunConfig, *, scorer: Scorer, history: RunHistory, run_dir: RunDirectory) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        scorer: Scorer,
+        history: RunHistory,
+        run_dir: RunDirectory,
+        server_state: Callable[[], dict[str, np.ndarray]] = dict,
+    ) -> None:
         self.spec = model_spec(cfg)
+        self.server_state = server_state
         self.num_rounds = cfg.num_server_rounds
         self.scorer = scorer
         self.history = history
@@ -131,7 +141,7 @@ class CentralEvaluator:
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Score ``arrays``, record the round, checkpoint the model, write history."""
         start = time.perf_counter()
-        self.run_dir.checkpoint(server_round, arrays, self.spec)
+        self.run_dir.checkpoint(server_round, arrays, self.spec, server_state=self.server_state())
         self.latest_arrays = arrays
         record = self.history.round(server_round)
         try:

@@ -8,12 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord
+from safetensors.numpy import load_file as load_numpy
 from safetensors.torch import load_file
 
 from common.config import ConfigError, RunConfig
 from common.he.model_dir import load_encrypted_dir
 from common.models import MODEL_FILE
+from server.run_directory import SERVER_STATE_FILE
 
 __all__ = ["ResumePoint", "load_resume_point"]
 
@@ -35,6 +38,10 @@ MUST_MATCH = (
     "dp-delta",
     "dp-max-grad-norm",
     "dp-noise-multiplier",
+    "strategy",
+    "optimizer",
+    "optimizer-state",
+    "norm-layer",
 )
 
 
@@ -46,6 +53,7 @@ class ResumePoint:
     last_round: int
     arrays: ArrayRecord
     rounds: list[dict[str, Any]]
+    server_state: dict[str, np.ndarray]
 
 
 def _checkpoint_arrays(directory: Path) -> ArrayRecord:
@@ -98,7 +106,9 @@ def load_resume_point(run_dir: Path, cfg: RunConfig) -> ResumePoint:
         )
     try:
         arrays = _checkpoint_arrays(last)
+        state_file = last / SERVER_STATE_FILE
+        server_state = load_numpy(str(state_file)) if state_file.is_file() else {}
     except Exception as err:  # safetensors' own error type is not exported
         raise ConfigError(f"{where}: its checkpoint {last.name} is unreadable ({err})") from None
     rounds = [r for r in json.loads(history_file.read_text()).get("rounds", []) if r["round"] <= last_round]
-    return ResumePoint(run_dir, last_round, arrays, rounds)
+    return ResumePoint(run_dir, last_round, arrays, rounds, server_state)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord
+from safetensors.numpy import save_file
 
 from common.config import RunConfig
 from common.he.model_dir import save_encrypted_dir
@@ -19,7 +20,10 @@ from common.models import ModelSpec, save_model_dir
 from common.report import build_report
 from common.run_files import write_json, write_predictions_csv
 
-__all__ = ["RunDirectory"]
+__all__ = ["SERVER_STATE_FILE", "RunDirectory"]
+
+SERVER_STATE_FILE = "server-state.safetensors"
+"""A checkpoint's server-optimiser state (FedAvgM momentum, FedAdam/FedYogi/FedAdagrad moments)."""
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +61,14 @@ class RunDirectory:
         """``history.json``."""
         return self.path / "history.json"
 
-    def checkpoint(self, server_round: int, arrays: ArrayRecord, spec: ModelSpec) -> Path:
-        """Save the global model after ``server_round`` under ``checkpoints/``; keep the latest only."""
+    def checkpoint(
+        self, server_round: int, arrays: ArrayRecord, spec: ModelSpec, *, server_state: dict[str, np.ndarray]
+    ) -> Path:
+        """Save the global model (and the server optimiser's state) after ``server_round``; keep the latest only."""
         target = self.path / "checkpoints" / f"round-{server_round:04d}"
         _save_global(target, arrays, spec)
+        if server_state:
+            save_file(server_state, str(target / SERVER_STATE_FILE))
         for old in (self.path / "checkpoints").glob("round-*"):
             if old != target:
                 shutil.rmtree(old)

@@ -7,9 +7,10 @@ import time
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, FedAvgM
+from flwr.serverapp.strategy.fedopt import FedOpt
 
 from common import records as rk
 from server.history import RunHistory
@@ -63,6 +64,12 @@ def reply_problem(msg: Message, *, expected: ArrayRecord | None) -> str | None:
     for key, array in expected.items():
         if tuple(got[key].shape) != tuple(array.shape):
             return f"array {key!r} has shape {tuple(got[key].shape)}; expected {tuple(array.shape)}"
+        if got[key].dtype != array.dtype:
+            return f"array {key!r} has dtype {got[key].dtype}; expected {array.dtype}"
+    for key, array in got.items():
+        values = array.numpy()
+        if np.issubdtype(values.dtype, np.inexact) and not np.isfinite(values).all():
+            return f"array {key!r} holds NaN or Inf values"
     return None
 
 
@@ -143,8 +150,12 @@ class MedsiloFedAvg(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample hospitals and send them the global model."""
+        """Sample hospitals and send them the global model (the base of a server optimiser's step)."""
         self._sent = arrays
+        if isinstance(self, FedOpt):
+            self.current_arrays = {k: a.numpy() for k, a in arrays.items()}
+        elif isinstance(self, FedAvgM):
+            self.current_arrays = arrays
         self._started["train"] = time.perf_counter()
         nodes = self._sample(grid, server_round, self.fraction_train, self.min_train_nodes, "train")
         log.info("round %d: training on %d hospital(s)", server_round, len(nodes))
@@ -226,8 +237,27 @@ class MedsiloFedAvg(FedAvg):
             )
 
     def _aggregate(self, server_round: int, valid: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Combine the vetted replies: Flower's FedAvg on plaintext weights."""
-        return super().aggregate_train(server_round, valid)
+        """Combine the vetted replies with Flower's aggregation and server step; keep the sent dtypes.
+
+        A server optimiser computes in float64 and turns integer buffers into floats; the result
+        is cast back (integers rounded) so the next round's replies match what was sent. A
+        non-finite result (a server step that diverged) keeps the previous global model.
+        """
+        aggregated, metrics = super().aggregate_train(server_round, valid)
+        if aggregated is None or self._sent is None:
+            return aggregated, metrics
+        cast = {}
+        for key, sent in self._sent.items():
+            values = aggregated[key].numpy()
+            if not np.isfinite(values).all():
+                reason = f"the aggregated {key!r} holds NaN or Inf values; the global model is kept"
+                log.warning("round %d: %s", server_round, reason)
+                self.history.round(server_round)["aggregate_rejected"] = reason
+                return None, metrics
+            target = np.dtype(sent.dtype)
+            values = np.rint(values) if np.issubdtype(target, np.integer) else values
+            cast[key] = Array(np.ascontiguousarray(values.astype(target, copy=False)))
+        return ArrayRecord(cast), metrics
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

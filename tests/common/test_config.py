@@ -51,6 +51,14 @@ DEFAULTS = {
     "run-name": "",
     "round-timeout": 600.0,
     "resume-from": "",
+    "strategy": "fedavg",
+    "server-learning-rate": 1.0,
+    "server-momentum": 0.0,
+    "proximal-mu": 0.0,
+    "optimizer-state": "reset",
+    "lr-schedule": "constant",
+    "lr-warmup-rounds": 0,
+    "norm-layer": "batch",
 }
 
 
@@ -213,10 +221,30 @@ def test_non_finite_float_is_rejected(key):
         ("resume-from", 3, "a string"),
         ("dp-noise-multiplier", -0.5, "a value >= 0"),
         ("dp-enabled", "yes", "true or false"),
+        ("strategy", "fedsgd", "one of 'fedavg', 'fedprox', 'fedavgm', 'fedadam', 'fedyogi', 'fedadagrad'"),
+        ("server-learning-rate", 0.0, "a value > 0"),
+        ("server-momentum", 1.0, "a value < 1"),
+        ("proximal-mu", -0.1, "a value >= 0"),
+        ("optimizer-state", "persist", "one of 'reset' or 'keep'"),
+        ("lr-schedule", "step", "one of 'constant' or 'cosine'"),
+        ("lr-warmup-rounds", -1, "a value >= 0"),
+        ("lr-warmup-rounds", 1.5, "an integer"),
+        ("norm-layer", "layer", "one of 'batch' or 'group'"),
     ],
 )
 def test_out_of_range_is_rejected(key, value, expected):
     _assert_names(_error({key: value}), key, value, expected)
+
+
+@pytest.mark.parametrize("strategy", ["fedavgm", "fedadam", "fedyogi", "fedadagrad"])
+def test_a_server_optimiser_is_refused_under_encryption(strategy):
+    message = _error({"he-enabled": True, "strategy": strategy})
+    _assert_names(message, "strategy", strategy, "under he-enabled", "not a weighted sum", "'fedavg', 'fedprox'")
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox"])
+def test_weighted_sums_run_under_encryption(strategy):
+    assert parse_run_config({"he-enabled": True, "strategy": strategy}).strategy == strategy
 
 
 @pytest.mark.parametrize("key", ["data-root", "output-dir"])
