@@ -73,6 +73,19 @@ def reply_problem(msg: Message, *, expected: ArrayRecord | None) -> str | None:
     return None
 
 
+def _cast_like(values: np.ndarray, target: np.dtype) -> np.ndarray | None:
+    """``values`` in the dtype that was sent (integers rounded), or ``None`` if not finite there."""
+    if not np.isfinite(values).all():
+        return None
+    if np.issubdtype(target, np.integer):
+        values = np.rint(values)
+    with np.errstate(over="ignore"):
+        values = np.asarray(values).astype(target, copy=False)
+    if np.issubdtype(target, np.inexact) and not np.isfinite(values).all():
+        return None  # overflowed in the narrower type
+    return np.require(values, requirements="C")
+
+
 class RunStopped(RuntimeError):
     """Fewer hospitals than the minimum remain; the run stops and can be resumed from its checkpoint."""
 
@@ -248,15 +261,13 @@ class MedsiloFedAvg(FedAvg):
             return aggregated, metrics
         cast = {}
         for key, sent in self._sent.items():
-            values = aggregated[key].numpy()
-            if not np.isfinite(values).all():
+            values = _cast_like(aggregated[key].numpy(), np.dtype(sent.dtype))
+            if values is None:
                 reason = f"the aggregated {key!r} holds NaN or Inf values; the global model is kept"
                 log.warning("round %d: %s", server_round, reason)
                 self.history.round(server_round)["aggregate_rejected"] = reason
                 return None, metrics
-            target = np.dtype(sent.dtype)
-            values = np.rint(values) if np.issubdtype(target, np.integer) else values
-            cast[key] = Array(np.ascontiguousarray(values.astype(target, copy=False)))
+            cast[key] = Array(values)
         return ArrayRecord(cast), metrics
 
     def aggregate_train(

@@ -1,0 +1,262 @@
+"""Federated against pooled training, side by side at equal epochs of data.
+
+One process, no Flower runtime: every hospital trains with medsilo's own ``train_local``
+(the ClientApp's code) and every aggregation is medsilo's strategy (Flower's FedAvg and
+server optimisers behind the reply vetting), called exactly as the ServerApp calls them.
+Settings, per dataset, all from the same seed, model, augmentation and epochs of data:
+
+- ``centralised``: the union of the hospitals' data, one optimizer for the whole run;
+- ``fedavg-iid`` / ``fedavg-dirichlet``: the defaults of a plain FedAvg run (fresh Adam
+  each round, constant learning rate, BatchNorm averaged);
+- ``local-only-mean`` / ``local-only-worst``: each hospital alone (Dirichlet split);
+- ``best-iid`` / ``best-dirichlet``: the best configuration found (``BEST``).
+
+Central accuracy is recorded after every epoch of data (every round). Hyperparameters are
+chosen with ``--validation`` (15 % of ``train/`` held out, stratified, seeded); ``test/`` is
+scored only once they are fixed.
+
+    python benchmarks/accuracy.py --data-dir DATA          # brain-mri and chest-xray, 128 px
+    python benchmarks/accuracy.py --data-dir DATA --validation --settings best-iid --set lr-schedule=cosine
+    python benchmarks/accuracy.py --quick                  # synthetic data, under 5 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from client.training import train_local  # noqa: E402
+from common import records as rk  # noqa: E402
+from common.config import RunConfig, parse_run_config  # noqa: E402
+from common.data import ImageSet, build_transform, load_split  # noqa: E402
+from common.data.partition import partition_indices  # noqa: E402
+from common.data.synth import write_synthetic_tree  # noqa: E402
+from common.experiment import initial_model, preset_for  # noqa: E402
+from common.inference import predict  # noqa: E402
+from common.metrics import classification_report  # noqa: E402
+from common.models import state_dict_to_cpu  # noqa: E402
+from server.history import RunHistory  # noqa: E402
+from server.server_steps import make_strategy  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+HOSPITALS = 4
+BASE = {
+    "model": "resnet18",
+    "image-size": 128,
+    "batch-size": 32,
+    "learning-rate": 1e-3,
+    "optimizer": "adam",
+    "local-epochs": 1,
+    "seed": 0,
+    "min-train-nodes": 1,
+    "dirichlet-alpha": 0.5,
+}
+BEST = {"optimizer-state": "keep", "lr-schedule": "cosine", "lr-warmup-rounds": 1}
+"""The best federated configuration found on the validation split (run-config keys)."""
+SETTINGS = ("centralised", "fedavg-iid", "fedavg-dirichlet", "local-only", "best-iid", "best-dirichlet")
+
+
+class _Grid:
+    """The one call the strategy makes on Flower's Grid when it samples hospitals."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+
+def _score(model: torch.nn.Module, images: ImageSet, cfg: RunConfig) -> dict[str, float]:
+    probs, loss = predict(
+        model, images, build_transform(preset_for(cfg), train=False), batch_size=64, device=torch.device("cpu")
+    )
+    report = classification_report(images.labels.numpy(), probs, images.classes, loss=loss)
+    return {"accuracy": report["accuracy"], "balanced_accuracy": report["balanced_accuracy"],
+            "macro_f1": report["macro"]["f1"]}
+
+
+def _split_validation(train: ImageSet, *, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+    """A stratified, seeded hold-out of ``train`` for choosing hyperparameters."""
+    rng = np.random.default_rng(seed)
+    labels = train.labels.numpy()
+    held = sorted(int(i) for c in np.unique(labels) for i in
+                  rng.permutation(np.flatnonzero(labels == c))[: int(round(fraction * (labels == c).sum()))])
+    keep = sorted(set(range(len(train))) - set(held))
+    return train.subset(keep), train.subset(held)
+
+
+def _train_rounds(
+    cfg: RunConfig, shards: list[ImageSet], evaluation: ImageSet, rounds: int
+) -> list[dict[str, float]]:
+    """``rounds`` rounds of medsilo's federated training; the central metrics after each."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1  # what a ServerApp process has
+    model = initial_model(cfg)
+    arrays = ArrayRecord(state_dict_to_cpu(model))
+    nodes = list(range(1, len(shards) + 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        strategy = make_strategy(cfg, history=RunHistory(Path(tmp) / "history.json"), min_train_nodes=1,
+                                 min_evaluate_nodes=0, fraction_evaluate=0.0, seed=cfg.seed)
+        optimizer_states: dict[int, Any] = {}
+        curve = []
+        for server_round in range(1, rounds + 1):
+            sent = list(strategy.configure_train(server_round, arrays, ConfigRecord(), _Grid(nodes)))
+            replies = []
+            for msg in sent:
+                node = msg.metadata.dst_node_id
+                model.load_state_dict({k: torch.from_numpy(a.numpy().copy()) for k, a in arrays.items()})
+                result = train_local(
+                    model, shards[node - 1], cfg=cfg, preset=preset_for(cfg), device=torch.device("cpu"),
+                    seed=cfg.seed + 7919 * server_round + node, server_round=server_round,
+                    optimizer_state=optimizer_states.get(node),
+                )
+                optimizer_states[node] = result.optimizer_state
+                content = RecordDict({
+                    rk.ARRAYS: ArrayRecord(state_dict_to_cpu(model)),
+                    rk.METRICS: MetricRecord({rk.NUM_EXAMPLES: result.num_examples, rk.TRAIN_LOSS: result.loss}),
+                    rk.HOSPITAL: ConfigRecord({"name": f"hospital-{node}"}),
+                })
+                replies.append(Message(content, reply_to=msg))
+            aggregated, _ = strategy.aggregate_train(server_round, replies)
+            arrays = aggregated if aggregated is not None else arrays
+            model.load_state_dict({k: torch.from_numpy(a.numpy().copy()) for k, a in arrays.items()})
+            curve.append(_score(model, evaluation, cfg))
+            logging.info("round %d/%d: accuracy %.4f", server_round, rounds, curve[-1]["accuracy"])
+    return curve
+
+
+def _summary(curve: list[dict[str, float]], epochs: int, **extra: Any) -> dict[str, Any]:
+    last = curve[-1]
+    return {
+        "final": last["accuracy"],
+        "last2_mean": statistics.fmean(c["accuracy"] for c in curve[-2:]),
+        "balanced_accuracy": last["balanced_accuracy"],
+        "macro_f1": last["macro_f1"],
+        "epochs": epochs,
+        "per_round": [round(c["accuracy"], 4) for c in curve],
+        **extra,
+    }
+
+
+def run_dataset(
+    root: Path, dataset: str, *, settings: list[str], epochs: int, overrides: dict[str, Any], validation: bool,
+    base: dict[str, Any], write: Any,
+) -> None:
+    """Every requested setting on one dataset; ``write(setting, result)`` after each."""
+    cfg0 = parse_run_config({**base, "dataset": dataset, "data-root": str(root)})
+    preset = preset_for(cfg0)
+    kwargs = {"classes": cfg0.class_names, "channels": preset.channels, "size": cfg0.image_size}
+    train, test = load_split(root, "train", **kwargs), load_split(root, "test", **kwargs)
+    evaluation = test
+    if validation:
+        train, evaluation = _split_validation(train, fraction=0.15, seed=cfg0.seed)
+    labels = train.labels.tolist()
+    for setting in settings:
+        start = time.perf_counter()
+        partitioner = "iid" if setting.endswith("iid") else "dirichlet"
+        keys = {**base, "dataset": dataset, "data-root": str(root), "partitioner": partitioner}
+        if setting.startswith("best"):
+            keys.update(BEST)
+            keys.update(overrides)
+        parts = partition_indices(labels, num_partitions=HOSPITALS, partitioner=partitioner,
+                                  alpha=cfg0.dirichlet_alpha, seed=cfg0.seed)
+        if setting == "centralised":
+            cfg = parse_run_config({**keys, "optimizer-state": "keep", "num-server-rounds": epochs})
+            results = {setting: _summary(_train_rounds(cfg, [train], evaluation, epochs), epochs)}
+        elif setting == "local-only":
+            cfg = parse_run_config({**keys, "optimizer-state": "keep", "num-server-rounds": epochs})
+            finals = [_summary(_train_rounds(cfg, [train.subset(p)], evaluation, epochs), epochs) for p in parts]
+            worst = min(finals, key=lambda r: r["last2_mean"])
+            mean_curve = [float(np.mean(c)) for c in zip(*(r["per_round"] for r in finals), strict=True)]
+            results = {
+                "local-only-mean": {
+                    "final": float(np.mean([r["final"] for r in finals])),
+                    "last2_mean": float(np.mean([r["last2_mean"] for r in finals])),
+                    "balanced_accuracy": float(np.mean([r["balanced_accuracy"] for r in finals])),
+                    "macro_f1": float(np.mean([r["macro_f1"] for r in finals])),
+                    "epochs": epochs,
+                    "per_round": [round(v, 4) for v in mean_curve],
+                    "hospitals": [len(p) for p in parts],
+                },
+                "local-only-worst": worst,
+            }
+        else:
+            cfg = parse_run_config({**keys, "num-server-rounds": epochs})
+            shards = [train.subset(p) for p in parts]
+            results = {setting: _summary(_train_rounds(cfg, shards, evaluation, epochs), epochs)}
+            if setting.startswith("best"):
+                results[setting]["config"] = " ".join(f"{k}={v!r}" for k, v in {**BEST, **overrides}.items())
+        for name, result in results.items():
+            result["seconds"] = round(time.perf_counter() - start, 1)
+            write(name, result)
+            print(f"{dataset:12s} {name:18s} last2 {result['last2_mean']:.4f} final {result['final']:.4f} "
+                  f"per round {result['per_round']}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, help="folder holding brain-mri/ and chest-xray/")
+    parser.add_argument("--datasets", default="brain-mri,chest-xray")
+    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--epochs", type=int, default=6, help="epochs of data (rounds of 1 local epoch)")
+    parser.add_argument("--validation", action="store_true", help="score a held-out 15%% of train/, not test/")
+    parser.add_argument("--set", action="append", default=[], help="override a BEST key: key=value (TOML value)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="synthetic data, cnn3 at 32 px: under 5 minutes")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    import tomllib
+
+    overrides = {k: v for item in args.set for k, v in tomllib.loads(item.replace("=", " = ", 1)).items()}
+    base, epochs = dict(BASE), args.epochs
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.quick:
+            base.update({"model": "cnn3", "image-size": 32, "batch-size": 16})
+            epochs = min(epochs, 3)
+            roots = {
+                "brain-mri": write_synthetic_tree(Path(tmp) / "mri", modality="brain-mri", train_per_class=60,
+                                                  test_per_class=20, size=32, seed=1)
+            }
+        else:
+            if args.data_dir is None:
+                parser.error("--data-dir is required (or --quick)")
+            roots = {name: args.data_dir / name for name in args.datasets.split(",")}
+        name = "accuracy-quick" if args.quick else "accuracy-validation" if args.validation else "accuracy"
+        out = args.out or RESULTS / f"{name}.json"
+        results: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
+
+        def write_for(dataset: str) -> Any:
+            def write(setting: str, result: dict[str, Any]) -> None:
+                results.setdefault(dataset, {})[setting] = result
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(results, indent=2, allow_nan=False))
+            return write
+
+        for dataset, root in roots.items():
+            run_dataset(root, dataset, settings=args.settings.split(","), epochs=epochs, overrides=overrides,
+                        validation=args.validation, base=base, write=write_for(dataset))
+    for dataset, rows in results.items():
+        central = rows.get("centralised", {}).get("last2_mean")
+        for setting, row in rows.items():
+            gap = f"{100 * (row['last2_mean'] - central):+.1f} pt vs centralised" if central else ""
+            print(f"{dataset:12s} {setting:18s} {row['last2_mean']:.4f} {gap}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

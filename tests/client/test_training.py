@@ -1,0 +1,100 @@
+"""Local training across rounds: the learning-rate schedule, kept optimizer state, divergence."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from client.optimizer_state import load_optimizer_state, save_optimizer_state
+from client.training import lr_factor, non_finite_reason, train_local
+from common.config import parse_run_config
+from common.data import load_split
+from common.data.synth import write_synthetic_tree
+from common.experiment import initial_model, preset_for
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    root = write_synthetic_tree(
+        tmp_path_factory.mktemp("data"), modality="brain-mri", train_per_class=6, test_per_class=1, size=32, seed=0
+    )
+    cfg = parse_run_config({"model": "cnn3", "image-size": 32})
+    return load_split(root, "train", classes=cfg.class_names, channels=1, size=32)
+
+
+def _cfg(**keys: object):  # type: ignore[no-untyped-def]
+    return parse_run_config({"model": "cnn3", "image-size": 32, "batch-size": 8, "local-epochs": 1, **keys})
+
+
+def test_warm_up_then_cosine_to_zero() -> None:
+    cfg = _cfg(**{"num-server-rounds": 4, "lr-schedule": "cosine", "lr-warmup-rounds": 1})
+    factors = [lr_factor(cfg, step=s, steps_per_round=10) for s in range(40)]
+    assert factors[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    decay = factors[10:]
+    assert decay[0] == pytest.approx(1.0) and all(a > b for a, b in zip(decay, decay[1:], strict=False))
+    assert decay[15] == pytest.approx(0.5 * (1 + math.cos(math.pi * 15 / 30)))
+    assert lr_factor(_cfg(), step=123, steps_per_round=10) == 1.0
+
+
+def _train(model: torch.nn.Module, images, cfg, server_round: int, state=None):  # type: ignore[no-untyped-def]
+    return train_local(
+        model, images, cfg=cfg, preset=preset_for(cfg), device=CPU, seed=server_round,
+        server_round=server_round, optimizer_state=state,
+    )
+
+
+def test_kept_optimizer_state_continues_adams_moments(images, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg = _cfg(**{"optimizer-state": "keep", "num-server-rounds": 2})
+    model = initial_model(cfg)
+    first = _train(model, images, cfg, 1)
+    assert first.optimizer_state is not None
+    save_optimizer_state(tmp_path, server_round=1, state=first.optimizer_state)
+    save_optimizer_state(tmp_path, server_round=2, state={"state": {}, "param_groups": []})  # an interrupted round 2
+    restored = load_optimizer_state(tmp_path, before_round=2)
+    assert restored is not None and int(restored["state"][0]["step"]) == int(first.optimizer_state["state"][0]["step"])
+    kept = initial_model(cfg)
+    kept.load_state_dict(model.state_dict())
+    fresh = initial_model(cfg)
+    fresh.load_state_dict(model.state_dict())
+    _train(kept, images, cfg, 2, restored)
+    _train(fresh, images, _cfg(**{"num-server-rounds": 2}), 2)
+    # Adam's moments carried over: round 2 differs from a fresh Adam's round 2
+    diff = max(float((a - b).detach().abs().max()) for a, b in zip(kept.parameters(), fresh.parameters(), strict=True))
+    assert diff > 1e-4
+    assert load_optimizer_state(tmp_path, before_round=1) is None
+    save_optimizer_state(tmp_path, server_round=3, state=first.optimizer_state)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["optimizer-round-0002.pt", "optimizer-round-0003.pt"]
+
+
+def test_a_corrupt_optimizer_state_stops_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "optimizer-round-0001.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="optimizer state .* is corrupt"):
+        load_optimizer_state(tmp_path, before_round=2)
+
+
+def test_a_diverged_model_is_named(images) -> None:  # type: ignore[no-untyped-def]
+    cfg = _cfg()
+    model = initial_model(cfg)
+    assert non_finite_reason(1.0, model) is None
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    result = _train(model, images, cfg, 1)
+    assert non_finite_reason(result.loss, model) == f"training diverged: loss is {result.loss}"
+    assert "holds NaN or Inf values" in str(non_finite_reason(0.5, model))
+
+
+def test_fedprox_pulls_towards_the_global_model(images) -> None:  # type: ignore[no-untyped-def]
+    start = initial_model(_cfg())
+    distances = []
+    for mu in (0.0, 10.0):
+        cfg = _cfg(strategy="fedprox", **{"proximal-mu": mu, "learning-rate": 0.01})
+        model = initial_model(cfg)
+        _train(model, images, cfg, 1)
+        pairs = zip(model.parameters(), start.parameters(), strict=True)
+        distances.append(sum(float(((p - q) ** 2).sum()) for p, q in pairs))
+    assert distances[1] < distances[0]
