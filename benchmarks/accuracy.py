@@ -214,16 +214,21 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6, help="epochs of data (rounds of 1 local epoch)")
     parser.add_argument("--validation", action="store_true", help="score a held-out 15%% of train/, not test/")
     parser.add_argument("--set", action="append", default=[], help="override a BEST key: key=value (TOML value)")
+    parser.add_argument("--base", action="append", default=[], help="override a key of every setting: key=value")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="synthetic data, cnn3 at 32 px: under 5 minutes")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("flwr").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     import tomllib
 
-    overrides = {k: v for item in args.set for k, v in tomllib.loads(item.replace("=", " = ", 1)).items()}
-    base, epochs = dict(BASE), args.epochs
+    def keys(items: list[str]) -> dict[str, Any]:
+        return {k: v for item in items for k, v in tomllib.loads(item.replace("=", " = ", 1)).items()}
+
+    overrides = keys(args.set)
+    base, epochs = {**BASE, **keys(args.base)}, args.epochs
     with tempfile.TemporaryDirectory() as tmp:
         if args.quick:
             base.update({"model": "cnn3", "image-size": 32, "batch-size": 16})

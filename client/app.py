@@ -84,6 +84,9 @@ def train(msg: Message, context: Context) -> Message:
     cfg, config = setup.cfg, msg.content[rk.CONFIG]
     site = hospital_data(cfg, context.node_config)
     server_round = int(config[rk.SERVER_ROUND])
+    unusable = non_finite_reason(0.0, setup.model)
+    if unusable is not None:
+        return _decline(msg, site.name, unusable.replace("training diverged: ", "the global model is unusable: "))
     seed = cfg.seed + 7919 * server_round
     privacy: dict[str, float] = {}
     if cfg.dp_enabled:
@@ -167,6 +170,11 @@ def evaluate_central(msg: Message, context: Context) -> Message:
         raise ValueError(
             "central evaluation was sent to a hospital; only the evaluator node holds the central test set"
         )
+    unusable = non_finite_reason(0.0, setup.model)
+    if unusable is not None:  # the server cannot look inside the aggregate; the key-holder can
+        reason = unusable.replace("training diverged: ", "the decrypted aggregate is unusable: ")
+        log.warning("evaluator: %s", reason)
+        return _decline(msg, "evaluator", reason)
     test = central_test_set(setup.cfg, context.node_config)
     transform = build_transform(preset_for(setup.cfg), train=False)
     probs, loss = predict(setup.model, test, transform, batch_size=setup.cfg.batch_size, device=setup.device)

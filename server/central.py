@@ -28,9 +28,21 @@ from common.models import ModelSpec, build_from_spec
 from server.history import RunHistory
 from server.run_directory import RunDirectory
 
-__all__ = ["CentralEvaluation", "CentralEvaluator", "EvaluatorNodeScorer", "LocalScorer", "Scored", "Scorer"]
+__all__ = [
+    "AggregateRejected",
+    "CentralEvaluation",
+    "CentralEvaluator",
+    "EvaluatorNodeScorer",
+    "LocalScorer",
+    "Scored",
+    "Scorer",
+]
 
 log = logging.getLogger(__name__)
+
+
+class AggregateRejected(RuntimeError):
+    """A key-holder found the decrypted aggregate not finite: the previous global model is kept."""
 
 
 @dataclass(frozen=True)
@@ -104,9 +116,11 @@ class EvaluatorNodeScorer:
         reply = replies[0]
         if reply.has_error():
             raise RuntimeError(f"the evaluator node {self.node_id} failed: {reply.error.reason}")
-        predictions = reply.content[rk.PREDICTIONS]
         metrics = reply.content[rk.METRICS]
         info = reply.content[rk.HOSPITAL]
+        if rk.DECLINED in info:
+            raise AggregateRejected(f"the evaluator node {self.node_id} declined the aggregate: {info[rk.DECLINED]}")
+        predictions = reply.content[rk.PREDICTIONS]
         return Scored(
             paths=tuple(str(p) for p in info["paths"]),
             y_true=predictions["labels"].numpy().astype(np.int64),
@@ -131,7 +145,6 @@ class CentralEvaluator:
     ) -> None:
         self.spec = model_spec(cfg)
         self.server_state = server_state
-        self.num_rounds = cfg.num_server_rounds
         self.scorer = scorer
         self.history = history
         self.run_dir = run_dir
@@ -139,18 +152,26 @@ class CentralEvaluator:
         self.latest_arrays: ArrayRecord | None = None
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Score ``arrays``, record the round, checkpoint the model, write history."""
+        """Score ``arrays``, record the round, checkpoint the model, write history.
+
+        Raises:
+            AggregateRejected: under HE, the evaluator found the decrypted aggregate not finite.
+        """
         start = time.perf_counter()
         self.run_dir.checkpoint(server_round, arrays, self.spec, server_state=self.server_state())
         self.latest_arrays = arrays
         record = self.history.round(server_round)
         try:
             scored = self.scorer(arrays)
+        except AggregateRejected as err:
+            log.warning("round %d: %s; the previous global model is kept", server_round, err)
+            record["aggregate_rejected"] = str(err)
+            self.history.flush()
+            raise
         except RuntimeError as err:
             log.error("round %d central evaluation failed: %s", server_round, err)
             record["central_error"] = str(err)
             self.history.flush()
-            log.info("%s", self.history.round_summary(server_round, self.num_rounds))
             return None
         report = classification_report(scored.y_true, scored.probabilities, self.spec.classes, loss=scored.loss)
         self.latest = CentralEvaluation(server_round, report, scored)
@@ -166,5 +187,4 @@ class CentralEvaluator:
         if scored.decrypt_seconds is not None:
             record["timings"]["evaluator_decrypt_s"] = scored.decrypt_seconds
         self.history.flush()
-        log.info("%s", self.history.round_summary(server_round, self.num_rounds))
         return MetricRecord({"accuracy": float(report["accuracy"]), "loss": float(scored.loss)})

@@ -1,4 +1,4 @@
-"""The round loop: train, federated evaluation, central evaluation; resumable and never waiting forever.
+"""The round loop: train, central evaluation (under HE it also vets the aggregate), federated evaluation.
 
 Flower's ``Strategy.start`` always runs rounds ``1..N`` and waits indefinitely for the
 minimum number of nodes. This loop starts at any round (for ``resume-from``), bounds every
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
+from server.central import AggregateRejected
 from server.strategy import MedsiloFedAvg
 
 __all__ = ["run_rounds"]
@@ -39,19 +40,28 @@ def run_rounds(
     Raises:
         RunStopped: from the strategy, when fewer than ``min-train-nodes`` hospitals remain.
     """
+    history = strategy.history
     if first_round == 1:
         evaluate_fn(0, arrays)
+        log.info("%s", history.round_summary(0, last_round))
     for server_round in range(first_round, last_round + 1):
         start = time.perf_counter()
         log.info("round %d/%d: sending the global model to the hospitals", server_round, last_round)
         messages = strategy.configure_train(server_round, arrays, train_config, grid)
         replies = grid.send_and_receive(messages, timeout=strategy.round_timeout)
         aggregated, _ = strategy.aggregate_train(server_round, replies)
-        if aggregated is not None:  # None: every hospital declined (budget spent), the model stays as it was
+        previous = arrays
+        if aggregated is not None:  # None: every hospital declined, or the aggregate was not finite
             arrays = aggregated
+        try:
+            evaluate_fn(server_round, arrays)
+        except AggregateRejected:  # under HE the evaluator, a key-holder, found the aggregate not finite
+            arrays = previous
+            evaluate_fn(server_round, arrays)
         messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
         if messages:
             strategy.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=strategy.round_timeout))
-        evaluate_fn(server_round, arrays)
+        history.flush()
+        log.info("%s", history.round_summary(server_round, last_round))
         log.info("round %d/%d done in %.1f s", server_round, last_round, time.perf_counter() - start)
     return arrays
