@@ -11,12 +11,18 @@ from safetensors.numpy import load_file
 
 
 def test_a_resumed_run_equals_an_uninterrupted_one(flower: Flower, simulated_run: SimulatedRun, tmp_path: Path) -> None:
-    """The shared 3-round run against the same config stopped after round 2 and resumed."""
+    """The shared 3-round run against the same config stopped after round 2 and resumed.
+
+    The config keeps each hospital's Adam state and FedAvgM's server momentum, so both must continue exactly.
+    """
     out = tmp_path / "runs"
     config = f"{SIMULATION} data-root='{simulated_run.data_root}' output-dir='{out}'"
     flower.simulate(f"{config} num-server-rounds=2 run-name='stopped'", supernodes=3, cwd=tmp_path)
     stopped = out / "stopped"
     assert sorted(p.name for p in (stopped / "checkpoints").iterdir()) == ["round-0002"]
+    assert (stopped / "checkpoints" / "round-0002" / "server-state.safetensors").is_file()  # FedAvgM's momentum
+    kept = sorted(p.name for p in (stopped / "state" / "hospital-0").glob("optimizer-round-*.pt"))
+    assert kept == ["optimizer-round-0001.pt", "optimizer-round-0002.pt"]  # each hospital's Adam state
     flower.simulate(
         f"{config} num-server-rounds=3 run-name='ignored' resume-from='{stopped}'", supernodes=3, cwd=tmp_path
     )
