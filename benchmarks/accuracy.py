@@ -46,7 +46,7 @@ from common.data import ImageSet, build_transform, load_split  # noqa: E402
 from common.data.partition import partition_indices  # noqa: E402
 from common.data.synth import write_synthetic_tree  # noqa: E402
 from common.experiment import initial_model, preset_for  # noqa: E402
-from common.inference import predict  # noqa: E402
+from common.inference import predict, resolve_device  # noqa: E402
 from common.metrics import classification_report  # noqa: E402
 from common.models import state_dict_to_cpu  # noqa: E402
 from server.history import RunHistory  # noqa: E402
@@ -82,7 +82,7 @@ class _Grid:
 
 def _score(model: torch.nn.Module, images: ImageSet, cfg: RunConfig) -> dict[str, float]:
     probs, loss = predict(
-        model, images, build_transform(preset_for(cfg), train=False), batch_size=64, device=torch.device("cpu")
+        model, images, build_transform(preset_for(cfg), train=False), batch_size=64, device=resolve_device(cfg.device)
     )
     report = classification_report(images.labels.numpy(), probs, images.classes, loss=loss)
     return {"accuracy": report["accuracy"], "balanced_accuracy": report["balanced_accuracy"],
@@ -117,9 +117,9 @@ def _train_rounds(
             replies = []
             for msg in sent:
                 node = msg.metadata.dst_node_id
-                model.load_state_dict({k: torch.from_numpy(a.numpy().copy()) for k, a in arrays.items()})
+                model.cpu().load_state_dict({k: torch.from_numpy(a.numpy().copy()) for k, a in arrays.items()})
                 result = train_local(
-                    model, shards[node - 1], cfg=cfg, preset=preset_for(cfg), device=torch.device("cpu"),
+                    model, shards[node - 1], cfg=cfg, preset=preset_for(cfg), device=resolve_device(cfg.device),
                     seed=cfg.seed + 7919 * server_round + node, server_round=server_round,
                     optimizer_state=optimizer_states.get(node),
                 )
@@ -132,7 +132,7 @@ def _train_rounds(
                 replies.append(Message(content, reply_to=msg))
             aggregated, _ = strategy.aggregate_train(server_round, replies)
             arrays = aggregated if aggregated is not None else arrays
-            model.load_state_dict({k: torch.from_numpy(a.numpy().copy()) for k, a in arrays.items()})
+            model.cpu().load_state_dict({k: torch.from_numpy(a.numpy().copy()) for k, a in arrays.items()})
             curve.append(_score(model, evaluation, cfg))
             logging.info("round %d/%d: accuracy %.4f", server_round, rounds, curve[-1]["accuracy"])
     return curve
