@@ -151,7 +151,8 @@ class SimulatedRun:
 
 SIMULATION = (
     "model='cnn3' image-size=32 local-epochs=1 batch-size=16 learning-rate=0.003 min-train-nodes=3 "
-    "min-evaluate-nodes=3 seed=11 optimizer-state='keep' lr-warmup-rounds=1 strategy='fedavgm' server-momentum=0.5"
+    "min-evaluate-nodes=3 seed=11 optimizer-state='keep' lr-schedule='constant' lr-warmup-rounds=1 strategy='fedavgm' "
+    "server-momentum=0.5"
 )
 """The shared run's config, less data-root, output-dir, run-name and num-server-rounds (3).
 
