@@ -65,7 +65,7 @@ BASE = {
     "min-train-nodes": 1,
     "dirichlet-alpha": 0.5,
 }
-BEST = {"optimizer-state": "keep", "lr-schedule": "cosine", "lr-warmup-rounds": 1}
+BEST = {"optimizer-state": "keep"}
 """The best federated configuration found on the validation split (run-config keys)."""
 SETTINGS = ("centralised", "fedavg-iid", "fedavg-dirichlet", "local-only", "best-iid", "best-dirichlet")
 

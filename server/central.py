@@ -163,6 +163,8 @@ class CentralEvaluator:
         record = self.history.round(server_round)
         try:
             scored = self.scorer(arrays)
+            if not np.isfinite(scored.probabilities).all():  # finite weights, but e.g. a negative variance
+                raise AggregateRejected("the global model's predictions on the central test set are not finite")
         except AggregateRejected as err:
             log.warning("round %d: %s; the previous global model is kept", server_round, err)
             record["aggregate_rejected"] = str(err)

@@ -16,6 +16,8 @@ from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvgM, FedProx, FedYo
 from flwr.serverapp.strategy.fedopt import FedOpt
 
 from common.config import RunConfig
+from common.experiment import model_spec
+from common.models import build_from_spec
 from server.strategy import MedsiloFedAvg
 
 __all__ = ["make_strategy", "server_state", "load_server_state"]
@@ -45,11 +47,16 @@ _FEDOPT = {"fedadam": MedsiloFedAdam, "fedyogi": MedsiloFedYogi, "fedadagrad": M
 
 
 def make_strategy(cfg: RunConfig, **kwargs: Any) -> MedsiloFedAvg:
-    """The plaintext strategy ``cfg.strategy`` with its server-step settings; ``kwargs`` go to every one."""
+    """The plaintext strategy ``cfg.strategy`` with its server-step settings; ``kwargs`` go to every one.
+
+    A server optimiser steps the model's parameters only; its buffers (BatchNorm's running
+    statistics and counters) are averaged as FedAvg would.
+    """
     if cfg.strategy == "fedavg":
         return MedsiloFedAvg(**kwargs)
     if cfg.strategy == "fedprox":
         return MedsiloFedProx(proximal_mu=cfg.proximal_mu, **kwargs)
+    kwargs.setdefault("buffer_keys", frozenset(name for name, _ in build_from_spec(model_spec(cfg)).named_buffers()))
     if cfg.strategy == "fedavgm":
         return MedsiloFedAvgM(
             server_learning_rate=cfg.server_learning_rate, server_momentum=cfg.server_momentum, **kwargs

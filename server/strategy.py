@@ -11,6 +11,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedAvgM
 from flwr.serverapp.strategy.fedopt import FedOpt
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from common import records as rk
 from server.history import RunHistory
@@ -107,9 +108,11 @@ class MedsiloFedAvg(FedAvg):
         roster: NodeRoster | None = None,
         round_timeout: float = 600.0,
         seed: int = 0,
+        buffer_keys: frozenset[str] = frozenset(),
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.buffer_keys = buffer_keys
         self.history = history
         self.roster = roster
         self.round_timeout = round_timeout
@@ -259,6 +262,11 @@ class MedsiloFedAvg(FedAvg):
         aggregated, metrics = super().aggregate_train(server_round, valid)
         if aggregated is None or self._sent is None:
             return aggregated, metrics
+        if self.buffer_keys and isinstance(self, FedOpt | FedAvgM):
+            # A server optimiser steps the weights; buffers (BatchNorm statistics) are averaged,
+            # or momentum would push a running variance below zero.
+            average = aggregate_arrayrecords([m.content for m in valid], self.weighted_by_key)
+            aggregated = ArrayRecord({k: average[k] if k in self.buffer_keys else a for k, a in aggregated.items()})
         cast = {}
         for key, sent in self._sent.items():
             values = _cast_like(aggregated[key].numpy(), np.dtype(sent.dtype))

@@ -68,9 +68,11 @@ def test_a_rejected_aggregate_keeps_the_previous_model_and_the_run_goes_on(tmp_p
     strategy = MedsiloFedAvg(history=history, min_train_nodes=2, min_available_nodes=2, fraction_evaluate=0.0)
 
     def score(arrays: ArrayRecord) -> Scored:
-        if float(arrays["w"].numpy()[0, 0]) == 2.0:  # stands for the aggregate a key-holder refuses
+        value = float(arrays["w"].numpy()[0, 0])
+        if value == 2.0:  # stands for the aggregate a key-holder refuses
             raise AggregateRejected("the evaluator node 9 declined the aggregate: not finite")
-        return Scored(("a.png", "b.png"), np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]), 0.3, 0)
+        probs = np.array([[0.9, 0.1], [0.2, 0.8]]) if value != 3.0 else np.full((2, 2), np.nan)
+        return Scored(("a.png", "b.png"), np.array([0, 1]), probs, 0.3, 0)
 
     run_dir = RunDirectory.create(cfg, run_id=1, output_dir=tmp_path)
     evaluator = CentralEvaluator(cfg, scorer=score, history=history, run_dir=run_dir)
@@ -88,8 +90,10 @@ def test_a_rejected_aggregate_keeps_the_previous_model_and_the_run_goes_on(tmp_p
         strategy, grid, arrays=_arrays(0.0), first_round=1, last_round=3, train_config=ConfigRecord(),  # type: ignore[arg-type]
         evaluate_fn=evaluator,
     )
-    assert sent == [0.0, 0.0, 3.0]  # round 1's aggregate (2.0) was refused; round 2 started from round 0's model
+    # round 1's aggregate (2.0) was refused by the evaluator; round 2's (3.0) predicts NaN: both kept round 0's model
+    assert sent == [0.0, 0.0, 0.0]
     assert float(final["w"].numpy()[0, 0]) == 4.0
     assert "declined the aggregate" in history.round(1)["aggregate_rejected"]
+    assert "predictions on the central test set are not finite" in history.round(2)["aggregate_rejected"]
     assert history.round(1)["central"]["accuracy"] == 1.0  # the kept model was scored and checkpointed
     assert sorted(p.name for p in (run_dir.path / "checkpoints").iterdir()) == ["round-0003"]

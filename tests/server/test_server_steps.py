@@ -157,3 +157,19 @@ def test_a_server_step_that_diverges_keeps_the_global_model(tmp_path: Path) -> N
     arrays, _ = strategy.aggregate_train(1, _replies(sent, [np.full((3, 2), 3e38)] * 2, [10, 10]))
     assert arrays is None  # the round loop keeps the previous global model
     assert "holds NaN or Inf values; the global model is kept" in strategy.history.round(1)["aggregate_rejected"]
+
+
+def test_a_server_optimiser_steps_weights_and_averages_buffers(tmp_path: Path) -> None:
+    """BatchNorm statistics are averaged: momentum would push a running variance below zero."""
+    strategy = _strategy(tmp_path, strategy="fedavgm", **{"server-learning-rate": 1.0, "server-momentum": 0.9})
+    strategy.buffer_keys = frozenset({"bn.num_batches_tracked"})
+    _run(strategy, 2, np.random.default_rng(3))
+    sent = list(strategy.configure_train(3, _record(np.zeros((3, 2)), tracked=5), ConfigRecord(), _Nodes([1, 2])))
+    arrays, _ = strategy.aggregate_train(3, _replies(sent, [np.ones((3, 2))] * 2, [10, 30]))
+    assert int(arrays["bn.num_batches_tracked"].numpy()) == 7  # the replies' average, not a momentum step
+    assert not np.allclose(arrays["w"].numpy(), 1.0)  # the weights took the momentum step
+
+
+def test_make_strategy_names_the_models_buffers(tmp_path: Path) -> None:
+    strategy = _strategy(tmp_path, strategy="fedadam", model="resnet18")
+    assert "bn1.running_var" in strategy.buffer_keys and "conv1.weight" not in strategy.buffer_keys
