@@ -64,6 +64,7 @@ BASE = {
     "seed": 0,
     "min-train-nodes": 1,
     "dirichlet-alpha": 0.5,
+    "optimizer-state": "reset",  # plain FedAvg as the issue measured it: a fresh Adam every round
 }
 BEST = {"optimizer-state": "keep"}
 """The best federated configuration found on the validation split (run-config keys)."""
