@@ -69,9 +69,10 @@ def server_state(strategy: MedsiloFedAvg) -> dict[str, np.ndarray]:
     state: dict[str, np.ndarray] = {}
     if isinstance(strategy, FedOpt):
         for prefix, moments in (("m_t/", strategy.m_t), ("v_t/", strategy.v_t)):
-            state.update({prefix + k: np.ascontiguousarray(v) for k, v in (moments or {}).items()})
+            state.update({prefix + k: np.require(v, requirements="C") for k, v in (moments or {}).items()})
     if isinstance(strategy, FedAvgM) and strategy.momentum_vector is not None:
-        state.update({f"momentum/{i:05d}": np.ascontiguousarray(v) for i, v in enumerate(strategy.momentum_vector)})
+        momentum = enumerate(strategy.momentum_vector)
+        state.update({f"momentum/{i:05d}": np.require(v, requirements="C") for i, v in momentum})
     return state
 
 

@@ -111,6 +111,7 @@ def test_a_restored_server_state_continues_exactly(tmp_path: Path, name: str) ->
         sent = list(resumed.configure_train(server_round, _record(w), ConfigRecord(), _Nodes([1, 2])))
         local = [w + rng.normal(size=w.shape).astype(np.float32) for _ in sent]
         arrays, _ = resumed.aggregate_train(server_round, _replies(sent, local, [10, 30]))
+        assert arrays["bn.num_batches_tracked"].numpy().shape == ()  # type: ignore[index]
         w = arrays["w"].numpy()  # type: ignore[index]
     assert server_state(resumed)
     np.testing.assert_allclose(w, w_whole, rtol=0, atol=1e-6)
