@@ -73,6 +73,17 @@ def _strategy(
     return strategy, evaluator
 
 
+def _in_model_order(arrays: ArrayRecord, state: dict[str, object]) -> ArrayRecord:
+    """A plaintext checkpoint's arrays in the model's own order, as a fresh run sends them.
+
+    safetensors stores names sorted; FedAvgM's momentum is a list in the order of the arrays
+    sent, so a resumed run must send them in the same order as the run that saved it.
+    """
+    if set(arrays.keys()) != set(state):
+        return arrays  # an encrypted aggregate: one payload, no per-parameter order
+    return ArrayRecord({key: arrays[key] for key in state})
+
+
 def _start(cfg: RunConfig, run_id: int) -> tuple[RunDirectory, RunHistory, ResumePoint | None]:
     """A fresh run directory, or (``resume-from``) the stopped run's directory and history."""
     if not cfg.resume_from:
@@ -114,7 +125,7 @@ def main(grid: Grid, context: Context) -> None:
         run_rounds(
             strategy,
             grid,
-            arrays=point.arrays if point is not None else ArrayRecord(state),
+            arrays=_in_model_order(point.arrays, state) if point is not None else ArrayRecord(state),
             first_round=first_round,
             last_round=cfg.num_server_rounds,
             train_config=ConfigRecord({rk.RUN_DIR: str(run_dir.path)}),
