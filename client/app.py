@@ -15,7 +15,7 @@ from client.crypto import decode_global, encrypt_update, secret_context
 from client.optimizer_state import load_optimizer_state, save_optimizer_state
 from client.privacy import state_dir, train_within_budget
 from client.site import central_test_set, hospital_data, node_identity
-from client.training import non_finite_reason, train_local
+from client.training import non_finite_reason, non_finite_weights, train_local
 from common import records as rk
 from common.config import RunConfig, parse_run_config
 from common.data import build_transform
@@ -84,9 +84,9 @@ def train(msg: Message, context: Context) -> Message:
     cfg, config = setup.cfg, msg.content[rk.CONFIG]
     site = hospital_data(cfg, context.node_config)
     server_round = int(config[rk.SERVER_ROUND])
-    unusable = non_finite_reason(0.0, setup.model)
+    unusable = non_finite_weights(setup.model)
     if unusable is not None:
-        return _decline(msg, site.name, unusable.replace("training diverged: ", "the global model is unusable: "))
+        return _decline(msg, site.name, f"the global model is unusable: {unusable}")
     seed = cfg.seed + 7919 * server_round
     privacy: dict[str, float] = {}
     if cfg.dp_enabled:
@@ -170,9 +170,9 @@ def evaluate_central(msg: Message, context: Context) -> Message:
         raise ValueError(
             "central evaluation was sent to a hospital; only the evaluator node holds the central test set"
         )
-    unusable = non_finite_reason(0.0, setup.model)
+    unusable = non_finite_weights(setup.model)
     if unusable is not None:  # the server cannot look inside the aggregate; the key-holder can
-        reason = unusable.replace("training diverged: ", "the decrypted aggregate is unusable: ")
+        reason = f"the decrypted aggregate is unusable: {unusable}"
         log.warning("evaluator: %s", reason)
         return _decline(msg, "evaluator", reason)
     test = central_test_set(setup.cfg, context.node_config)

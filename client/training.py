@@ -17,7 +17,7 @@ from common.data import ImageSet, build_transform
 from common.inference import autocast, loader
 from common.presets import DatasetPreset
 
-__all__ = ["TrainResult", "lr_factor", "make_optimizer", "non_finite_reason", "train_local"]
+__all__ = ["TrainResult", "lr_factor", "make_optimizer", "non_finite_reason", "non_finite_weights", "train_local"]
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +58,20 @@ def lr_factor(cfg: RunConfig, *, step: int, steps_per_round: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total) / total))
 
 
+def non_finite_weights(model: nn.Module) -> str | None:
+    """The first state-dict entry holding NaN or Inf, as ``"<name> holds NaN or Inf values"``, or ``None``."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"{name} holds NaN or Inf values"
+    return None
+
+
 def non_finite_reason(loss: float, model: nn.Module) -> str | None:
     """Why a trained model must not be sent (a diverged run, an fp16 overflow), or ``None``."""
     if not math.isfinite(loss):
         return f"training diverged: loss is {loss}"
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            return f"training diverged: {name} holds NaN or Inf values"
-    return None
+    weights = non_finite_weights(model)
+    return f"training diverged: {weights}" if weights else None
 
 
 def _proximal_term(model: nn.Module, anchor: list[torch.Tensor]) -> torch.Tensor:
