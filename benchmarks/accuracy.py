@@ -11,7 +11,8 @@ Settings, per dataset, all from the same seed, model, augmentation and epochs of
 - ``local-only-mean`` / ``local-only-worst``: each hospital alone (Dirichlet split);
 - ``best-iid`` / ``best-dirichlet``: the best configuration found (``BEST``).
 
-Central accuracy is recorded after every epoch of data (every round). Hyperparameters are
+Central accuracy is recorded after every epoch of data (every round, or every
+``--rounds-per-epoch`` rounds when the best configuration trains shorter rounds). Hyperparameters are
 chosen with ``--validation`` (15 % of ``train/`` held out, stratified, seeded); ``test/`` is
 scored only once they are fixed.
 
@@ -68,6 +69,8 @@ BASE = {
 }
 BEST = {"optimizer-state": "keep"}
 """The best federated configuration found on the validation split (run-config keys)."""
+BEST_ROUNDS_PER_EPOCH = 1
+"""Rounds per epoch of data for the best configuration (each hospital's ``local-steps`` follow from it)."""
 SETTINGS = ("centralised", "fedavg-iid", "fedavg-dirichlet", "local-only", "best-iid", "best-dirichlet")
 
 
@@ -101,9 +104,9 @@ def _split_validation(train: ImageSet, *, fraction: float, seed: int) -> tuple[I
 
 
 def _train_rounds(
-    cfg: RunConfig, shards: list[ImageSet], evaluation: ImageSet, rounds: int
+    cfg: RunConfig, shards: list[ImageSet], evaluation: ImageSet, rounds: int, score_every: int = 1
 ) -> list[dict[str, float]]:
-    """``rounds`` rounds of medsilo's federated training; the central metrics after each."""
+    """``rounds`` rounds of medsilo's federated training; the central metrics after every ``score_every``."""
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1  # what a ServerApp process has
     model = initial_model(cfg)
     arrays = ArrayRecord(state_dict_to_cpu(model))
@@ -133,6 +136,8 @@ def _train_rounds(
                 replies.append(Message(content, reply_to=msg))
             aggregated, _ = strategy.aggregate_train(server_round, replies)
             arrays = aggregated if aggregated is not None else arrays
+            if server_round % score_every:
+                continue
             model.cpu().load_state_dict({k: torch.from_numpy(a.numpy().copy()) for k, a in arrays.items()})
             curve.append(_score(model, evaluation, cfg))
             logging.info("round %d/%d: accuracy %.4f", server_round, rounds, curve[-1]["accuracy"])
@@ -154,7 +159,7 @@ def _summary(curve: list[dict[str, float]], epochs: int, **extra: Any) -> dict[s
 
 def run_dataset(
     root: Path, dataset: str, *, settings: list[str], epochs: int, overrides: dict[str, Any], validation: bool,
-    base: dict[str, Any], write: Any,
+    base: dict[str, Any], write: Any, rounds_per_epoch: int = 1,
 ) -> None:
     """Every requested setting on one dataset; ``write(setting, result)`` after each."""
     cfg0 = parse_run_config({**base, "dataset": dataset, "data-root": str(root)})
@@ -195,11 +200,18 @@ def run_dataset(
                 "local-only-worst": worst,
             }
         else:
-            cfg = parse_run_config({**keys, "num-server-rounds": epochs})
+            per_epoch = rounds_per_epoch if setting.startswith("best") else 1
+            if per_epoch > 1:  # the same data per epoch in more, shorter rounds
+                keys["local-steps"] = max(1, round(len(train) / (HOSPITALS * cfg0.batch_size * per_epoch)))
+            cfg = parse_run_config({**keys, "num-server-rounds": epochs * per_epoch})
             shards = [train.subset(p) for p in parts]
-            results = {setting: _summary(_train_rounds(cfg, shards, evaluation, epochs), epochs)}
+            curve = _train_rounds(cfg, shards, evaluation, epochs * per_epoch, score_every=per_epoch)
+            results = {setting: _summary(curve, epochs, rounds=epochs * per_epoch)}
             if setting.startswith("best"):
-                results[setting]["config"] = " ".join(f"{k}={v!r}" for k, v in {**BEST, **overrides}.items())
+                results[setting]["config"] = " ".join(
+                    f"{k}={v!r}" for k, v in {**BEST, **overrides, "local-steps": cfg.local_steps}.items()
+                    if k != "local-steps" or v
+                )
         for name, result in results.items():
             result["seconds"] = round(time.perf_counter() - start, 1)
             write(name, result)
@@ -213,6 +225,8 @@ def main() -> None:
     parser.add_argument("--datasets", default="brain-mri,chest-xray")
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--epochs", type=int, default=6, help="epochs of data (rounds of 1 local epoch)")
+    parser.add_argument("--rounds-per-epoch", type=int, default=BEST_ROUNDS_PER_EPOCH,
+                        help="rounds per epoch of data for the best-* settings (local-steps set to match)")
     parser.add_argument("--validation", action="store_true", help="score a held-out 15%% of train/, not test/")
     parser.add_argument("--set", action="append", default=[], help="override a BEST key: key=value (TOML value)")
     parser.add_argument("--base", action="append", default=[], help="override a key of every setting: key=value")
@@ -255,7 +269,8 @@ def main() -> None:
 
         for dataset, root in roots.items():
             run_dataset(root, dataset, settings=args.settings.split(","), epochs=epochs, overrides=overrides,
-                        validation=args.validation, base=base, write=write_for(dataset))
+                        validation=args.validation, base=base, write=write_for(dataset),
+                        rounds_per_epoch=args.rounds_per_epoch)
     for dataset, rows in results.items():
         central = rows.get("centralised", {}).get("last2_mean")
         for setting, row in rows.items():

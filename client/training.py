@@ -91,7 +91,7 @@ def train_local(
     server_round: int = 1,
     optimizer_state: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place for ``cfg.local_epochs`` epochs on ``images``.
+    """Train ``model`` in place for one round: ``cfg.local_steps`` batches, or ``cfg.local_epochs`` epochs if 0.
 
     ``seed`` fixes the shuffling and the augmentation, so a round is reproducible.
     ``optimizer_state`` (this hospital's from its previous round, with ``optimizer-state =
@@ -114,12 +114,12 @@ def train_local(
         drop_last=len(images) > cfg.batch_size,
         seed=seed,
     )
-    steps_per_round = cfg.local_epochs * len(batches)
+    steps_per_round = cfg.local_steps or cfg.local_epochs * len(batches)
     step = (server_round - 1) * steps_per_round
     mu = cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0
     anchor = [p.detach().clone() for p in model.parameters() if p.requires_grad] if mu > 0 else []
-    seen, loss_sum, correct = 0, 0.0, 0
-    for epoch in range(cfg.local_epochs):
+    seen, loss_sum, correct, done, passes = 0, 0.0, 0, 0, 0
+    while done < steps_per_round:  # whole passes over the shard, the last one cut at steps_per_round
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             for group in optimizer.param_groups:
@@ -131,11 +131,15 @@ def train_local(
             objective = loss + 0.5 * mu * _proximal_term(model, anchor) if mu > 0 else loss
             objective.backward()
             optimizer.step()
-            step += 1
+            step, done = step + 1, done + 1
             seen += len(y)
             loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
-        log.info("epoch %d/%d: %d images, loss %.4f", epoch + 1, cfg.local_epochs, seen, loss_sum / max(seen, 1))
+            if done == steps_per_round:
+                break
+        passes += 1
+        log.info("pass %d: %d/%d steps, %d images, loss %.4f", passes, done, steps_per_round, seen,
+                 loss_sum / max(seen, 1))
     return TrainResult(
         num_examples=len(images),
         loss=loss_sum / max(seen, 1),

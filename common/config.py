@@ -86,6 +86,7 @@ class RunConfig(BaseModel):
     min_train_nodes: Int = Field(2, ge=1)
     min_evaluate_nodes: Int = Field(2, ge=0)
     local_epochs: Int = Field(2, ge=1)
+    local_steps: Int = Field(0, ge=0, le=1_000_000)
     batch_size: Int = Field(32, ge=1, le=4096)
     learning_rate: Float = Field(1e-3, gt=0.0, le=10.0)
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
@@ -137,6 +138,14 @@ class RunConfig(BaseModel):
                 "strategy",
                 f"one of {', '.join(repr(s) for s in WEIGHTED_SUM_STRATEGIES)} under he-enabled: "
                 f"{self.strategy!r} is not a weighted sum, and the server only adds ciphertexts",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _step_count_fits_privacy(self) -> RunConfig:
+        if self.dp_enabled and self.local_steps:
+            raise _KeyConflict(
+                "local-steps", "0 under dp-enabled (a DP-SGD round is local-epochs epochs of Poisson sampling)"
             )
         return self
 

@@ -75,13 +75,19 @@ def run_summary(
         "hospitals": f"{len(names)} ({', '.join(names) or 'none recorded'}), partitioner {config.get('partitioner')}",
         "rounds": f"{config.get('num-server-rounds')} (report from {last})",
         "model": f"{config.get('model')} at {config.get('image-size')} px",
-        "local training": f"{config.get('local-epochs')} epoch(s), {config.get('optimizer')} "
+        "local training": f"{_local_work(config)}, {config.get('optimizer')} "
         f"lr {config.get('learning-rate')}, batch {config.get('batch-size')}",
         "privacy": privacy_summary(config, rounds),
         "encryption": "CKKS encrypted FedAvg (TenSEAL)" if he_enabled(config) else "HE off",
         "central test set": f"{report['n']} images, {fmt(_central_skipped(rounds))} unreadable or skipped",
         "duration": _duration(history),
     }
+
+
+def _local_work(config: Mapping[str, Any]) -> str:
+    """What one hospital trains per round: ``local-steps`` batches, else ``local-epochs`` epochs."""
+    steps = config.get("local-steps")
+    return f"{steps} step(s) per round" if steps else f"{config.get('local-epochs')} epoch(s) per round"
 
 
 def _central_skipped(rounds: Rounds) -> int | None:

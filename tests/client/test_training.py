@@ -41,6 +41,33 @@ def test_warm_up_then_cosine_to_zero() -> None:
     assert lr_factor(_cfg(), step=123, steps_per_round=10) == 1.0
 
 
+@pytest.mark.parametrize("steps", [3, 5])
+def test_local_steps_train_exactly_that_many_batches(images, steps: int) -> None:  # type: ignore[no-untyped-def]
+    """24 images in batches of 8 give 3 per pass; 5 steps run one whole pass and 2 batches of the next."""
+    cfg = _cfg(**{"local-steps": steps, "local-epochs": 4, "optimizer-state": "keep"})
+    result = _train(initial_model(cfg), images, cfg, 1)
+    assert result.optimizer_state is not None and int(result.optimizer_state["state"][0]["step"]) == steps
+    assert result.num_examples == len(images) == 24
+
+
+def test_a_round_of_local_steps_carries_the_schedule_on(images) -> None:  # type: ignore[no-untyped-def]
+    """With warm-up over round 1 of 2 steps, round 2 trains at the full rate: the step count is per round."""
+    cfg = _cfg(**{"local-steps": 2, "lr-warmup-rounds": 1, "num-server-rounds": 2})
+    model = initial_model(cfg)
+    seen: list[float] = []
+    original = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.Adam, "step", recording_step)
+        _train(model, images, cfg, 1)
+        _train(model, images, cfg, 2)
+    assert seen == pytest.approx([0.0005, 0.001, 0.001, 0.001])
+
+
 def _train(model: torch.nn.Module, images, cfg, server_round: int, state=None):  # type: ignore[no-untyped-def]
     return train_local(
         model, images, cfg=cfg, preset=preset_for(cfg), device=CPU, seed=server_round,

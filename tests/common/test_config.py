@@ -23,6 +23,7 @@ DEFAULTS = {
     "min-train-nodes": 2,
     "min-evaluate-nodes": 2,
     "local-epochs": 2,
+    "local-steps": 0,
     "batch-size": 32,
     "learning-rate": 1e-3,
     "optimizer": "adam",
@@ -230,6 +231,8 @@ def test_non_finite_float_is_rejected(key):
         ("lr-warmup-rounds", -1, "a value >= 0"),
         ("lr-warmup-rounds", 1.5, "an integer"),
         ("norm-layer", "layer", "one of 'batch' or 'group'"),
+        ("local-steps", -1, "a value >= 0"),
+        ("local-steps", 2.5, "an integer"),
     ],
 )
 def test_out_of_range_is_rejected(key, value, expected):
@@ -240,6 +243,11 @@ def test_out_of_range_is_rejected(key, value, expected):
 def test_a_server_optimiser_is_refused_under_encryption(strategy):
     message = _error({"he-enabled": True, "strategy": strategy})
     _assert_names(message, "strategy", strategy, "under he-enabled", "not a weighted sum", "'fedavg', 'fedprox'")
+
+
+def test_local_steps_are_refused_under_dp():
+    message = _error({"dp-enabled": True, "local-steps": 10})
+    _assert_names(message, "local-steps", 10, "0 under dp-enabled", "Poisson")
 
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedprox"])
