@@ -17,7 +17,15 @@ from common.data import ImageSet, build_transform
 from common.inference import autocast, loader
 from common.presets import DatasetPreset
 
-__all__ = ["TrainResult", "lr_factor", "make_optimizer", "non_finite_reason", "non_finite_weights", "train_local"]
+__all__ = [
+    "TrainResult",
+    "class_log_prior",
+    "lr_factor",
+    "make_optimizer",
+    "non_finite_reason",
+    "non_finite_weights",
+    "train_local",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +82,12 @@ def non_finite_reason(loss: float, model: nn.Module) -> str | None:
     return f"training diverged: {weights}" if weights else None
 
 
+def class_log_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``log`` of a shard's class frequencies, add-one smoothed (a class it lacks gets a low, finite prior)."""
+    counts = torch.bincount(labels.long(), minlength=num_classes).double() + 1.0
+    return (counts / counts.sum()).log().float()
+
+
 def _proximal_term(model: nn.Module, anchor: list[torch.Tensor]) -> torch.Tensor:
     """FedProx's ``||w - w_global||^2`` over the trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -118,6 +132,9 @@ def train_local(
     step = (server_round - 1) * steps_per_round
     mu = cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0
     anchor = [p.detach().clone() for p in model.parameters() if p.requires_grad] if mu > 0 else []
+    prior = (  # logit adjustment (Menon et al., ICLR 2021): train on logits + log p_local(y)
+        class_log_prior(images.labels, len(cfg.class_names)).to(device) if cfg.loss == "logit-adjusted" else 0.0
+    )
     seen, loss_sum, correct, done, passes = 0, 0.0, 0, 0, 0
     while done < steps_per_round:  # whole passes over the shard, the last one cut at steps_per_round
         for x, y in batches:
@@ -127,7 +144,7 @@ def train_local(
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
                 logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = F.cross_entropy(logits.float() + prior, y)
             objective = loss + 0.5 * mu * _proximal_term(model, anchor) if mu > 0 else loss
             objective.backward()
             optimizer.step()

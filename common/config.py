@@ -123,6 +123,7 @@ class RunConfig(BaseModel):
     lr_schedule: Literal["constant", "cosine"] = "constant"
     lr_warmup_rounds: Int = Field(0, ge=0)
     norm_layer: Literal["batch", "group"] = "batch"
+    loss: Literal["cross-entropy", "logit-adjusted"] = "cross-entropy"
 
     @model_validator(mode="after")
     def _image_size_fits_model(self) -> RunConfig:
@@ -147,6 +148,8 @@ class RunConfig(BaseModel):
             raise _KeyConflict(
                 "local-steps", "0 under dp-enabled (a DP-SGD round is local-epochs epochs of Poisson sampling)"
             )
+        if self.dp_enabled and self.loss != "cross-entropy":
+            raise _KeyConflict("loss", "'cross-entropy' under dp-enabled (DP-SGD trains with plain cross-entropy)")
         return self
 
     @property

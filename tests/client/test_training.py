@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from client.optimizer_state import load_optimizer_state, save_optimizer_state
-from client.training import lr_factor, non_finite_reason, train_local
+from client.training import class_log_prior, lr_factor, non_finite_reason, train_local
 from common.config import parse_run_config
-from common.data import load_split
+from common.data import build_transform, load_split
 from common.data.synth import write_synthetic_tree
 from common.experiment import initial_model, preset_for
+from common.inference import predict
 
 CPU = torch.device("cpu")
 
@@ -66,6 +67,31 @@ def test_a_round_of_local_steps_carries_the_schedule_on(images) -> None:  # type
         _train(model, images, cfg, 1)
         _train(model, images, cfg, 2)
     assert seen == pytest.approx([0.0005, 0.001, 0.001, 0.001])
+
+
+def test_class_log_prior_is_the_smoothed_log_frequency() -> None:
+    prior = class_log_prior(torch.tensor([0, 0, 0, 2]), 3)
+    assert prior.tolist() == pytest.approx([math.log(4 / 7), math.log(1 / 7), math.log(2 / 7)])
+
+
+def test_logit_adjusted_training_leaves_a_skewed_shards_prior_out(tmp_path: Path) -> None:
+    """On a shard of 95 % one class, plain cross-entropy learns that prior; the adjusted loss much less."""
+    root = write_synthetic_tree(tmp_path, modality="brain-mri", train_per_class=40, test_per_class=1, size=32, seed=3)
+    cfg = _cfg(**{"local-epochs": 3})
+    full = load_split(root, "train", classes=cfg.class_names, channels=1, size=32)
+    labels = full.labels.tolist()
+    skewed = full.subset([i for i, y in enumerate(labels) if y == 0] + [i for i, y in enumerate(labels) if y == 1][:2])
+    predicted = {}
+    for loss in ("cross-entropy", "logit-adjusted"):
+        cfg = _cfg(**{"local-epochs": 3, "loss": loss})
+        torch.manual_seed(0)
+        model = initial_model(cfg)
+        _train(model, skewed, cfg, 1)
+        others = full.subset([i for i, y in enumerate(labels) if y == 1][2:])
+        probs, _ = predict(model, others, build_transform(preset_for(cfg), train=False), batch_size=64, device=CPU)
+        predicted[loss] = float(probs[:, 0].mean())
+    # The class-1 images it did not train on: plain cross-entropy leans to the shard's majority class.
+    assert predicted["logit-adjusted"] < 0.6 * predicted["cross-entropy"], predicted
 
 
 def _train(model: torch.nn.Module, images, cfg, server_round: int, state=None):  # type: ignore[no-untyped-def]

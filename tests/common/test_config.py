@@ -60,6 +60,7 @@ DEFAULTS = {
     "lr-schedule": "constant",
     "lr-warmup-rounds": 0,
     "norm-layer": "batch",
+    "loss": "cross-entropy",
 }
 
 
@@ -233,6 +234,7 @@ def test_non_finite_float_is_rejected(key):
         ("norm-layer", "layer", "one of 'batch' or 'group'"),
         ("local-steps", -1, "a value >= 0"),
         ("local-steps", 2.5, "an integer"),
+        ("loss", "focal", "one of 'cross-entropy' or 'logit-adjusted'"),
     ],
 )
 def test_out_of_range_is_rejected(key, value, expected):
@@ -248,6 +250,11 @@ def test_a_server_optimiser_is_refused_under_encryption(strategy):
 def test_local_steps_are_refused_under_dp():
     message = _error({"dp-enabled": True, "local-steps": 10})
     _assert_names(message, "local-steps", 10, "0 under dp-enabled", "Poisson")
+
+
+def test_logit_adjustment_is_refused_under_dp():
+    message = _error({"dp-enabled": True, "loss": "logit-adjusted"})
+    _assert_names(message, "loss", "logit-adjusted", "'cross-entropy' under dp-enabled")
 
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedprox"])
