@@ -89,16 +89,18 @@ def train(msg: Message, context: Context) -> Message:
         return _decline(msg, site.name, f"the global model is unusable: {unusable}")
     seed = cfg.seed + 7919 * server_round
     privacy: dict[str, float] = {}
+    folder = state_dir(context.node_config, config, site.name) if cfg.optimizer_state == "keep" else None
+    kept = load_optimizer_state(folder, before_round=server_round) if folder else None
     if cfg.dp_enabled:
         ledger_dir = state_dir(context.node_config, config, site.name)
         outcome = train_within_budget(
-            setup.model, site.train, cfg=cfg, ledger_dir=ledger_dir, seed=seed, device=setup.device
+            setup.model, site.train, cfg=cfg, ledger_dir=ledger_dir, seed=seed, device=setup.device,
+            optimizer_state=kept,
         )
         if isinstance(outcome, str):
             return _decline(msg, site.name, outcome)
-        result, privacy, folder = outcome.result, outcome.metrics, None
+        result, privacy = outcome.result, outcome.metrics
     else:
-        folder = state_dir(context.node_config, config, site.name) if cfg.optimizer_state == "keep" else None
         result = train_local(
             setup.model,
             site.train,
@@ -107,7 +109,7 @@ def train(msg: Message, context: Context) -> Message:
             device=setup.device,
             seed=seed,
             server_round=server_round,
-            optimizer_state=load_optimizer_state(folder, before_round=server_round) if folder else None,
+            optimizer_state=kept,
         )
     diverged = non_finite_reason(result.loss, setup.model)
     if diverged is not None:

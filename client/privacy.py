@@ -11,11 +11,13 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.app import ConfigRecord
 from torch import nn
 
+from client.training import class_log_prior
 from common import records as rk
 from common.config import RunConfig
 from common.data import ImageSet, build_transform
@@ -94,9 +96,20 @@ class PrivateRound:
 
 
 def train_within_budget(
-    model: nn.Module, images: ImageSet, *, cfg: RunConfig, ledger_dir: Path, seed: int, device: torch.device
+    model: nn.Module,
+    images: ImageSet,
+    *,
+    cfg: RunConfig,
+    ledger_dir: Path,
+    seed: int,
+    device: torch.device,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> PrivateRound | str:
-    """Train one DP-SGD round if it fits the budget; otherwise return why this hospital declines."""
+    """Train one DP-SGD round if it fits the budget; otherwise return why this hospital declines.
+
+    ``optimizer_state`` continues this hospital's optimizer (``optimizer-state = "keep"``);
+    the result carries the new state.
+    """
     plan = dp_plan(cfg, num_examples=len(images))
     ledger_path = ledger_dir / LEDGER_FILE
     ledger = PrivacyLedger.load(ledger_path)
@@ -123,6 +136,9 @@ def train_within_budget(
         device=device,
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
+        log_prior=class_log_prior(images.labels, len(cfg.class_names)) if cfg.loss == "logit-adjusted" else None,
+        optimizer_state=optimizer_state,
+        keep_optimizer_state=cfg.optimizer_state == "keep",
     )
     ledger.record(noise_multiplier=result.noise_multiplier, sample_rate=result.sample_rate, steps=result.steps)
     ledger_dir.mkdir(parents=True, exist_ok=True)

@@ -148,8 +148,6 @@ class RunConfig(BaseModel):
             raise _KeyConflict(
                 "local-steps", "0 under dp-enabled (a DP-SGD round is local-epochs epochs of Poisson sampling)"
             )
-        if self.dp_enabled and self.loss != "cross-entropy":
-            raise _KeyConflict("loss", "'cross-entropy' under dp-enabled (DP-SGD trains with plain cross-entropy)")
         return self
 
     @property

@@ -42,6 +42,7 @@ class PrivateTrainResult:
         sample_rate: Poisson sampling rate of each step.
         noise_multiplier: Gaussian noise std / clipping norm.
         max_grad_norm: per-sample gradient clipping norm.
+        optimizer_state: the optimizer's state after the round, when asked to keep it.
     """
 
     num_examples: int
@@ -52,6 +53,7 @@ class PrivateTrainResult:
     sample_rate: float
     noise_multiplier: float
     max_grad_norm: float
+    optimizer_state: dict[str, Any] | None = None
 
 
 def _make_optimizer(
@@ -86,6 +88,8 @@ class PrivateTraining:
     mode: str
     criterion: Callable[[Tensor, Tensor], Any]
     clipper: BookKeepingClipper | None
+    log_prior: Tensor | float = 0.0
+    """Added to the logits before the loss (logit adjustment); 0 for plain cross-entropy."""
 
     def step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor] | None:
         """One DP-SGD step on a batch: the logits and mean loss, or None for an empty Poisson batch.
@@ -105,12 +109,12 @@ class PrivateTraining:
         if self.clipper is not None:
             x = x.detach().requires_grad_(True)  # the backward pass reaches every layer through the input
             logits = self.model(x)
-            per_example = F.cross_entropy(logits, y, reduction="none")
+            per_example = F.cross_entropy(logits + self.log_prior, y, reduction="none")
             self.clipper.backward(per_example, x)
             loss = per_example.mean()
         else:
             logits = self.model(x)
-            loss = self.criterion(logits, y)
+            loss = self.criterion(logits + self.log_prior, y)
             loss.backward()
         self.optimizer.step()
         return (logits, loss) if len(y) else None
@@ -178,6 +182,9 @@ def train_private(
     grad_sample_mode: str = "bk",
     momentum: float = 0.9,
     weight_decay: float = 0.0,
+    log_prior: Tensor | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+    keep_optimizer_state: bool = False,
 ) -> PrivateTrainResult:
     """One round of DP-SGD (Opacus, Poisson sampling), training ``model`` in place.
 
@@ -203,6 +210,9 @@ def train_private(
         grad_sample_mode: how to clip per example, one of :data:`GRAD_SAMPLE_MODES`.
         momentum: SGD momentum.
         weight_decay: weight decay of every optimizer.
+        log_prior: per-class offsets added to the logits in the loss (logit adjustment), or None.
+        optimizer_state: the optimizer's state from this hospital's previous round, or None.
+        keep_optimizer_state: return the optimizer's state after the round.
 
     Returns:
         The round's :class:`PrivateTrainResult`.
@@ -221,6 +231,8 @@ def train_private(
     torch.manual_seed(seed)
     model.to(device).train()
     optimizer = _make_optimizer(model, optimizer_name, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if optimizer_state is not None:  # Opacus' optimizer wraps this one and shares its state
+        optimizer.load_state_dict(optimizer_state)
     batches = loader(images, transform, batch_size=batch_size, device=device, shuffle=False, seed=seed)
     private = make_private(
         model,
@@ -231,6 +243,8 @@ def train_private(
         poisson_sampling=True,
         mode=grad_sample_mode,
     )
+    if log_prior is not None:
+        private.log_prior = log_prior.to(device)
     steps, seen, loss_sum, correct = 0, 0, 0.0, 0
     try:
         if not math.isclose(private.batches.sample_rate, sample_rate, rel_tol=1e-12):
@@ -261,4 +275,5 @@ def train_private(
         sample_rate=sample_rate,
         noise_multiplier=float(noise_multiplier),
         max_grad_norm=float(max_grad_norm),
+        optimizer_state=optimizer.state_dict() if keep_optimizer_state else None,
     )

@@ -252,11 +252,6 @@ def test_local_steps_are_refused_under_dp():
     _assert_names(message, "local-steps", 10, "0 under dp-enabled", "Poisson")
 
 
-def test_logit_adjustment_is_refused_under_dp():
-    message = _error({"dp-enabled": True, "loss": "logit-adjusted"})
-    _assert_names(message, "loss", "logit-adjusted", "'cross-entropy' under dp-enabled")
-
-
 @pytest.mark.parametrize("strategy", ["fedavg", "fedprox"])
 def test_weighted_sums_run_under_encryption(strategy):
     assert parse_run_config({"he-enabled": True, "strategy": strategy}).strategy == strategy

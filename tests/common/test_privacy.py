@@ -347,7 +347,9 @@ def test_train_private_reports_the_round_and_keeps_plain_keys() -> None:
         "sample_rate",
         "noise_multiplier",
         "max_grad_norm",
+        "optimizer_state",
     }
+    assert result.optimizer_state is None  # not asked to keep it
     assert (result.num_examples, result.steps, result.sample_rate) == (10, 6, pytest.approx(1 / 3))
     assert (result.noise_multiplier, result.max_grad_norm) == (1.0, 1.0)
     assert result.loss > 0 and 0 <= result.accuracy <= 1 and result.seconds > 0
@@ -359,6 +361,30 @@ def test_train_private_reports_the_round_and_keeps_plain_keys() -> None:
     for p in model.parameters():
         assert not hasattr(p, "grad_sample") and not hasattr(p, "summed_grad") and p.grad is None
     model(torch.randn(2, 1, 32, 32)).sum().backward()  # and the model is an ordinary model again
+
+
+def test_a_kept_optimizer_state_continues_into_the_next_dp_round() -> None:
+    model = make_dp_compatible(build_model("cnn3", num_classes=4, in_channels=1, seed=0))
+    keys = {**TRAIN, "optimizer_name": "adam", "lr": 1e-3, "keep_optimizer_state": True}
+    first = train_private(model, _images(10), **keys)
+    assert first.optimizer_state is not None
+    assert {int(s["step"]) for s in first.optimizer_state["state"].values()} == {first.steps}
+    second = train_private(model, _images(10), **keys, optimizer_state=first.optimizer_state)
+    assert second.optimizer_state is not None
+    assert {int(s["step"]) for s in second.optimizer_state["state"].values()} == {first.steps + second.steps}
+
+
+@pytest.mark.parametrize("mode", ["bk", "hooks", "ghost"])
+def test_dp_training_adds_the_log_prior_to_the_logits(mode: str) -> None:
+    """A prior of +12 on class 0 turns the loss on the other classes' images into about 12 or more."""
+    images = _images(10)
+    assert int((images.labels != 0).sum()) >= 5
+    losses = {}
+    for name, prior in (("plain", None), ("adjusted", torch.tensor([12.0, 0.0, 0.0, 0.0]))):
+        model = make_dp_compatible(build_model("cnn3", num_classes=4, in_channels=1, seed=0))
+        keys = {**TRAIN, "grad_sample_mode": mode, "epochs": 1, "noise_multiplier": 0.0}
+        losses[name] = train_private(model, images, **keys, log_prior=prior).loss
+    assert losses["plain"] < 3 and losses["adjusted"] > 5, losses
 
 
 def test_train_private_is_reproducible_and_modes_agree_with_empty_batches() -> None:
