@@ -65,11 +65,18 @@ BASE = {
     "seed": 0,
     "min-train-nodes": 1,
     "dirichlet-alpha": 0.5,
-    "optimizer-state": "reset",  # plain FedAvg as the issue measured it: a fresh Adam every round
+    # plain FedAvg as the issue measured it, whatever the run-config defaults: a fresh Adam every
+    # round, whole local epochs, plain cross-entropy, a constant learning rate
+    "strategy": "fedavg",
+    "optimizer-state": "reset",
+    "local-steps": 0,
+    "loss": "cross-entropy",
+    "lr-schedule": "constant",
+    "lr-warmup-rounds": 0,
 }
-BEST = {"optimizer-state": "keep"}
+BEST = {"optimizer-state": "keep", "loss": "logit-adjusted"}
 """The best federated configuration found on the validation split (run-config keys)."""
-BEST_ROUNDS_PER_EPOCH = 1
+BEST_ROUNDS_PER_EPOCH = 4
 """Rounds per epoch of data for the best configuration (each hospital's ``local-steps`` follow from it)."""
 SETTINGS = ("centralised", "fedavg-iid", "fedavg-dirichlet", "local-only", "best-iid", "best-dirichlet")
 
