@@ -119,7 +119,7 @@ class RunConfig(BaseModel):
     server_learning_rate: Float = Field(1.0, gt=0.0, le=100.0)
     server_momentum: Float = Field(0.0, ge=0.0, lt=1.0)
     proximal_mu: Float = Field(0.0, ge=0.0, le=100.0)
-    optimizer_state: Literal["reset", "keep"] = "keep"
+    optimizer_state: Literal["reset", "keep"] = "reset"
     lr_schedule: Literal["constant", "cosine"] = "constant"
     lr_warmup_rounds: Int = Field(0, ge=0)
     norm_layer: Literal["batch", "group"] = "batch"

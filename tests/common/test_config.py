@@ -56,7 +56,7 @@ DEFAULTS = {
     "server-learning-rate": 1.0,
     "server-momentum": 0.0,
     "proximal-mu": 0.0,
-    "optimizer-state": "keep",
+    "optimizer-state": "reset",
     "lr-schedule": "constant",
     "lr-warmup-rounds": 0,
     "norm-layer": "batch",
