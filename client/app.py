@@ -89,13 +89,13 @@ def train(msg: Message, context: Context) -> Message:
         return _decline(msg, site.name, f"the global model is unusable: {unusable}")
     seed = cfg.seed + 7919 * server_round
     privacy: dict[str, float] = {}
-    folder = state_dir(context.node_config, config, site.name) if cfg.optimizer_state == "keep" else None
-    kept = load_optimizer_state(folder, before_round=server_round) if folder else None
-    if cfg.dp_enabled:
-        ledger_dir = state_dir(context.node_config, config, site.name)
+    keep = cfg.optimizer_state == "keep"
+    # This hospital's folder for this run: its privacy ledger and kept optimiser state.
+    folder = state_dir(context.node_config, config, site.name) if keep or cfg.dp_enabled else None
+    kept = load_optimizer_state(folder, before_round=server_round) if keep and folder else None
+    if cfg.dp_enabled and folder is not None:
         outcome = train_within_budget(
-            setup.model, site.train, cfg=cfg, ledger_dir=ledger_dir, seed=seed, device=setup.device,
-            optimizer_state=kept,
+            setup.model, site.train, cfg=cfg, ledger_dir=folder, seed=seed, device=setup.device, optimizer_state=kept
         )
         if isinstance(outcome, str):
             return _decline(msg, site.name, outcome)
@@ -115,7 +115,7 @@ def train(msg: Message, context: Context) -> Message:
     if diverged is not None:
         log.warning("%s round %d: declining: %s", site.name, server_round, diverged)
         return _decline(msg, site.name, diverged)
-    if folder is not None and result.optimizer_state is not None:
+    if keep and folder is not None and result.optimizer_state is not None:
         save_optimizer_state(folder, server_round=server_round, state=result.optimizer_state)
     log.info(
         "%s round %d: %d images, loss %.4f, %.1fs",

@@ -155,8 +155,9 @@ def train_local(
             if done == steps_per_round:
                 break
         passes += 1
-        log.info("pass %d: %d/%d steps, %d images, loss %.4f", passes, done, steps_per_round, seen,
-                 loss_sum / max(seen, 1))
+        log.info(
+            "pass %d: %d/%d steps, %d images, loss %.4f", passes, done, steps_per_round, seen, loss_sum / max(seen, 1)
+        )
     return TrainResult(
         num_examples=len(images),
         loss=loss_sum / max(seen, 1),

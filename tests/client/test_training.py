@@ -96,8 +96,14 @@ def test_logit_adjusted_training_leaves_a_skewed_shards_prior_out(tmp_path: Path
 
 def _train(model: torch.nn.Module, images, cfg, server_round: int, state=None):  # type: ignore[no-untyped-def]
     return train_local(
-        model, images, cfg=cfg, preset=preset_for(cfg), device=CPU, seed=server_round,
-        server_round=server_round, optimizer_state=state,
+        model,
+        images,
+        cfg=cfg,
+        preset=preset_for(cfg),
+        device=CPU,
+        seed=server_round,
+        server_round=server_round,
+        optimizer_state=state,
     )
 
 

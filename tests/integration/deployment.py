@@ -35,6 +35,7 @@ class Deployment:
     root: Path
     env: dict[str, str]
     port: int
+    app: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -138,25 +139,26 @@ class Deployment:
                 raise RuntimeError(f"{node} did not connect:\n" + self.log(node)[-3000:])
             time.sleep(0.5)
 
-    def restart(self, node: str, timeout: float = 150) -> None:
-        """Start ``node`` again (same key, same state-dir), retrying while the SuperLink holds its old session.
+    def restart(self, *nodes: str, timeout: float = 150) -> None:
+        """Start ``nodes`` again at once (same key, same state-dir), retrying while the SuperLink holds an old session.
 
         Flower re-admits a node's key only after it has noticed the old session is gone
         (about 50 s after the kill); until then activation fails with code 2004.
         """
         deadline = time.monotonic() + timeout
-        while True:
-            offset = len(self.log(node))
+        waiting = {node: len(self.log(node)) for node in nodes}
+        for node in nodes:
             self.start_supernode(node)
-            while "SuperNode ID:" not in self.log(node)[offset:]:
-                if self.procs[node].poll() is not None:
-                    break
-                assert time.monotonic() < deadline, f"{node} did not reconnect:\n" + self.log(node)[-3000:]
-                time.sleep(0.5)
-            else:
-                return
-            assert time.monotonic() < deadline, f"{node} was not re-admitted:\n" + self.log(node)[-3000:]
-            time.sleep(3)
+        while waiting:
+            for node, offset in list(waiting.items()):
+                if "SuperNode ID:" in self.log(node)[offset:]:
+                    del waiting[node]
+                elif self.procs[node].poll() is not None:  # refused: the old session is still held
+                    assert time.monotonic() < deadline, f"{node} was not re-admitted:\n" + self.log(node)[-3000:]
+                    waiting[node] = len(self.log(node))
+                    self.start_supernode(node)
+            assert time.monotonic() < deadline, f"{sorted(waiting)} did not reconnect"
+            time.sleep(1)
 
     def wait_busy(self, node: str, *, since: float, timeout: float = 120) -> None:
         """Wait until ``node``'s SuperNode runs a ClientApp process started after ``since`` (a time.time())."""
@@ -175,9 +177,17 @@ class Deployment:
         for child in children:
             child.kill()
 
+    def shut_down(self, node: str) -> None:
+        """SIGTERM ``node``'s SuperNode, as its operator would stop it, and wait until it has left."""
+        proc = self.procs.pop(node)
+        proc.terminate()
+        proc.wait(timeout=60)
+
     def start_run(self, name: str, config: str) -> subprocess.Popen[bytes]:
         """``flwr run . deploy --stream`` with ``config``, in the background; its output goes to ``log(name)``."""
-        return self._spawn(name, [str(BIN / "flwr"), "run", str(REPO), "deploy", "--stream", "--run-config", config])
+        return self._spawn(
+            name, [str(BIN / "flwr"), "run", str(self.app), "deploy", "--stream", "--run-config", config]
+        )
 
 
 @pytest.fixture(scope="module")
@@ -200,10 +210,11 @@ def materials(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture
-def deployment(materials: Path, tmp_path: Path) -> Iterator[Deployment]:
-    """A running TLS SuperLink with the nodes enrolled; its state, logs and runs live in ``tmp_path``."""
-    root = tmp_path
+@pytest.fixture(scope="module")
+def deployment(materials: Path, flower_app: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """A running TLS SuperLink with the nodes enrolled, shared by this module's tests; its state, logs and runs
+    live in a folder of its own, and its processes are stopped by PID when the module ends."""
+    root = tmp_path_factory.mktemp("deployment")
     for shared in ("pki", "keys", "server-keys", "data"):
         (root / shared).symlink_to(materials / shared, target_is_directory=True)
     home = root / "flwr-home"
@@ -213,7 +224,7 @@ def deployment(materials: Path, tmp_path: Path) -> Iterator[Deployment]:
         f'[superlink.deploy]\naddress = "127.0.0.1:{port}"\nroot-certificates = "{root / "pki" / "ca.crt"}"\n'
     )
     env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    dep = Deployment(root, env, port)
+    dep = Deployment(root, env, port, flower_app)
     try:
         dep.start_superlink()
         for node in (*HOSPITALS, "evaluator"):

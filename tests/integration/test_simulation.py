@@ -32,7 +32,7 @@ PER_CLASS_KEYS = {"precision", "recall", "f1", "specificity", "npv", "auroc", "a
 def test_tests_run_beside_the_superlink_make_run_leaves(simulated_run: SimulatedRun) -> None:
     """`make run` then `make test`: the shared run had the default port taken and used a port of its own."""
     assert simulated_run.superlink_port != DEFAULT_LOCAL_SUPERLINK_PORT
-    assert f"Starting local SuperLink on 127.0.0.1:{simulated_run.superlink_port}" in simulated_run.output
+    assert f"Using SuperLink: local (127.0.0.1:{simulated_run.superlink_port})" in simulated_run.output
     assert (simulated_run.run_dir / "report.json").is_file()
 
 

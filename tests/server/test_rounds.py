@@ -87,7 +87,12 @@ def test_a_rejected_aggregate_keeps_the_previous_model_and_the_run_goes_on(tmp_p
 
     strategy.configure_train = configure  # type: ignore[method-assign]
     final = run_rounds(
-        strategy, grid, arrays=_arrays(0.0), first_round=1, last_round=3, train_config=ConfigRecord(),  # type: ignore[arg-type]
+        strategy,
+        grid,
+        arrays=_arrays(0.0),
+        first_round=1,
+        last_round=3,
+        train_config=ConfigRecord(),  # type: ignore[arg-type]
         evaluate_fn=evaluator,
     )
     # round 1's aggregate (2.0) was refused by the evaluator; round 2's (3.0) predicts NaN: both kept round 0's model
