@@ -51,7 +51,7 @@ def _setup(msg: Message, context: Context) -> _Setup:
     """Validate the config, build the model and load the global weights (decrypting them)."""
     cfg = parse_run_config(context.run_config)
     config = msg.content.config_records.get(rk.CONFIG, ConfigRecord())
-    ctx = secret_context(context.node_config, config) if cfg.he_enabled else None
+    ctx = secret_context(context.node_config, config, cfg) if cfg.he_enabled else None
     model = _model(model_spec(cfg))
     state, seconds = decode_global(
         msg.content[rk.ARRAYS], layout=ParamLayout.of(model.state_dict()), ctx=ctx, workers=cfg.he_workers

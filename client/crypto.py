@@ -12,6 +12,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
 from common import records as rk
+from common.config import RunConfig
 from common.he.codec import ParamLayout, decrypt_chunks, encrypt_vector
 from common.he.keys import SECRET_FILE, HEContext, load_secret_context
 from common.he.payload import EncryptedPayload, is_encrypted
@@ -27,16 +28,26 @@ def _load(path: str) -> HEContext:
     return load_secret_context(path)
 
 
-def secret_context(node_config: Mapping[str, object], config: ConfigRecord) -> HEContext:
+def secret_context(node_config: Mapping[str, object], config: ConfigRecord, cfg: RunConfig) -> HEContext:
     """Load (once per process) this key-holder's secret context and check it is the run's key.
 
-    The path is the node config's ``he-secret-context``; deployment requires it. Only in
-    simulation may it default to ``secret.ctx`` in the keys directory the server names.
+    A deployed node reads its node config's ``he-secret-context`` and nothing else. A simulated
+    node reads the run config's ``he-secret-context`` (explicit keys: the server's ``he-keys-dir``
+    holds ``public.ctx`` only), or, when the server generated the run's key pair, ``secret.ctx``
+    in the run's keys folder that the server names.
     """
     node = parse_node_config(node_config)
     path = node.he_secret_context
-    if not path and not node.deployed and rk.HE_KEYS_DIR in config:
-        path = str(Path(str(config[rk.HE_KEYS_DIR])) / SECRET_FILE)
+    if not path and not node.deployed:
+        if cfg.he_secret_context:
+            path = cfg.he_secret_context
+        elif cfg.he_keys_dir:
+            raise ValueError(
+                "run config: 'he-secret-context' is empty; expected the path of secret.ctx for the simulated "
+                "key-holders when 'he-keys-dir' is set (that folder is the server's and holds public.ctx only)"
+            )
+        elif rk.HE_KEYS_DIR in config:
+            path = str(Path(str(config[rk.HE_KEYS_DIR])) / SECRET_FILE)
     if not path:
         raise ValueError("node config: 'he-secret-context' is missing; expected the path of this node's secret.ctx")
     ctx = _load(str(path))

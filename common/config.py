@@ -104,6 +104,7 @@ class RunConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     he_enabled: Annotated[bool, Field(strict=True)] = False
     he_keys_dir: str = ""
+    he_secret_context: str = ""
     he_workers: Int = Field(2, ge=1, le=64)
     dp_enabled: Annotated[bool, Field(strict=True)] = False
     dp_target_epsilon: Float = Field(8.0, gt=0.0, le=100.0)

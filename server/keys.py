@@ -7,13 +7,34 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common.config import RunConfig
+from common.config import ConfigError, RunConfig
 from common.experiment import resolve_path
 from common.he.keys import PUBLIC_FILE, HEContext, load_public_context
 
-__all__ = ["server_context"]
+__all__ = ["refuse_secret_keys", "server_context"]
 
 log = logging.getLogger(__name__)
+
+
+def refuse_secret_keys(cfg: RunConfig) -> None:
+    """Stop a run whose ``he-keys-dir`` (the server's own folder) holds anything but ``public.ctx``.
+
+    Every other ``*.ctx`` there is taken for a secret key by its name, without being opened,
+    so a secret never enters the server process even to be recognised.
+
+    Raises:
+        ConfigError: one line naming the file and what to do with it.
+    """
+    if not cfg.he_enabled or not cfg.he_keys_dir:
+        return
+    keys_dir = resolve_path(cfg.he_keys_dir)
+    extra = sorted(p.name for p in keys_dir.glob("*.ctx") if p.name != PUBLIC_FILE)
+    if extra:
+        raise ConfigError(
+            f"run config: 'he-keys-dir' = {str(keys_dir)!r} holds {extra[0]!r}, which may be a secret key; "
+            f"expected {PUBLIC_FILE} only: move {extra[0]} out of the server's folder, to the key-holders "
+            "(node config 'he-secret-context'; in simulation, run config 'he-secret-context')"
+        )
 
 
 def server_context(cfg: RunConfig, run_dir: Path) -> tuple[HEContext, Path]:

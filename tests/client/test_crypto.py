@@ -10,6 +10,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
 from client.crypto import decode_global, encrypt_update, secret_context
+from common.config import parse_run_config
 from common.he.codec import ParamLayout
 from common.he.keys import create_key_pair, load_secret_context
 from common.he.payload import EncryptedPayload
@@ -23,15 +24,30 @@ def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 SIMULATED = {"partition-id": 0, "num-partitions": 3}
+GENERATED = parse_run_config({"he-enabled": True})  # the server made the run's key pair
 
 
 def test_a_node_without_a_secret_key_is_told_what_to_set(keys_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'he-secret-context' is missing"):
-        secret_context(SIMULATED, ConfigRecord())
+        secret_context(SIMULATED, ConfigRecord(), GENERATED)
     deployed = {"role": "hospital", "data-path": str(tmp_path)}
     with pytest.raises(ValueError, match="'he-secret-context' is missing"):  # never a path the server names
-        secret_context(deployed, ConfigRecord({"he-keys-dir": str(keys_dir)}))
-    assert secret_context({**deployed, "he-secret-context": str(keys_dir / "secret.ctx")}, ConfigRecord()).key_id
+        secret_context(deployed, ConfigRecord({"he-keys-dir": str(keys_dir)}), GENERATED)
+    deployed_key = {**deployed, "he-secret-context": str(keys_dir / "secret.ctx")}
+    assert secret_context(deployed_key, ConfigRecord(), GENERATED).key_id
+
+
+def test_simulated_key_holders_with_explicit_keys_read_the_run_configs_secret(keys_dir: Path, tmp_path: Path) -> None:
+    """With he-keys-dir set, the server's folder holds public.ctx only: the secret comes from he-secret-context."""
+    server_folder = ConfigRecord({"he-keys-dir": str(tmp_path)})  # what the server names: no secret.ctx there
+    explicit = parse_run_config({"he-enabled": True, "he-keys-dir": str(tmp_path)})
+    with pytest.raises(ValueError, match="run config: 'he-secret-context' is empty; expected the path of secret.ctx"):
+        secret_context(SIMULATED, server_folder, explicit)
+    with_secret = parse_run_config(
+        {"he-enabled": True, "he-keys-dir": str(tmp_path), "he-secret-context": str(keys_dir / "secret.ctx")}
+    )
+    expected = load_secret_context(keys_dir / "secret.ctx").key_id
+    assert secret_context(SIMULATED, server_folder, with_secret).key_id == expected
 
 
 def test_a_foreign_key_is_refused(keys_dir: Path, tmp_path: Path) -> None:
@@ -39,11 +55,11 @@ def test_a_foreign_key_is_refused(keys_dir: Path, tmp_path: Path) -> None:
     create_key_pair(other)
     run_key = load_secret_context(keys_dir / "secret.ctx").key_id
     config = ConfigRecord({"he-keys-dir": str(keys_dir), "he-key-id": run_key})
-    assert secret_context(SIMULATED, config).key_id == run_key
+    assert secret_context(SIMULATED, config, GENERATED).key_id == run_key
     with pytest.raises(ValueError, match="but this run encrypts under key"):
-        secret_context({**SIMULATED, "he-secret-context": str(other / "secret.ctx")}, config)
+        secret_context({**SIMULATED, "he-secret-context": str(other / "secret.ctx")}, config, GENERATED)
     with pytest.raises(ValueError, match="holds no secret key"):
-        secret_context({**SIMULATED, "he-secret-context": str(keys_dir / "public.ctx")}, config)
+        secret_context({**SIMULATED, "he-secret-context": str(keys_dir / "public.ctx")}, config, GENERATED)
 
 
 def test_update_round_trip_through_an_aggregate(keys_dir: Path) -> None:

@@ -41,6 +41,7 @@ DEFAULTS = {
     "device": "auto",
     "he-enabled": False,
     "he-keys-dir": "",
+    "he-secret-context": "",
     "he-workers": 2,
     "dp-enabled": False,
     "dp-target-epsilon": 8.0,

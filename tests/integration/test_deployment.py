@@ -125,3 +125,17 @@ def test_an_encrypted_private_run_rides_out_a_crash_stops_when_none_remain_and_r
     assert "## Privacy: epsilon spent per hospital" in report_md and "| 2 | declined |" in report_md
     assert (run_dir / "report.html").is_file() and (run_dir / "model" / "encrypted.json").is_file()
     assert not (run_dir / "model" / "model.safetensors").exists()  # the server only holds the encrypted model
+
+
+def test_the_server_refuses_a_keys_folder_that_holds_the_secret(deployment: Deployment) -> None:
+    """``he-keys-dir`` pointed at the consortium's key folder (secret.ctx beside public.ctx): one line, no round."""
+    run_dir = deployment.root / "runs" / "secret"
+    config = (
+        f"{SMALL} he-enabled=true he-keys-dir='{deployment.root / 'keys'}' output-dir='{run_dir.parent}' "
+        f"run-name='secret' data-root='{deployment.root / 'nowhere'}'"
+    )
+    run = deployment.start_run("secret", config)
+    run.wait(timeout=180)
+    refusals = [line for line in deployment.log("secret").splitlines() if "holds 'secret.ctx'" in line]
+    assert len(refusals) == 1 and "expected public.ctx only: move secret.ctx" in refusals[0], deployment.log("secret")
+    assert "round 1" not in deployment.log("secret") and not run_dir.exists()

@@ -9,10 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from flwr.app import ConfigRecord
 
-from client.privacy import state_dir
+from client.privacy import state_dir, train_within_budget
+from common.config import parse_run_config
+from common.data import load_split
 from common.data.synth import write_synthetic_tree
+from common.experiment import initial_model
 
 SCRIPT = """
 import json, sys, torch
@@ -48,13 +52,27 @@ def _round(root: Path, ledger_dir: Path) -> dict[str, float]:
     return json.loads(line)
 
 
+def _round_here(root: Path, ledger_dir: Path) -> dict[str, float]:
+    """The same round as SCRIPT's, in this process: the hospital after its restart."""
+    cfg = parse_run_config(
+        {"model": "cnn3", "image-size": 32, "batch-size": 8, "local-epochs": 1, "num-server-rounds": 4,
+         "dp-enabled": True, "dp-target-epsilon": 5.0, "data-root": str(root)}
+    )  # fmt: skip
+    images = load_split(root, "train", classes=cfg.class_names, channels=1, size=32)
+    outcome = train_within_budget(
+        initial_model(cfg), images, cfg=cfg, ledger_dir=ledger_dir, seed=1, device=torch.device("cpu")
+    )
+    assert not isinstance(outcome, str), outcome
+    return outcome.metrics
+
+
 def test_epsilon_keeps_growing_across_a_killed_hospital(tmp_path: Path) -> None:
     root = write_synthetic_tree(
         tmp_path / "data", modality="brain-mri", train_per_class=8, test_per_class=1, size=32, seed=2
     )
     ledger_dir = tmp_path / "state" / "hospital-0"
-    first = _round(root, ledger_dir)
-    second = _round(root, ledger_dir)
+    first = _round(root, ledger_dir)  # a process killed (SIGKILL) right after its round
+    second = _round_here(root, ledger_dir)
     assert second["epsilon"] > first["epsilon"] > 0
     ledger = json.loads((ledger_dir / "privacy-ledger.json").read_text())
     assert sum(entry["steps"] for entry in ledger["history"]) == first["steps"] + second["steps"]

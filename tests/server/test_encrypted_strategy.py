@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import ast
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from common.config import ConfigError, parse_run_config
 from common.he.codec import ParamLayout, decrypt_chunks, encrypt_vector
 from common.he.keys import create_key_pair, load_public_context, load_secret_context
 from common.he.payload import EncryptedPayload
+from server.app import main as server_main
 from server.encrypted_strategy import EncryptedFedAvg
 from server.history import RunHistory
+from server.keys import refuse_secret_keys
 from server.roster import NodeRoster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -132,6 +136,46 @@ def test_the_server_refuses_a_secret_context(keys, tmp_path: Path) -> None:
             base_config=ConfigRecord(),
             seed=0,
         )
+
+
+@pytest.mark.parametrize("name", ["secret.ctx", "hospital-a.ctx"])
+def test_a_keys_folder_holding_more_than_the_public_key_stops_the_run(tmp_path: Path, name: str) -> None:
+    (tmp_path / "public.ctx").write_bytes(b"public")
+    (tmp_path / name).write_bytes(b"never opened")
+    cfg = parse_run_config({"he-enabled": True, "he-keys-dir": str(tmp_path)})
+    with pytest.raises(ConfigError) as err:
+        refuse_secret_keys(cfg)
+    assert str(err.value).count("\n") == 0 and f"holds '{name}'" in str(err.value) and "move" in str(err.value)
+    (tmp_path / name).unlink()
+    refuse_secret_keys(cfg)  # public.ctx alone passes
+    refuse_secret_keys(parse_run_config({"he-enabled": True}))  # keys the server generates (simulation)
+
+
+def test_a_simulation_with_the_secret_in_the_servers_keys_folder_stops_before_anything_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ServerApp's own entry point: one error line, no run directory, no message to any node."""
+    create_key_pair(tmp_path / "keys")
+    run_config = {
+        "he-enabled": True,
+        "he-keys-dir": str(tmp_path / "keys"),
+        "he-secret-context": str(tmp_path / "keys" / "secret.ctx"),
+        "output-dir": str(tmp_path / "runs"),
+    }
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    monkeypatch.setattr("server.app.use_flower_logging", lambda: None)  # keep this handler in place
+    logging.getLogger("server.app").addHandler(handler)
+    try:
+        server_main(None, context)  # type: ignore[arg-type]  # a grid it must never touch
+    finally:
+        logging.getLogger("server.app").removeHandler(handler)
+    messages = [r.getMessage() for r in records]
+    assert len(messages) == 1 and records[0].levelno == logging.ERROR, messages
+    assert "holds 'secret.ctx'" in messages[0] and "move secret.ctx" in messages[0] and "\n" not in messages[0]
+    assert not (tmp_path / "runs").exists()
 
 
 def test_server_code_never_loads_a_secret_key() -> None:
