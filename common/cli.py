@@ -31,6 +31,8 @@ model_app = typer.Typer(help="Model directories.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(keys_app, name="keys")
 app.add_typer(model_app, name="model")
+node_app = typer.Typer(help="A deployed SuperNode's node config.", no_args_is_help=True)
+app.add_typer(node_app, name="node")
 console = Console(soft_wrap=True)
 
 
@@ -92,6 +94,36 @@ def data_check(
         console.print("  " + " == ".join(group), highlight=False)
     if json_out is not None:
         write_json(json_out, result)
+
+
+@node_app.command("check")
+def node_check(
+    node_config: Annotated[str, typer.Option("--node-config", help="the string given to flower-supernode")],
+    dataset: Annotated[str, typer.Option(help="the run's dataset preset (its class list)")] = "brain-mri",
+    classes: Annotated[str, typer.Option(help="the run's class list, comma-separated (overrides the preset's)")] = "",
+) -> None:
+    """Check a node config before ``flower-supernode`` starts: keys, data folder, images per class, key modes.
+
+    Exits 2 with one line at the first problem.
+    """
+    from common.config import parse_run_config
+    from common.experiment import preset_for
+    from common.node_check import check_node, parse_node_config_string
+
+    with _one_line_errors():
+        cfg = parse_run_config({"dataset": dataset, "classes": classes})
+        report = check_node(
+            parse_node_config_string(node_config), classes=cfg.class_names, channels=preset_for(cfg).channels
+        )
+    node = report.node
+    console.print(f"node config: ok ({node.role} {node.name!r})", highlight=False)
+    counts = ", ".join(f"{name} {n}" for name, n in report.counts.items())
+    console.print(f"data: {report.folder}: {sum(report.counts.values())} images ({counts}); "
+                  f"{report.skipped} unreadable, skipped", highlight=False)  # fmt: skip
+    if report.missing_classes:
+        console.print(f"no folder for: {', '.join(report.missing_classes)} (fine if this node has none)")
+    if node.he_secret_context:
+        console.print(f"secret key: {node.he_secret_context} (mode 0600)", highlight=False)
 
 
 @keys_app.command("init")

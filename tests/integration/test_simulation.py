@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from flower_env import DEFAULT_LOCAL_SUPERLINK_PORT, SimulatedRun
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
+from typer.testing import CliRunner
 
+from common.cli import app
 from common.models import load_model_dir
 from common.run_files import read_predictions_csv
 
@@ -81,23 +81,9 @@ def test_flwr_run_writes_the_run_directory(simulated_run: SimulatedRun, tmp_path
     assert spec.architecture == "cnn3" and spec.image_size == 32 and list(spec.classes) == classes
 
     evaluated = tmp_path / "evaluated"
-    cli = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "common.cli",
-            "evaluate",
-            "--model",
-            str(run_dir / "model"),
-            "--data",
-            str(synthetic_root),
-            "--out",
-            str(evaluated),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    cli = CliRunner().invoke(
+        app, ["evaluate", "--model", str(run_dir / "model"), "--data", str(synthetic_root), "--out", str(evaluated)]
     )
-    assert cli.returncode == 0, cli.stderr
+    assert cli.exit_code == 0, cli.output
     again = json.loads((evaluated / "report.json").read_text())
     assert again["n"] == report["n"] and abs(again["accuracy"] - report["accuracy"]) < 1e-9
