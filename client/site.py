@@ -8,7 +8,15 @@ from functools import lru_cache
 from pathlib import Path
 
 from common.config import RunConfig
-from common.data import ImageSet, load_folder, load_split, partition_indices, resolve_test_folder, split_train_val
+from common.data import (
+    ImageSet,
+    load_folder,
+    load_split,
+    partition_indices,
+    resolve_test_folder,
+    resolve_train_folder,
+    split_train_val,
+)
 from common.experiment import preset_for, resolve_path
 from common.node_config import NodeConfig, parse_node_config
 
@@ -91,7 +99,7 @@ def _partition(cfg: RunConfig, pid: int, num: int) -> HospitalData:
 def _own_folder(cfg: RunConfig, node: NodeConfig) -> HospitalData:
     """A deployed hospital's own ``data-path`` (``DATA/train/<class>`` or ``DATA/<class>``), never another's."""
     root = Path(node.data_path)
-    folder = root / "train" if (root / "train").is_dir() else root
+    folder = resolve_train_folder(root)
     preset = preset_for(cfg)
     images = load_folder(folder, classes=cfg.class_names, channels=preset.channels, size=cfg.image_size, root=root)
     if len(images) == 0:

@@ -17,7 +17,7 @@ from typing import Any
 from flwr.common.config import parse_config_args
 
 from common.config import ConfigError
-from common.data import load_folder, resolve_test_folder
+from common.data import load_folder, resolve_test_folder, resolve_train_folder
 from common.node_config import NodeConfig, parse_node_config
 
 __all__ = ["NodeReport", "check_node", "parse_node_config_string"]
@@ -82,10 +82,7 @@ def check_node(values: Mapping[str, Any], *, classes: Sequence[str], channels: i
     _check_secret_key(node)
     _check_state_dir(node)
     root = Path(node.data_path)
-    if node.role == "evaluator":
-        folder = resolve_test_folder(root)
-    else:
-        folder = root / "train" if (root / "train").is_dir() else root
+    folder = resolve_test_folder(root) if node.role == "evaluator" else resolve_train_folder(root)
     try:
         images = load_folder(folder, classes=classes, channels=channels, size=32, root=root)
     except ValueError as err:

@@ -1,6 +1,13 @@
 """Datasets, transforms, partitioning, the synthetic generator and the data check."""
 
-from common.data.images import ImageSet, TensorImageDataset, load_folder, load_split, resolve_test_folder
+from common.data.images import (
+    ImageSet,
+    TensorImageDataset,
+    load_folder,
+    load_split,
+    resolve_test_folder,
+    resolve_train_folder,
+)
 from common.data.partition import partition_indices, split_train_val
 from common.data.transforms import build_transform
 
@@ -12,5 +19,6 @@ __all__ = [
     "load_split",
     "partition_indices",
     "resolve_test_folder",
+    "resolve_train_folder",
     "split_train_val",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "load_npz",
     "load_split",
     "resolve_test_folder",
+    "resolve_train_folder",
 ]
 
 log = logging.getLogger(__name__)
@@ -223,3 +224,9 @@ def resolve_test_folder(path: str | Path) -> Path:
     """``PATH/test`` when it exists, else ``PATH`` (both are ``<class>/*`` trees)."""
     path = Path(path)
     return path / "test" if (path / "test").is_dir() else path
+
+
+def resolve_train_folder(path: str | Path) -> Path:
+    """``PATH/train`` when it exists, else ``PATH`` (a deployed hospital's own ``data-path``)."""
+    path = Path(path)
+    return path / "train" if (path / "train").is_dir() else path

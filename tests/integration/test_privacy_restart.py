@@ -18,25 +18,34 @@ from common.data import load_split
 from common.data.synth import write_synthetic_tree
 from common.experiment import initial_model
 
-SCRIPT = """
-import json, sys, torch
+
+def one_round(root: Path, ledger_dir: Path) -> dict[str, float]:
+    """One DP round of a hospital whose ledger lives in ``ledger_dir``; its privacy metrics."""
+    cfg = parse_run_config(
+        {"model": "cnn3", "image-size": 32, "batch-size": 8, "local-epochs": 1, "num-server-rounds": 4,
+         "dp-enabled": True, "dp-target-epsilon": 5.0, "data-root": str(root)}
+    )  # fmt: skip
+    images = load_split(root, "train", classes=cfg.class_names, channels=1, size=32)
+    outcome = train_within_budget(
+        initial_model(cfg), images, cfg=cfg, ledger_dir=ledger_dir, seed=1, device=torch.device("cpu")
+    )
+    assert not isinstance(outcome, str), outcome
+    return outcome.metrics
+
+
+# The same round in a process of its own that stays alive until it is killed.
+SCRIPT = f"""
+import json, sys
 from pathlib import Path
-from client.privacy import train_within_budget
-from common.config import parse_run_config
-from common.data import load_split
-from common.experiment import initial_model
-root, ledger_dir = sys.argv[1], Path(sys.argv[2])
-cfg = parse_run_config({"model": "cnn3", "image-size": 32, "batch-size": 8, "local-epochs": 1, "num-server-rounds": 4,
-                        "dp-enabled": True, "dp-target-epsilon": 5.0, "data-root": root})
-images = load_split(root, "train", classes=cfg.class_names, channels=1, size=32)
-model, cpu = initial_model(cfg), torch.device("cpu")
-outcome = train_within_budget(model, images, cfg=cfg, ledger_dir=ledger_dir, seed=1, device=cpu)
-print(json.dumps(outcome.metrics), flush=True)
-sys.stdin.read()  # stay alive until killed
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_privacy_restart import one_round
+print(json.dumps(one_round(Path(sys.argv[1]), Path(sys.argv[2]))), flush=True)
+sys.stdin.read()
 """
 
 
-def _round(root: Path, ledger_dir: Path) -> dict[str, float]:
+def _killed_round(root: Path, ledger_dir: Path) -> dict[str, float]:
+    """``one_round`` in a subprocess, SIGKILLed right after it reports."""
     proc = subprocess.Popen(
         [sys.executable, "-c", SCRIPT, str(root), str(ledger_dir)],
         stdin=subprocess.PIPE,
@@ -52,27 +61,13 @@ def _round(root: Path, ledger_dir: Path) -> dict[str, float]:
     return json.loads(line)
 
 
-def _round_here(root: Path, ledger_dir: Path) -> dict[str, float]:
-    """The same round as SCRIPT's, in this process: the hospital after its restart."""
-    cfg = parse_run_config(
-        {"model": "cnn3", "image-size": 32, "batch-size": 8, "local-epochs": 1, "num-server-rounds": 4,
-         "dp-enabled": True, "dp-target-epsilon": 5.0, "data-root": str(root)}
-    )  # fmt: skip
-    images = load_split(root, "train", classes=cfg.class_names, channels=1, size=32)
-    outcome = train_within_budget(
-        initial_model(cfg), images, cfg=cfg, ledger_dir=ledger_dir, seed=1, device=torch.device("cpu")
-    )
-    assert not isinstance(outcome, str), outcome
-    return outcome.metrics
-
-
 def test_epsilon_keeps_growing_across_a_killed_hospital(tmp_path: Path) -> None:
     root = write_synthetic_tree(
         tmp_path / "data", modality="brain-mri", train_per_class=8, test_per_class=1, size=32, seed=2
     )
     ledger_dir = tmp_path / "state" / "hospital-0"
-    first = _round(root, ledger_dir)  # a process killed (SIGKILL) right after its round
-    second = _round_here(root, ledger_dir)
+    first = _killed_round(root, ledger_dir)
+    second = one_round(root, ledger_dir)  # the hospital after its restart
     assert second["epsilon"] > first["epsilon"] > 0
     ledger = json.loads((ledger_dir / "privacy-ledger.json").read_text())
     assert sum(entry["steps"] for entry in ledger["history"]) == first["steps"] + second["steps"]
