@@ -45,7 +45,7 @@ system-deps:
 	if [ -n "$$missing" ]; then echo "system-deps: missing $${missing% }: the tests that need them will be skipped"; fi
 
 run: install
-	flwr run . --federation-config "num-supernodes=$(HOSPITALS)" --stream \
+	flwr run . --federation-config "num-supernodes=$(HOSPITALS) client-resources-num-cpus=1" --stream \
 		--run-config "data-root='$(CURDIR)/data/samples/brain-mri' output-dir='$(CURDIR)/runs' $(DEMO_CONFIG)" \
 		--run-config "$(RUN_CONFIG)"
 	@echo "The local SuperLink keeps running for 'flwr ls' and 'flwr log'; 'make stop' ends it."
