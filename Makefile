@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 HOSPITALS ?= 4
 # The default run: ResNet-18 at 64 px, kept Adam state, logit-adjusted loss, 12 short rounds of 4 batches per hospital (about 6.6
 # epochs of the sample), chosen on a validation split of the sample's train/ (see README).
-DEMO_CONFIG := image-size=64 num-server-rounds=12 local-steps=4 optimizer-state='keep' loss='logit-adjusted'
+DEMO_CONFIG := image-size=48 num-server-rounds=6 local-steps=8 optimizer-state='keep' loss='logit-adjusted'
 # Your own keys, e.g. RUN_CONFIG="num-server-rounds=20"; they override DEMO_CONFIG.
 RUN_CONFIG ?=
 

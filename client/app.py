@@ -13,8 +13,7 @@ from flwr.clientapp import ClientApp
 
 from client.crypto import decode_global, encrypt_update, secret_context
 from client.optimizer_state import load_optimizer_state, save_optimizer_state
-from client.privacy import state_dir, train_within_budget
-from client.site import central_test_set, hospital_data, node_identity
+from client.site import central_test_set, hospital_data, node_identity, state_dir
 from client.training import non_finite_reason, non_finite_weights, train_local
 from common import records as rk
 from common.config import RunConfig, parse_run_config
@@ -66,7 +65,8 @@ def describe(msg: Message, context: Context) -> Message:
     cfg = parse_run_config(context.run_config)
     identity = node_identity(cfg, context.node_config)
     n = len(hospital_data(cfg, context.node_config).train) if identity.role == "hospital" else 0
-    info = ConfigRecord({rk.ROLE: identity.role, "name": identity.name})
+    source = "own" if identity.node.deployed else "simulated"
+    info = ConfigRecord({rk.ROLE: identity.role, "name": identity.name, rk.DATA_SOURCE: source})
     content = RecordDict({rk.METRICS: MetricRecord({rk.NUM_EXAMPLES: n}), rk.HOSPITAL: info})
     return Message(content=content, reply_to=msg)
 
@@ -94,6 +94,8 @@ def train(msg: Message, context: Context) -> Message:
     folder = state_dir(context.node_config, config, site.name) if keep or cfg.dp_enabled else None
     kept = load_optimizer_state(folder, before_round=server_round) if keep and folder else None
     if cfg.dp_enabled and folder is not None:
+        from client.privacy import train_within_budget  # Opacus is imported only when DP is on (1.2 s)
+
         outcome = train_within_budget(
             setup.model, site.train, cfg=cfg, ledger_dir=folder, seed=seed, device=setup.device, optimizer_state=kept
         )

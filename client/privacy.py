@@ -8,13 +8,11 @@ restarted node continues its accounting instead of starting from zero.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ConfigRecord
 from torch import nn
 
 from client.training import class_log_prior
@@ -22,11 +20,10 @@ from common import records as rk
 from common.config import RunConfig
 from common.data import ImageSet, build_transform
 from common.experiment import preset_for
-from common.node_config import parse_node_config
 from common.privacy.accounting import PrivacyLedger, default_delta, fits_budget, noise_multiplier_for, poisson_schedule
 from common.privacy.dpsgd import PrivateTrainResult, train_private
 
-__all__ = ["LEDGER_FILE", "DPPlan", "PrivateRound", "dp_plan", "state_dir", "train_within_budget"]
+__all__ = ["LEDGER_FILE", "DPPlan", "PrivateRound", "dp_plan", "train_within_budget"]
 
 log = logging.getLogger(__name__)
 
@@ -69,22 +66,6 @@ def dp_plan(cfg: RunConfig, *, num_examples: int) -> DPPlan:
         target_epsilon=cfg.dp_target_epsilon, delta=delta, sample_rate=sample_rate, steps=steps * cfg.num_server_rounds
     )
     return DPPlan(sigma, sample_rate, steps, delta, cfg.dp_max_grad_norm, cfg.dp_target_epsilon)
-
-
-def state_dir(node_config: Mapping[str, object], config: ConfigRecord, hospital: str) -> Path:
-    """This hospital's ledger folder for this run.
-
-    ``<state-dir>/<run name>`` when the node config sets ``state-dir`` (deployment), else
-    ``<run dir>/state/<hospital>`` (simulation). A resumed run keeps its run directory, so
-    its ledger continues; a new run starts its own.
-    """
-    if rk.RUN_DIR not in config:
-        raise ValueError(f"train message: '{rk.RUN_DIR}' is missing; expected the run directory from the server")
-    run_dir = Path(str(config[rk.RUN_DIR]))
-    configured = parse_node_config(node_config).state_dir
-    if configured:
-        return Path(str(configured)) / run_dir.name
-    return run_dir / "state" / hospital
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from flwr.app import ConfigRecord
+
+from common import records as rk
 from common.config import RunConfig
 from common.data import (
     ImageSet,
@@ -20,7 +23,7 @@ from common.data import (
 from common.experiment import preset_for, resolve_path
 from common.node_config import NodeConfig, parse_node_config
 
-__all__ = ["HospitalData", "NodeIdentity", "central_test_set", "hospital_data", "node_identity"]
+__all__ = ["HospitalData", "NodeIdentity", "central_test_set", "hospital_data", "node_identity", "state_dir"]
 
 
 @dataclass(frozen=True)
@@ -132,3 +135,19 @@ def central_test_set(cfg: RunConfig, node_config: Mapping[str, object]) -> Image
         root = Path(identity.node.data_path)
         return load_folder(resolve_test_folder(root), root=root, **kwargs)  # type: ignore[arg-type]
     return load_split(resolve_path(cfg.data_root), "test", **kwargs)  # type: ignore[arg-type]
+
+
+def state_dir(node_config: Mapping[str, object], config: ConfigRecord, hospital: str) -> Path:
+    """This hospital's state folder for this run: its privacy ledger and kept optimizer state.
+
+    ``<state-dir>/<run name>`` when the node config sets ``state-dir`` (deployment), else
+    ``<run dir>/state/<hospital>`` (simulation). A resumed run keeps its run directory, so
+    its ledger continues; a new run starts its own.
+    """
+    if rk.RUN_DIR not in config:
+        raise ValueError(f"train message: '{rk.RUN_DIR}' is missing; expected the run directory from the server")
+    run_dir = Path(str(config[rk.RUN_DIR]))
+    configured = parse_node_config(node_config).state_dir
+    if configured:
+        return Path(str(configured)) / run_dir.name
+    return run_dir / "state" / hospital

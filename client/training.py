@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from common.config import RunConfig
 from common.data import ImageSet, build_transform
 from common.inference import autocast, loader
+from common.optimizers import build_optimizer
 from common.presets import DatasetPreset
 
 __all__ = [
@@ -43,12 +44,9 @@ class TrainResult:
 
 def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     """The configured optimizer over the model's parameters."""
-    params = model.parameters()
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return build_optimizer(
+        model.parameters(), cfg.optimizer, lr=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
 
 
 def lr_factor(cfg: RunConfig, *, step: int, steps_per_round: int) -> float:

@@ -17,6 +17,7 @@ __all__ = [
     "SKIPPED_IMAGES",
     "CLASS_COUNTS",
     "ROLE",
+    "DATA_SOURCE",
     "HE_KEYS_DIR",
     "HE_KEY_ID",
     "NUM_EXAMPLES_TOTAL",
@@ -52,6 +53,8 @@ CLASS_COUNTS = "class-counts"
 
 # Encrypted FedAvg
 ROLE = "role"
+DATA_SOURCE = "data"
+"""A node's training data: ``own`` (its node-config ``data-path``) or ``simulated`` (a partition)."""
 HE_KEYS_DIR = "he-keys-dir"
 HE_KEY_ID = "he-key-id"
 NUM_EXAMPLES_TOTAL = "num-examples-total"

@@ -30,7 +30,7 @@ app = ServerApp()
 
 
 def _strategy(
-    cfg: RunConfig, grid: Grid, history: RunHistory, run_dir: RunDirectory, layout: ParamLayout
+    cfg: RunConfig, grid: Grid, history: RunHistory, run_dir: RunDirectory, layout: ParamLayout, first_round: int
 ) -> tuple[MedsiloFedAvg, CentralEvaluator]:
     """The plaintext or the encrypted strategy, with the matching central evaluation.
 
@@ -52,6 +52,9 @@ def _strategy(
         )
     except RuntimeError as err:
         raise RunStopped(str(err)) from None
+    history.set_nodes(roster.to_json(), first_round=first_round)
+    if roster.deployed:
+        run_dir.write_config(cfg, deployed=True, central_on_node=roster.evaluator is not None)
     if not cfg.he_enabled:
         base = ConfigRecord()
         strategy = make_strategy(cfg, history=history, roster=roster, **sampling)
@@ -120,7 +123,7 @@ def main(grid: Grid, context: Context) -> None:
         run_dir.path,
     )
     try:
-        strategy, evaluator = _strategy(cfg, grid, history, run_dir, ParamLayout.of(state))
+        strategy, evaluator = _strategy(cfg, grid, history, run_dir, ParamLayout.of(state), first_round)
         if point is not None:
             load_server_state(strategy, point.server_state)
         run_rounds(

@@ -31,6 +31,7 @@ class RunHistory:
         self.duration_s: float | None = None
         self.resumed: list[dict[str, Any]] = []
         self.stopped: str | None = None
+        self.nodes: dict[str, Any] | None = None
         self._clock = time.monotonic()
 
     def restore(self, rounds: list[dict[str, Any]], *, after_round: int) -> None:
@@ -56,6 +57,12 @@ class RunHistory:
     def hospital(self, server_round: int, name: str) -> dict[str, Any]:
         """The (mutable) record of hospital ``name`` in ``server_round``."""
         return self.round(server_round)["hospitals"].setdefault(name, {})
+
+    def set_nodes(self, roster: dict[str, Any], *, first_round: int) -> None:
+        """The run's nodes (id, name, role, n_k); a node that failed to describe itself fails ``first_round``."""
+        self.nodes = roster
+        for failure in roster["failed"]:
+            self.fail(first_round, node_id=failure["node_id"], stage="describe", reason=failure["reason"])
 
     def fail(self, server_round: int, *, node_id: int, stage: str, reason: str) -> None:
         """Record a hospital that errored, timed out or sent an invalid reply."""
@@ -110,6 +117,7 @@ class RunHistory:
             "duration_s": self.duration_s,
             **({"resumed": self.resumed} if self.resumed else {}),
             **({"stopped": self.stopped} if self.stopped else {}),
+            **({"nodes": self.nodes} if self.nodes is not None else {}),
             "rounds": [self.rounds[r] for r in sorted(self.rounds)],
         }
 

@@ -18,10 +18,33 @@ log = logging.getLogger(__name__)
 class NodeRoster:
     """Which SuperNodes are hospitals (with their n_k) and which one is the evaluator."""
 
-    def __init__(self, hospitals: dict[int, int], names: dict[int, str], evaluator: int | None) -> None:
+    def __init__(
+        self,
+        hospitals: dict[int, int],
+        names: dict[int, str],
+        evaluator: int | None,
+        *,
+        failed: dict[int, str] | None = None,
+        deployed: bool = False,
+    ) -> None:
         self.hospitals = hospitals
         self.names = names
         self.evaluator = evaluator
+        self.failed = failed or {}
+        """Nodes that did not describe themselves, with the reason: they take no part in the run."""
+        self.deployed = deployed
+        """Every node that answered trains on its own node-config ``data-path`` (no simulated partition)."""
+
+    def to_json(self) -> dict[str, object]:
+        """The node-id -> name map for ``history.json``: every node, its role and n_k, and the failed ones."""
+        nodes = [
+            {"node_id": n, "name": self.names.get(n, ""), "role": "hospital", "examples": k}
+            for n, k in sorted(self.hospitals.items())
+        ]
+        if self.evaluator is not None:
+            nodes.append({"node_id": self.evaluator, "name": self.names.get(self.evaluator, ""), "role": "evaluator"})
+        failed = [{"node_id": n, "reason": reason} for n, reason in sorted(self.failed.items())]
+        return {"data": "own" if self.deployed else "simulated", "nodes": nodes, "failed": failed}
 
     @property
     def total_examples(self) -> int:
@@ -55,18 +78,24 @@ class NodeRoster:
             )
             for n in node_ids
         ]
-        hospitals, names, evaluators = {}, {}, []
-        for reply in grid.send_and_receive(query, timeout=timeout):
+        hospitals, names, evaluators, failed, sources = {}, {}, [], {}, set()
+        replies = grid.send_and_receive(query, timeout=timeout)
+        for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
+                failed[node] = reply.error.reason
                 log.warning("node %d did not describe itself: %s", node, reply.error.reason)
                 continue
             info = reply.content[rk.HOSPITAL]
             names[node] = str(info["name"])
+            sources.add(str(info.get(rk.DATA_SOURCE, "simulated")))
             if info[rk.ROLE] == "evaluator":
                 evaluators.append(node)
             else:
                 hospitals[node] = int(next(iter(reply.content.metric_records.values()))[rk.NUM_EXAMPLES])
+        for node in sorted(set(node_ids) - {r.metadata.src_node_id for r in replies}):
+            failed[node] = f"no reply within {timeout:.0f}s"
+            log.warning("node %d did not describe itself: no reply within %.0fs", node, timeout)
         if len(evaluators) > 1 or (evaluator and not evaluators):
             raise RuntimeError(
                 f"found {len(evaluators)} evaluator node(s); expected {'exactly' if evaluator else 'at most'} one "
@@ -75,9 +104,12 @@ class NodeRoster:
         if len(hospitals) < min_hospitals:
             raise RuntimeError(f"found {len(hospitals)} hospital(s); min-train-nodes is {min_hospitals}")
         log.info(
-            "roster: %d hospitals (%d training examples), evaluator node %s",
+            "roster: %d hospitals (%d training examples), evaluator node %s%s",
             len(hospitals),
             sum(hospitals.values()),
             evaluators[0] if evaluators else "none",
+            f"; {len(failed)} node(s) left out: " + ", ".join(map(str, sorted(failed))) if failed else "",
         )
-        return cls(hospitals, names, evaluators[0] if evaluators else None)
+        return cls(
+            hospitals, names, evaluators[0] if evaluators else None, failed=failed, deployed=sources == {"own"}
+        )

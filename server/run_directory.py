@@ -20,7 +20,10 @@ from common.models import ModelSpec, save_model_dir
 from common.report import build_report
 from common.run_files import write_json, write_predictions_csv
 
-__all__ = ["SERVER_STATE_FILE", "RunDirectory"]
+__all__ = ["SERVER_STATE_FILE", "SIMULATION_ONLY_KEYS", "RunDirectory"]
+
+SIMULATION_ONLY_KEYS = ("partitioner", "dirichlet-alpha", "he-secret-context")
+"""Run-config keys that only simulated hospitals read (deployed ones use their node config)."""
 
 SERVER_STATE_FILE = "server-state.safetensors"
 """A checkpoint's server-optimiser state (FedAvgM momentum, FedAdam/FedYogi/FedAdagrad moments)."""
@@ -47,14 +50,28 @@ class RunDirectory:
         name = cfg.run_name or f"{cfg.dataset}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{run_id}"
         path = output_dir / name
         path.mkdir(parents=True, exist_ok=True)
-        write_json(path / "config.json", cfg.to_run_config())
-        return cls(path)
+        run_dir = cls(path)
+        run_dir.write_config(cfg)
+        return run_dir
 
     @classmethod
     def reopen(cls, path: Path, cfg: RunConfig) -> RunDirectory:
         """A stopped run's directory, to resume in place; ``config.json`` takes the new config."""
-        write_json(path / "config.json", cfg.to_run_config())
-        return cls(path)
+        run_dir = cls(path)
+        run_dir.write_config(cfg)
+        return run_dir
+
+    def write_config(self, cfg: RunConfig, *, deployed: bool = False, central_on_node: bool = False) -> None:
+        """``config.json``: the run config; a deployed run's leaves out the simulation keys it never used.
+
+        Deployed hospitals train on their own node-config ``data-path``, so the partitioner and the
+        simulation's key paths mean nothing; ``data-root`` only when the evaluator node holds the test set.
+        """
+        config = cfg.to_run_config()
+        if deployed:
+            unused = SIMULATION_ONLY_KEYS + (("data-root",) if central_on_node else ())
+            config = {key: value for key, value in config.items() if key not in unused}
+        write_json(self.path / "config.json", config)
 
     @property
     def history_file(self) -> Path:

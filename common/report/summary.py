@@ -70,9 +70,13 @@ def run_summary(
     names = hospital_names(rounds)
     central = [r["round"] for r in rounds if r.get("central")]
     last = f"round {central[-1]}" if central else "an unrecorded round"
+    nodes = (history or {}).get("nodes")
+    deployed = bool(nodes and nodes.get("data") == "own")
     return {
-        "dataset": f"{config.get('dataset')} ({config.get('data-root')})",
-        "hospitals": f"{len(names)} ({', '.join(names) or 'none recorded'}), partitioner {config.get('partitioner')}",
+        "dataset": f"{config.get('dataset')} ("
+        + ("each hospital's own data-path" if deployed else str(config.get("data-root")))
+        + ")",
+        "hospitals": _hospitals(names, nodes, None if deployed else config.get("partitioner")),
         "rounds": f"{config.get('num-server-rounds')} (report from {last})",
         "model": f"{config.get('model')} at {config.get('image-size')} px",
         "local training": f"{_local_work(config)}, {config.get('optimizer')} "
@@ -82,6 +86,19 @@ def run_summary(
         "central test set": f"{report['n']} images, {fmt(_central_skipped(rounds))} unreadable or skipped",
         "duration": _duration(history),
     }
+
+
+def _hospitals(names: list[str], nodes: Mapping[str, Any] | None, partitioner: str | None) -> str:
+    """How many hospitals took part, by name; with the node list, how many were expected and why any failed."""
+    text = f"{len(names)} ({', '.join(names) or 'none recorded'})"
+    if partitioner is not None:
+        text += f", partitioner {partitioner}"
+    failed = (nodes or {}).get("failed") or []
+    if failed:
+        expected = len([n for n in nodes["nodes"] if n["role"] == "hospital"]) + len(failed)  # type: ignore[index]
+        reasons = "; ".join(f"node {f['node_id']}: {f['reason']}" for f in failed)
+        text += f"; {len(failed)} of {expected} node(s) took no part ({reasons})"
+    return text
 
 
 def _local_work(config: Mapping[str, Any]) -> str:

@@ -408,7 +408,7 @@ def test_train_private_is_reproducible_and_modes_agree_with_empty_batches() -> N
         ({"noise_multiplier": -1.0}, "noise_multiplier"),
         ({"max_grad_norm": 0.0}, "max_grad_norm"),
         ({"grad_sample_mode": "fast"}, "grad_sample_mode"),
-        ({"optimizer_name": "lbfgs"}, "optimizer_name"),
+        ({"optimizer_name": "lbfgs"}, "optimizer = 'lbfgs' is invalid"),
         ({"batch_size": 0}, "batch_size"),
     ],
 )

@@ -12,7 +12,8 @@ import pytest
 import torch
 from flwr.app import ConfigRecord
 
-from client.privacy import state_dir, train_within_budget
+from client.privacy import train_within_budget
+from client.site import state_dir
 from common.config import parse_run_config
 from common.data import load_split
 from common.data.synth import write_synthetic_tree

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from common.config import ConfigError, parse_run_config
 from common.he.codec import ParamLayout, decrypt_chunks, encrypt_vector
@@ -25,11 +24,7 @@ from server.roster import NodeRoster
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 @pytest.fixture(scope="module")
@@ -194,46 +189,3 @@ def test_server_code_never_loads_a_secret_key() -> None:
             for n in ast.walk(ast.parse(path.read_text()))
             if isinstance(n, ast.ImportFrom) and n.module
         }
-
-
-class _FakeGrid:
-    """Just enough of a Flower Grid for the roster query."""
-
-    def __init__(self, roles: dict[int, tuple[str, int]]) -> None:
-        self.roles = roles
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.roles)
-
-    def send_and_receive(self, messages, timeout: float):
-        replies = []
-        for msg in messages:
-            role, n = self.roles[msg.metadata.dst_node_id]
-            content = RecordDict(
-                {
-                    "metrics": MetricRecord({"num-examples": n}),
-                    "hospital": ConfigRecord({"role": role, "name": f"n{n}"}),
-                }
-            )
-            replies.append(Message(content, reply_to=msg))
-        return replies
-
-
-def test_roster_finds_hospitals_and_the_evaluator() -> None:
-    grid = _FakeGrid({2**63 + 5: ("hospital", 10), 7: ("hospital", 30), 9: ("evaluator", 0)})
-    roster = NodeRoster.discover(grid, min_hospitals=2, timeout=5)
-    assert roster.hospitals == {2**63 + 5: 10, 7: 30} and roster.evaluator == 9 and roster.total_examples == 40
-
-
-@pytest.mark.parametrize(
-    ("roles", "match"),
-    [
-        ({1: ("hospital", 10), 2: ("hospital", 10), 3: ("hospital", 10)}, "found 0 evaluator"),
-        ({1: ("hospital", 10), 2: ("evaluator", 0), 3: ("evaluator", 0)}, "found 2 evaluator"),
-    ],
-)
-def test_roster_explains_a_bad_node_count(roles: dict[int, tuple[str, int]], match: str) -> None:
-    with pytest.raises(RuntimeError, match=match):
-        NodeRoster.discover(_FakeGrid(roles), min_hospitals=1, timeout=5)
-    with pytest.raises(RuntimeError, match="needs at least min-train-nodes \\+ 1 = 5"):
-        NodeRoster.discover(_FakeGrid(roles), min_hospitals=4, timeout=1)
