@@ -11,6 +11,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.config_errors import config_errors_as_one_line
 from client.crypto import decode_global, encrypt_update, secret_context
 from client.optimizer_state import load_optimizer_state, save_optimizer_state
 from client.site import central_test_set, hospital_data, node_identity, state_dir
@@ -27,7 +28,7 @@ from common.models import ModelSpec, build_from_spec, state_dict_to_cpu
 
 log = logging.getLogger(__name__)
 
-app = ClientApp()
+app = ClientApp(mods=[config_errors_as_one_line])
 use_flower_logging()
 
 

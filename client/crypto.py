@@ -12,7 +12,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
 from common import records as rk
-from common.config import RunConfig
+from common.config import ConfigError, RunConfig
 from common.he.codec import ParamLayout, decrypt_chunks, encrypt_vector
 from common.he.keys import SECRET_FILE, HEContext, load_secret_context
 from common.he.payload import EncryptedPayload, is_encrypted
@@ -42,18 +42,18 @@ def secret_context(node_config: Mapping[str, object], config: ConfigRecord, cfg:
         if cfg.he_secret_context:
             path = cfg.he_secret_context
         elif cfg.he_keys_dir:
-            raise ValueError(
+            raise ConfigError(
                 "run config: 'he-secret-context' is empty; expected the path of secret.ctx for the simulated "
                 "key-holders when 'he-keys-dir' is set (that folder is the server's and holds public.ctx only)"
             )
         elif rk.HE_KEYS_DIR in config:
             path = str(Path(str(config[rk.HE_KEYS_DIR])) / SECRET_FILE)
     if not path:
-        raise ValueError("node config: 'he-secret-context' is missing; expected the path of this node's secret.ctx")
+        raise ConfigError("node config: 'he-secret-context' is missing; expected the path of this node's secret.ctx")
     ctx = _load(str(path))
     expected = config.get(rk.HE_KEY_ID)
     if expected is not None and ctx.key_id != expected:
-        raise ValueError(f"{path} holds key {ctx.key_id}, but this run encrypts under key {expected}")
+        raise ConfigError(f"{path} holds key {ctx.key_id}, but this run encrypts under key {expected}")
     return ctx
 
 

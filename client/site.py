@@ -10,7 +10,7 @@ from pathlib import Path
 from flwr.app import ConfigRecord
 
 from common import records as rk
-from common.config import RunConfig
+from common.config import ConfigError, RunConfig
 from common.data import (
     ImageSet,
     load_folder,
@@ -52,7 +52,7 @@ def _simulated_identity(cfg: RunConfig, node: NodeConfig) -> NodeIdentity:
     if not cfg.he_enabled:
         return NodeIdentity("hospital", f"hospital-{pid}", node, pid, num)
     if num < 2:
-        raise ValueError(
+        raise ConfigError(
             f"he-enabled needs num-supernodes = hospitals + 1 (the last one is the evaluator); got {num} SuperNode(s)"
         )
     if pid == num - 1:
@@ -77,7 +77,7 @@ def _partition(cfg: RunConfig, pid: int, num: int) -> HospitalData:
     if cfg.partitioner == "natural":
         sites = sorted(p.name for p in (root / "train").iterdir() if p.is_dir()) if (root / "train").is_dir() else []
         if len(sites) != num:
-            raise ValueError(
+            raise ConfigError(
                 f"partitioner = 'natural' found {len(sites)} hospital folder(s) under {root / 'train'}; "
                 f"expected one per simulated hospital ({num})"
             )
@@ -98,15 +98,23 @@ def _partition(cfg: RunConfig, pid: int, num: int) -> HospitalData:
     return HospitalData(name=name, train=images.subset(train), val=images.subset(val))
 
 
+def _own_root(node: NodeConfig) -> Path:
+    """A deployed node's ``data-path``, which must be a folder."""
+    root = Path(node.data_path)
+    if not root.is_dir():
+        raise ConfigError(f"node config: 'data-path' = {node.data_path!r} is not a folder; expected this node's images")
+    return root
+
+
 @lru_cache(maxsize=4)
 def _own_folder(cfg: RunConfig, node: NodeConfig) -> HospitalData:
     """A deployed hospital's own ``data-path`` (``DATA/train/<class>`` or ``DATA/<class>``), never another's."""
-    root = Path(node.data_path)
+    root = _own_root(node)
     folder = resolve_train_folder(root)
     preset = preset_for(cfg)
     images = load_folder(folder, classes=cfg.class_names, channels=preset.channels, size=cfg.image_size, root=root)
     if len(images) == 0:
-        raise ValueError(
+        raise ConfigError(
             f"node config: 'data-path' = {node.data_path!r} holds no readable images of the classes "
             f"{', '.join(cfg.class_names)}; expected DATA/train/<class>/* or DATA/<class>/*"
         )
@@ -132,7 +140,7 @@ def central_test_set(cfg: RunConfig, node_config: Mapping[str, object]) -> Image
     preset = preset_for(cfg)
     kwargs = {"classes": cfg.class_names, "channels": preset.channels, "size": cfg.image_size}
     if identity.node.deployed:
-        root = Path(identity.node.data_path)
+        root = _own_root(identity.node)
         return load_folder(resolve_test_folder(root), root=root, **kwargs)  # type: ignore[arg-type]
     return load_split(resolve_path(cfg.data_root), "test", **kwargs)  # type: ignore[arg-type]
 
