@@ -21,6 +21,8 @@ COPY --chown=app:app pyproject.toml README.md ./
 COPY --chown=app:app common ./common
 COPY --chown=app:app client ./client
 COPY --chown=app:app server ./server
+# The entrypoint keeps its executable bit from the repository.
+COPY docker/supernode-entrypoint.sh /usr/local/bin/medsilo-supernode
 
 # The image already holds flwr at the tag's version. As in Flower's own Docker guides, the
 # flwr[simulation] requirement is dropped, so pip neither replaces flwr nor installs Ray.
@@ -35,4 +37,5 @@ RUN install -d -o app -g app -m 0700 /state
 USER 49999
 WORKDIR /app
 
-ENTRYPOINT ["flower-supernode"]
+# `medsilo node check` on the --node-config, then flower-supernode with the same arguments.
+ENTRYPOINT ["medsilo-supernode"]

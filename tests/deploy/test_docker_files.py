@@ -170,3 +170,49 @@ def test_dockerignore_admits_everything_the_images_copy() -> None:
             if line.startswith("COPY "):
                 sources = [arg for arg in line.split()[1:-1] if not arg.startswith("--")]
                 assert sources and set(sources) <= admitted, f"{dockerfile.name}: {line}"
+
+
+ENTRYPOINT = DOCKER / "supernode-entrypoint.sh"
+
+
+def _run_entrypoint(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The SuperNode image's entrypoint, with a stand-in flower-supernode that records its arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    record = tmp_path / "flower-supernode.args"
+    fake = bin_dir / "flower-supernode"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\n')
+    fake.chmod(0o755)
+    medsilo = _tool("medsilo")
+    assert medsilo is not None
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{Path(medsilo).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MEDSILO_CLASSES", None)
+    result = subprocess.run(["sh", str(ENTRYPOINT), *args], env=env, capture_output=True, text=True, timeout=120)
+    return result, record
+
+
+def test_the_supernode_image_checks_its_node_config_before_flower_starts() -> None:
+    dockerfile = (DOCKER / "supernode.Dockerfile").read_text()
+    assert 'ENTRYPOINT ["medsilo-supernode"]' in dockerfile
+    assert "COPY docker/supernode-entrypoint.sh /usr/local/bin/medsilo-supernode" in dockerfile
+    assert os.access(ENTRYPOINT, os.X_OK)
+
+
+def test_the_entrypoint_stops_a_misconfigured_node_with_one_line(tmp_path: Path) -> None:
+    result, record = _run_entrypoint(tmp_path, "--superlink=x:9092", "--node-config=role='hospital' data-pth='/d'")
+    assert result.returncode == 2 and not record.exists(), result
+    expected = "error: node config: unknown key 'data-pth'; did you mean 'data-path'?"
+    assert result.stderr.strip().splitlines() == [expected]
+
+
+def test_the_entrypoint_starts_flower_with_the_same_arguments(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for name in ("glioma", "meningioma", "notumor", "pituitary"):
+        source = next((REPO / "data" / "samples" / "brain-mri" / "train" / name).iterdir())
+        (data / name).mkdir(parents=True)
+        (data / name / source.name).write_bytes(source.read_bytes())
+    args = ["--superlink=x:9092", "--node-config", f"role='hospital' data-path='{data}' hospital-name='a'"]
+    result, record = _run_entrypoint(tmp_path, *args)
+    assert result.returncode == 0, result.stderr
+    assert record.read_text().splitlines() == args
+    assert "node config: ok (hospital 'a')" in result.stdout
