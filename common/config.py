@@ -7,7 +7,7 @@ reported as one line naming the key, the value given and what is expected.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from common.models import MIN_IMAGE_SIZE, MODELS
+from common.architectures import ARCHITECTURES, MIN_IMAGE_SIZE
 from common.presets import PRESETS
 
 __all__ = ["STRATEGIES", "WEIGHTED_SUM_STRATEGIES", "ConfigError", "RunConfig", "parse_run_config", "validate_keys"]
@@ -49,7 +49,7 @@ def _no_bool(value: Any) -> Any:
     return value
 
 
-def _one_of(choices: Mapping[str, object]) -> Any:
+def _one_of(choices: Collection[str]) -> Any:
     def check(value: str) -> str:
         if value not in choices:
             raise ValueError(f"one of {', '.join(repr(c) for c in choices)}")
@@ -99,7 +99,7 @@ class RunConfig(BaseModel):
     partitioner: Literal["iid", "dirichlet", "natural"] = "dirichlet"
     dirichlet_alpha: Float = Field(0.5, gt=0.0)
     local_val_fraction: Float = Field(0.1, ge=0.0, le=0.5)
-    model: Annotated[str, _one_of(MODELS)] = "resnet18"
+    model: Annotated[str, _one_of(ARCHITECTURES)] = "resnet18"
     pretrained_weights: str = ""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     he_enabled: Annotated[bool, Field(strict=True)] = False

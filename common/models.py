@@ -117,8 +117,6 @@ MODELS: dict[str, Callable[[int, int], nn.Module]] = {
     "inception_v3": _inception_v3,
 }
 
-MIN_IMAGE_SIZE = {"inception_v3": 75, "alexnet": 63}
-
 
 @dataclass(frozen=True)
 class ModelSpec:

@@ -9,7 +9,6 @@ from common.data.images import (
     resolve_train_folder,
 )
 from common.data.partition import partition_indices, split_train_val
-from common.data.transforms import build_transform
 
 __all__ = [
     "ImageSet",
@@ -22,3 +21,12 @@ __all__ = [
     "resolve_train_folder",
     "split_train_val",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``build_transform`` on first use: torchvision (2-3 s to import) stays out of paths that only read images."""
+    if name == "build_transform":
+        from common.data.transforms import build_transform
+
+        return build_transform
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,9 +12,18 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from common.architectures import ARCHITECTURES
 from common.config import parse_run_config
 from common.experiment import initial_model, model_spec, resolve_path
-from common.models import ModelSpec, build_from_spec, build_model, load_model_dir, load_pretrained, save_model_dir
+from common.models import (
+    MODELS,
+    ModelSpec,
+    build_from_spec,
+    build_model,
+    load_model_dir,
+    load_pretrained,
+    save_model_dir,
+)
 
 ARCHS = ["cnn3", "resnet18", "densenet121", "resnet50"]
 SPEC_KEYS = {"architecture", "classes", "image_size", "channels", "mean", "std", "dp_compatible", "format_version"}
@@ -327,3 +336,8 @@ def test_dp_compatible_model_dir_round_trip(tmp_path):
     assert loaded_spec == spec
     x = torch.randn(2, 1, 32, 32)
     torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_the_config_names_every_architecture_the_registry_builds() -> None:
+    """``common.architectures`` (torch-free, for config parsing) lists exactly the builders of ``MODELS``."""
+    assert tuple(MODELS) == ARCHITECTURES

@@ -1,12 +1,17 @@
-"""A real deployment on loopback: a TLS SuperLink with SuperNode authentication, one SuperNode per node.
+"""A consortium on loopback, set up by running the README's "Deploy across hospitals" steps as written.
 
-Every process is started with this deployment's own ``FLWR_HOME`` and stopped by PID
-(``flower_env.stop_all``), even when the test fails.
+The section's ```bash blocks are extracted from README.md and run in order in a fresh copy of
+the checkout; only the values of its step 0 variables are the tests' own (a free port, folders
+under a temporary directory, a tiny model). ``flower-superlink`` and ``flower-supernode`` lines
+run in the background, as the terminals or services the README gives them. Every process is
+started with the consortium's own ``FLWR_HOME`` and stopped by PID (``flower_env.stop_all``),
+even when a test fails.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,7 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from flower_env import BIN, REPO, free_port, processes_of, stop_all
+from flower_env import BIN, REPO, build_app, free_port, processes_of, stop_all
 
 from common.data.synth import write_synthetic_tree
 
@@ -25,138 +30,109 @@ FLOWER_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
 }
 HOSPITALS = ("hospital-a", "hospital-b")
-NODES = (*HOSPITALS, "evaluator", "rogue")
+NODES = (*HOSPITALS, "evaluator")
+SECTION = "## Deploy across hospitals"
+LONG_RUNNING = ("flower-superlink", "flower-supernode")
+READY = {"flower-superlink": "Uvicorn running on https://", "flower-supernode": "SuperNode ID:"}
+TINY = "model='cnn3' image-size=32 local-epochs=1 fraction-evaluate=0.0"
+
+
+def readme_blocks() -> list[str]:
+    """The ```bash blocks of the README's deployment section, in order."""
+    section = (REPO / "README.md").read_text().split(SECTION, 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)```", section, re.S)
+
+
+def chunks(block: str) -> list[tuple[bool, str]]:
+    """The block as (long-running?, shell text): continuation lines joined, servers split out."""
+    found: list[tuple[bool, str]] = []
+    lines: list[str] = []
+    for line in block.replace("\\\n", " ").splitlines():
+        if line.lstrip().startswith(LONG_RUNNING):
+            if lines:
+                found.append((False, "\n".join(lines)))
+                lines = []
+            found.append((True, line.strip()))
+        else:
+            lines.append(line)
+    if any(line.strip() for line in lines):
+        found.append((False, "\n".join(lines)))
+    return found
 
 
 @dataclass
-class Deployment:
-    """Paths, ports and processes of one loopback deployment."""
+class Consortium:
+    """The checkout the README's steps ran in, their environment, and the servers they started."""
 
-    root: Path
+    checkout: Path
     env: dict[str, str]
-    port: int
-    app: Path
+    logs: Path
+    commands: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
     def home(self) -> Path:
         return Path(self.env["FLWR_HOME"])
 
-    @property
-    def pki(self) -> Path:
-        return self.root / "pki"
+    def sh(self, text: str, timeout: float = 300, check: bool = True, **env: str) -> str:
+        """Run shell text in the checkout (``bash -euo pipefail``); with ``check``, it must succeed."""
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", text],
+            cwd=self.checkout,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert not check or proc.returncode == 0, f"step failed:\n{text}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+        return proc.stdout + proc.stderr
 
     def log(self, name: str) -> str:
-        path = self.root / "logs" / f"{name}.log"
+        path = self.logs / f"{name}.log"
         return path.read_text(errors="replace") if path.is_file() else ""
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        (self.root / "logs").mkdir(exist_ok=True)
-        with (self.root / "logs" / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(args, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+    def start(self, name: str, text: str, **env: str) -> subprocess.Popen[bytes]:
+        """Run shell text in the background (``exec``: the process is the command); output to ``log(name)``."""
+        with (self.logs / f"{name}.log").open("ab") as out:
+            proc = subprocess.Popen(
+                ["bash", "-c", f"exec {text}"],
+                cwd=self.checkout,
+                env={**self.env, **env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         self.procs[name] = proc
         return proc
 
-    def start_superlink(self) -> None:
-        """``flower-superlink`` with TLS and SuperNode authentication; waits until it listens."""
-        self._spawn(
-            "superlink",
-            [
-                str(BIN / "flower-superlink"),
-                "--ssl-ca-certfile",
-                str(self.pki / "ca.crt"),
-                "--ssl-certfile",
-                str(self.pki / "superlink.crt"),
-                "--ssl-keyfile",
-                str(self.pki / "superlink.key"),
-                "--enable-supernode-auth",
-                "--database",
-                str(self.root / "superlink.db"),
-                "--isolation",
-                "subprocess",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-        )
-        deadline = time.monotonic() + 60
-        while "Uvicorn running on https://" not in self.log("superlink"):
-            if self.procs["superlink"].poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the SuperLink did not start:\n" + self.log("superlink")[-3000:])
-            time.sleep(0.5)
-
-    def flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """Run ``flwr ARGS`` against this deployment's ``FLWR_HOME``."""
-        return subprocess.run(
-            [str(BIN / "flwr"), *args], cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout
-        )
-
-    def register(self, node: str) -> None:
-        """Enrol ``node``'s public key (``flwr supernode register``)."""
-        proc = self.flwr(
-            "supernode", "register", str(self.pki / "nodes" / node / "node.key.pub"), "deploy", "--name", node
-        )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-
-    def node_config(self, node: str, **extra: str) -> str:
-        role = "evaluator" if node == "evaluator" else "hospital"
-        values = {
-            "role": role,
-            "data-path": str(self.root / "data" / node),
-            "he-secret-context": str(self.root / "keys" / "secret.ctx"),
-            "state-dir": str(self.root / "state" / node),
-            **({"hospital-name": node} if role == "hospital" else {}),
-            **extra,
-        }
-        return " ".join(f"{k}='{v}'" for k, v in values.items())
-
-    def start_supernode(
-        self, node: str, *, key: str | None = None, ca: bool = True, retries: int | None = None
-    ) -> None:
-        """``flower-supernode`` for ``node`` with its own key, the CA and its node config."""
-        args = [
-            str(BIN / "flower-supernode"),
-            "--superlink",
-            f"127.0.0.1:{self.port}",
-            "--auth-supernode-private-key",
-            str(self.pki / "nodes" / (key or node) / "node.key"),
-            "--port",
-            str(free_port()),
-            "--node-config",
-            self.node_config(node),
-        ]
-        if ca:
-            args += ["--root-certificates", str(self.pki / "ca.crt")]
-        if retries is not None:
-            args += ["--max-retries", str(retries), "--max-wait-time", "20"]
-        self._spawn(node, args)
-
-    def wait_connected(self, node: str, timeout: float = 60) -> None:
+    def serve(self, name: str, command: str, timeout: float = 90) -> None:
+        """Start a SuperLink or SuperNode command line and wait until it is up."""
+        self.commands[name] = command
+        offset = len(self.log(name))
+        proc = self.start(name, command)
+        ready = READY[command.split()[0]]
         deadline = time.monotonic() + timeout
-        while "SuperNode ID:" not in self.log(node):
-            if self.procs[node].poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{node} did not connect:\n" + self.log(node)[-3000:])
+        while ready not in self.log(name)[offset:]:
+            assert proc.poll() is None and time.monotonic() < deadline, f"{command}\n{self.log(name)[-3000:]}"
             time.sleep(0.5)
 
     def restart(self, *nodes: str, timeout: float = 150) -> None:
-        """Start ``nodes`` again at once (same key, same state-dir), retrying while the SuperLink holds an old session.
+        """Start ``nodes`` again at once with their README command lines (same key, same state-dir).
 
         Flower re-admits a node's key only after it has noticed the old session is gone
-        (about 50 s after the kill); until then activation fails with code 2004.
+        (about 50 s after a kill); until then activation fails with code 2004, and we retry.
         """
         deadline = time.monotonic() + timeout
         waiting = {node: len(self.log(node)) for node in nodes}
         for node in nodes:
-            self.start_supernode(node)
+            self.start(node, self.commands[node])
         while waiting:
             for node, offset in list(waiting.items()):
-                if "SuperNode ID:" in self.log(node)[offset:]:
+                if READY["flower-supernode"] in self.log(node)[offset:]:
                     del waiting[node]
                 elif self.procs[node].poll() is not None:  # refused: the old session is still held
                     assert time.monotonic() < deadline, f"{node} was not re-admitted:\n" + self.log(node)[-3000:]
                     waiting[node] = len(self.log(node))
-                    self.start_supernode(node)
+                    self.start(node, self.commands[node])
             assert time.monotonic() < deadline, f"{sorted(waiting)} did not reconnect"
             time.sleep(1)
 
@@ -183,53 +159,54 @@ class Deployment:
         proc.terminate()
         proc.wait(timeout=60)
 
-    def start_run(self, name: str, config: str) -> subprocess.Popen[bytes]:
-        """``flwr run . deploy --stream`` with ``config``, in the background; its output goes to ``log(name)``."""
-        return self._spawn(
-            name, [str(BIN / "flwr"), "run", str(self.app), "deploy", "--stream", "--run-config", config]
-        )
 
-
-@pytest.fixture(scope="module")
-def materials(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """What the consortium hands out once: PKI, HE keys, and one small synthetic data folder per node."""
-    root = tmp_path_factory.mktemp("materials")
-    subprocess.run(
-        ["bash", str(REPO / "docker" / "make-pki.sh"), str(root / "pki"), *NODES], check=True, capture_output=True
-    )
-    subprocess.run([str(BIN / "medsilo"), "keys", "init", "--out", str(root / "keys")], check=True, capture_output=True)
-    (root / "server-keys").mkdir()
-    (root / "server-keys" / "public.ctx").write_bytes((root / "keys" / "public.ctx").read_bytes())
-    for seed, node in enumerate(HOSPITALS):
+def _node_data(root: Path) -> None:
+    """Each node's own small synthetic images: 40 training images per hospital, 24 test images at the evaluator."""
+    for seed, (node, train, test) in enumerate((("hospital-a", 10, 0), ("hospital-b", 10, 0), ("evaluator", 1, 6))):
         write_synthetic_tree(
-            root / "data" / node, modality="brain-mri", train_per_class=10, test_per_class=0, size=40, seed=seed
+            root / node, modality="brain-mri", train_per_class=train, test_per_class=test, size=40, seed=seed
         )
-    write_synthetic_tree(
-        root / "data" / "evaluator", modality="brain-mri", train_per_class=1, test_per_class=6, size=40, seed=9
-    )
-    return root
 
 
 @pytest.fixture(scope="module")
-def deployment(materials: Path, flower_app: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """A running TLS SuperLink with the nodes enrolled, shared by this module's tests; its state, logs and runs
-    live in a folder of its own, and its processes are stopped by PID when the module ends."""
-    root = tmp_path_factory.mktemp("deployment")
-    for shared in ("pki", "keys", "server-keys", "data"):
-        (root / shared).symlink_to(materials / shared, target_is_directory=True)
+def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]:
+    """README steps 0-5 as written: PKI, HE keys, a TLS SuperLink, every node enrolled and running.
+
+    Step 6 (the run) is left to the tests, with their own ``TRAINING``; every other variable is
+    set here, and must be exactly the ones step 0 names.
+    """
+    root = tmp_path_factory.mktemp("consortium")
+    values = {
+        "SUPERLINK_HOST": "127.0.0.1",
+        "SUPERLINK_PORT": str(free_port()),
+        "NODE_DATA": str(root / "node-data"),
+        "NODE_STATE": str(root / "node-state"),
+        "TRAINING": TINY,
+    }
+    _node_data(root / "node-data")
     home = root / "flwr-home"
     home.mkdir()
-    port = free_port()
-    (home / "config.toml").write_text(
-        f'[superlink.deploy]\naddress = "127.0.0.1:{port}"\nroot-certificates = "{root / "pki" / "ca.crt"}"\n'
-    )
-    env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    dep = Deployment(root, env, port, flower_app)
+    (root / "logs").mkdir()
+    path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+    env = {**os.environ, **FLOWER_ENV, **values, "FLWR_HOME": str(home), "PATH": path}
+    site = Consortium(build_app(root / "checkout"), env, root / "logs")
+    settings, *steps, run = readme_blocks()
+    assert set(re.findall(r"^export (\w+)=", settings, re.M)) == set(values), "step 0 names other variables"
+    assert run.lstrip().startswith("flwr run"), "the last step is no longer the run"
+    servers = iter(("superlink", *NODES))
+    checked = ""
     try:
-        dep.start_superlink()
-        for node in (*HOSPITALS, "evaluator"):
-            dep.register(node)
-        yield dep
+        for block in steps:
+            for long_running, text in chunks(block):
+                if long_running:
+                    site.serve(next(servers), text)
+                else:
+                    checked += site.sh(text)
+        assert next(servers, None) is None, "the README starts other servers than the SuperLink and 3 SuperNodes"
+        for node in NODES:
+            assert f"node config: ok ({'evaluator' if node == 'evaluator' else 'hospital'} '{node}')" in checked
+        site.commands["run"] = run.strip()
+        yield site
     finally:
         stop_all(home)
         assert not processes_of(home), "processes outlived the test"

@@ -1,24 +1,26 @@
-"""Deployment on loopback: TLS, SuperNode authentication, roles from the node config, faults.
+"""Deployment on loopback, set up by the README's own steps: TLS, SuperNode authentication, faults.
 
-The tests share one TLS SuperLink (with SuperNode authentication); the SuperNodes read only
-their own synthetic data folder, and the evaluator node holds the central test set.
+The module's consortium (``deployment.consortium``) is the README's "Deploy across hospitals"
+section run as written; the encrypted private run below is its step 6, run as written with the
+tests' ``TRAINING``, and resumed with the same command after the faults.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import time
 from pathlib import Path
 
 import dp_accounting
 import pytest
-from deployment import HOSPITALS, Deployment
+from deployment import HOSPITALS, TINY, Consortium
 from dp_accounting.rdp import RdpAccountant
+from flower_env import free_port
 
 TIMEOUT = 45  # round-timeout (s): a healthy encrypted private round here took 23-29 s, idle
-SMALL = "model='cnn3' image-size=32 local-epochs=1 fraction-evaluate=0.0"
 # DP-SGD at each hospital: 36 training images (40 less the 10% local validation split), expected batch 12.
 SIGMA, Q, STEPS_PER_ROUND, DELTA = 1.5, 1 / 3, 3, 1e-5
 
@@ -36,13 +38,6 @@ def _dropped_out(reason: str, round_timeout: int) -> bool:
     return f"no reply within round-timeout ({round_timeout} s)" in reason or "Node Unavailable" in reason
 
 
-def _start_all(deployment: Deployment) -> None:
-    for node in (*HOSPITALS, "evaluator"):
-        deployment.start_supernode(node)
-    for node in (*HOSPITALS, "evaluator"):
-        deployment.wait_connected(node)
-
-
 def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -51,48 +46,86 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 300) -
         time.sleep(0.3)
 
 
-def test_only_enrolled_nodes_that_trust_the_ca_can_join(deployment: Deployment) -> None:
-    deployment.start_supernode("rogue", retries=2)  # a key nobody registered
-    assert deployment.procs["rogue"].wait(timeout=90) != 0
-    assert "Failed to activate SuperNode" in deployment.log("rogue")
+def _supernode(consortium: Consortium, like: str, *, key: str, ca: bool = True, **node_config: str) -> str:
+    """A ``flower-supernode`` line like the README's for ``like``, with another key, port or node config."""
+    command = consortium.commands[like].replace(f"pki/nodes/{like}/node.key", key)
+    command = re.sub(r"--port \d+", f"--port {free_port()}", command)
+    if not ca:
+        command = command.replace("--root-certificates pki/ca.crt", "")
+    if node_config:
+        values = " ".join(f"{k}='{v}'" for k, v in node_config.items())
+        command = re.sub(r'--node-config ".*"$', lambda _: f'--node-config "{values}"', command)
+    return command
 
-    deployment.start_supernode("hospital-a", ca=False, retries=1)  # enrolled, but without the CA certificate
-    assert deployment.procs["hospital-a"].wait(timeout=90) != 0
-    assert "CERTIFICATE_VERIFY_FAILED" in deployment.log("hospital-a")
 
-
-def test_an_encrypted_private_run_rides_out_a_crash_stops_when_none_remain_and_resumes_within_budget(
-    deployment: Deployment,
-) -> None:
-    """HE + DP, 2 rounds, min-train-nodes 1, round-timeout 45 s, a budget of one round per hospital.
-
-    Round 1: hospital-b crashes (SIGKILL) as its ClientApp starts; round-timeout, or Flower's
-    heartbeat verdict (about as soon), ends the wait for it and the round goes on with hospital-a.
-    Round 2: hospital-a's operator shuts its SuperNode down (SIGTERM); with no hospital left the run
-    stops, keeping its round-1 checkpoint. Both SuperNodes restart (same key, same state-dir) and
-    ``resume-from`` runs round 2: hospital-a's ledger survived, so it declines (its budget is spent);
-    hospital-b has spent nothing and trains.
-    """
-    _start_all(deployment)
-    run_dir = deployment.root / "runs" / "fault"
-    target = (_epsilon(STEPS_PER_ROUND) + _epsilon(2 * STEPS_PER_ROUND)) / 2  # one round fits, two do not
-    config = (
-        f"{SMALL} batch-size=12 num-server-rounds=2 min-train-nodes=1 round-timeout={TIMEOUT} he-enabled=true "
-        f"dp-enabled=true dp-noise-multiplier={SIGMA} dp-delta={DELTA} dp-target-epsilon={target} "
-        f"he-keys-dir='{deployment.root / 'server-keys'}' output-dir='{run_dir.parent}' run-name='fault' "
-        f"data-root='{deployment.root / 'nowhere'}'"
+def test_only_enrolled_nodes_that_trust_the_ca_can_join(consortium: Consortium) -> None:
+    consortium.sh('ssh-keygen -q -t ecdsa -b 384 -N "" -f rogue.key')  # a key nobody registered
+    retries = " --max-retries 2 --max-wait-time 20"
+    rogue = consortium.start("rogue", _supernode(consortium, "hospital-a", key="rogue.key") + retries)
+    # enrolled, but without the CA certificate
+    no_ca = consortium.start(
+        "no-ca", _supernode(consortium, "hospital-a", key="pki/nodes/hospital-a/node.key", ca=False) + retries
     )
-    run = deployment.start_run("run", config)
+    assert rogue.wait(timeout=90) != 0 and no_ca.wait(timeout=90) != 0
+    assert "Failed to activate SuperNode" in consortium.log("rogue")
+    assert "CERTIFICATE_VERIFY_FAILED" in consortium.log("no-ca")
+
+
+def test_the_server_refuses_a_keys_folder_that_holds_the_secret(consortium: Consortium) -> None:
+    """``he-keys-dir`` pointed at the consortium's key folder (secret.ctx beside public.ctx): one line, no round."""
+    out = consortium.sh(
+        "flwr run . consortium --stream --run-config "
+        f"\"he-enabled=true he-keys-dir='$PWD/keys' output-dir='$PWD/runs' run-name='secret' {TINY}\"",
+        timeout=180,
+        check=False,
+    )
+    refusals = [line for line in out.splitlines() if "holds 'secret.ctx'" in line]
+    assert len(refusals) == 1 and "expected public.ctx only: move secret.ctx" in refusals[0], out
+    assert "round 1" not in out and not (consortium.checkout / "runs" / "secret").exists()
+
+
+def _start_misconfigured_node(consortium: Consortium) -> None:
+    """A fourth node, enrolled, whose node config has a typo ('data-pth')."""
+    consortium.sh(
+        'ssh-keygen -q -t ecdsa -b 384 -N "" -f typo.key && '
+        "flwr supernode register typo.key.pub consortium --name hospital-c"
+    )
+    typo = {"role": "hospital", "data-pth": "/d"}
+    consortium.serve("hospital-c", _supernode(consortium, "hospital-b", key="typo.key", **typo))
+
+
+def test_the_readme_run_rides_out_a_crash_stops_when_none_remain_and_resumes_within_budget(
+    consortium: Consortium,
+) -> None:
+    """README step 6 as written: HE + DP, 2 rounds, min-train-nodes 1, a budget of one round per hospital.
+
+    A fourth, misconfigured node fails to describe itself: the run goes on without it, and
+    records it. Round 1: hospital-b crashes (SIGKILL) as its ClientApp starts; round-timeout, or
+    Flower's heartbeat verdict (about as soon), ends the wait for it and the round goes on with
+    hospital-a. Round 2: hospital-a's operator shuts its SuperNode down (SIGTERM); with no
+    hospital left the run stops, keeping its round-1 checkpoint. Both SuperNodes restart with
+    their README command lines (same key, same state-dir) and the same run command with
+    ``resume-from`` runs round 2: hospital-a's ledger survived, so it declines (its budget is
+    spent); hospital-b has spent nothing and trains.
+    """
+    _start_misconfigured_node(consortium)
+    run_dir = consortium.checkout / "runs" / "fault"
+    target = (_epsilon(STEPS_PER_ROUND) + _epsilon(2 * STEPS_PER_ROUND)) / 2  # one round fits, two do not
+    training = (
+        f"{TINY} batch-size=12 num-server-rounds=2 min-train-nodes=1 round-timeout={TIMEOUT} dp-enabled=true "
+        f"dp-noise-multiplier={SIGMA} dp-delta={DELTA} dp-target-epsilon={target} run-name='fault'"
+    )
+    run = consortium.start("run", consortium.commands["run"], TRAINING=training)
     _wait_for(run_dir / "checkpoints" / "round-0000", run)  # round 0's central evaluation: training comes next
-    deployment.wait_busy("hospital-b", since=time.time())  # it has taken round 1's message...
-    deployment.kill("hospital-b")  # ...and dies with it: round 1 never gets its reply
+    consortium.wait_busy("hospital-b", since=time.time())  # it has taken round 1's message...
+    consortium.kill("hospital-b")  # ...and dies with it: round 1 never gets its reply
     _wait_for(run_dir / "checkpoints" / "round-0001", run)
-    deployment.wait_busy("hospital-a", since=time.time())  # round 2's message
-    deployment.shut_down("hospital-a")
+    consortium.wait_busy("hospital-a", since=time.time())  # round 2's message
+    consortium.shut_down("hospital-a")
     stopped = time.monotonic()
     run.wait(timeout=TIMEOUT + 60 + 30)
     assert time.monotonic() - stopped < TIMEOUT + 60, "the run did not stop within round-timeout + 60 s"
-    out = deployment.log("run")
+    out = consortium.log("run")
     assert "run stopped: round 2: 0 valid hospital update(s) (0 declined), below min-train-nodes 1" in out
     assert f"resume-from='{run_dir}'" in out
     history = json.loads((run_dir / "history.json").read_text())
@@ -104,16 +137,17 @@ def test_an_encrypted_private_run_rides_out_a_crash_stops_when_none_remain_and_r
     assert len(dropped) == 1 and _dropped_out(dropped[0]["reason"], TIMEOUT)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["round-0001"]
 
-    deployment.restart(*HOSPITALS)
-    resumed = deployment.start_run("resumed", f"{config} resume-from='{run_dir}'")
-    assert resumed.wait(timeout=300) == 0, deployment.log("resumed")[-4000:]
+    consortium.restart(*HOSPITALS)
+    resumed = consortium.start("resumed", consortium.commands["run"], TRAINING=f"{training} resume-from='{run_dir}'")
+    assert resumed.wait(timeout=300) == 0, consortium.log("resumed")[-4000:]
     history = json.loads((run_dir / "history.json").read_text())
     rounds = history["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2] and "stopped" not in history
     assert history["resumed"][-1]["after_round"] == 1
     first, second = rounds[1]["hospitals"]["hospital-a"], rounds[2]["hospitals"]
     assert "privacy budget" in second["hospital-a"]["declined"]  # a lost ledger would have let it train
-    assert [f["reason"] for f in rounds[2]["failures"]] == [f"declined: {second['hospital-a']['declined']}"]
+    trained = [f["reason"] for f in rounds[2]["failures"] if f["stage"] == "train"]
+    assert trained == [f"declined: {second['hospital-a']['declined']}"]
     for logged in (first, second["hospital-b"]):  # one round each, checked against dp-accounting
         assert logged["noise_multiplier"] == pytest.approx(SIGMA) and logged["sample_rate"] == pytest.approx(Q)
         assert int(logged["steps"]) == STEPS_PER_ROUND and logged["delta"] == DELTA
@@ -126,16 +160,23 @@ def test_an_encrypted_private_run_rides_out_a_crash_stops_when_none_remain_and_r
     assert (run_dir / "report.html").is_file() and (run_dir / "model" / "encrypted.json").is_file()
     assert not (run_dir / "model" / "model.safetensors").exists()  # the server only holds the encrypted model
 
-
-def test_the_server_refuses_a_keys_folder_that_holds_the_secret(deployment: Deployment) -> None:
-    """``he-keys-dir`` pointed at the consortium's key folder (secret.ctx beside public.ctx): one line, no round."""
-    run_dir = deployment.root / "runs" / "secret"
-    config = (
-        f"{SMALL} he-enabled=true he-keys-dir='{deployment.root / 'keys'}' output-dir='{run_dir.parent}' "
-        f"run-name='secret' data-root='{deployment.root / 'nowhere'}'"
-    )
-    run = deployment.start_run("secret", config)
-    run.wait(timeout=180)
-    refusals = [line for line in deployment.log("secret").splitlines() if "holds 'secret.ctx'" in line]
-    assert len(refusals) == 1 and "expected public.ctx only: move secret.ctx" in refusals[0], deployment.log("secret")
-    assert "round 1" not in deployment.log("secret") and not run_dir.exists()
+    # The misconfigured node: in the node map, each run's failures and the report; one line in its own log.
+    nodes = history["nodes"]
+    assert nodes["data"] == "own"
+    assert sorted((n["name"], n["role"], n.get("examples")) for n in nodes["nodes"]) == [
+        ("evaluator", "evaluator", None),
+        ("hospital-a", "hospital", 36),
+        ("hospital-b", "hospital", 36),
+    ]
+    (failed,) = nodes["failed"]
+    assert "unknown key 'data-pth'; did you mean 'data-path'?" in failed["reason"]
+    for number in (1, 2):  # the first run's first round, and the resumed run's
+        described = [f for f in rounds[number]["failures"] if f["stage"] == "describe"]
+        assert described == [{"node_id": failed["node_id"], "stage": "describe", "reason": failed["reason"]}]
+    assert "each hospital's own data-path" in report_md and "1 of 3 node(s) took no part" in report_md
+    assert "partitioner" not in report_md
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["he-enabled"] is True and config["dp-enabled"] is True
+    assert not {"data-root", "partitioner", "dirichlet-alpha"} & set(config)
+    typo = consortium.log("hospital-c")
+    assert "Traceback" not in typo and typo.count("unknown key 'data-pth'") == 2, typo[-3000:]  # once per run
