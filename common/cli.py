@@ -107,13 +107,13 @@ def node_check(
     Exits 2 with one line at the first problem.
     """
     from common.config import parse_run_config
-    from common.experiment import preset_for
     from common.node_check import check_node, parse_node_config_string
+    from common.presets import get_preset  # not common.experiment: that imports the models (torchvision)
 
     with _one_line_errors():
         cfg = parse_run_config({"dataset": dataset, "classes": classes})
         report = check_node(
-            parse_node_config_string(node_config), classes=cfg.class_names, channels=preset_for(cfg).channels
+            parse_node_config_string(node_config), classes=cfg.class_names, channels=get_preset(cfg.dataset).channels
         )
     node = report.node
     console.print(f"node config: ok ({node.role} {node.name!r})", highlight=False)

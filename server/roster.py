@@ -102,7 +102,8 @@ class NodeRoster:
                 "(encrypted FedAvg in simulation: num-supernodes = hospitals + 1)"
             )
         if len(hospitals) < min_hospitals:
-            raise RuntimeError(f"found {len(hospitals)} hospital(s); min-train-nodes is {min_hospitals}")
+            left_out = "".join(f"; node {n} did not describe itself: {why}" for n, why in sorted(failed.items()))
+            raise RuntimeError(f"found {len(hospitals)} hospital(s); min-train-nodes is {min_hospitals}{left_out}")
         log.info(
             "roster: %d hospitals (%d training examples), evaluator node %s%s",
             len(hospitals),
@@ -110,6 +111,4 @@ class NodeRoster:
             evaluators[0] if evaluators else "none",
             f"; {len(failed)} node(s) left out: " + ", ".join(map(str, sorted(failed))) if failed else "",
         )
-        return cls(
-            hospitals, names, evaluators[0] if evaluators else None, failed=failed, deployed=sources == {"own"}
-        )
+        return cls(hospitals, names, evaluators[0] if evaluators else None, failed=failed, deployed=sources == {"own"})

@@ -90,7 +90,9 @@ def run_summary(
 
 def _hospitals(names: list[str], nodes: Mapping[str, Any] | None, partitioner: str | None) -> str:
     """How many hospitals took part, by name; with the node list, how many were expected and why any failed."""
-    text = f"{len(names)} ({', '.join(names) or 'none recorded'})"
+    examples = {n["name"]: n["examples"] for n in (nodes or {}).get("nodes", []) if n["role"] == "hospital"}
+    listed = [f"{name}: {examples[name]} images" if name in examples else name for name in names]
+    text = f"{len(names)} ({', '.join(listed) or 'none recorded'})"
     if partitioner is not None:
         text += f", partitioner {partitioner}"
     failed = (nodes or {}).get("failed") or []

@@ -94,10 +94,18 @@ def test_nodes_that_fail_to_describe_themselves_are_recorded_by_id(tmp_path: Pat
         {"node_id": 12, "name": "n30", "role": "hospital", "examples": 30},
         {"node_id": 9, "name": "n0", "role": "evaluator"},
     ]
+    saved["rounds"].append({"round": 2, "hospitals": {"n10": {"examples": 10}, "n30": {"examples": 30}}})
     summary = run_summary({"dataset": "brain-mri", "partitioner": "dirichlet"}, saved, _REPORT)
-    assert summary["hospitals"].startswith("0 (none recorded); 2 of 4 node(s) took no part (node 13: node config:")
+    assert summary["hospitals"].startswith("2 (n10: 10 images, n30: 30 images); 2 of 4 node(s) took no part (node 13:")
     assert "partitioner" not in summary["hospitals"]
     assert summary["dataset"] == "brain-mri (each hospital's own data-path)"
+
+
+def test_too_few_hospitals_names_the_nodes_that_failed() -> None:
+    grid = _FakeGrid({1: ("hospital", 10), 2: ("broken", 0), 9: ("evaluator", 0)})
+    expected = r"^found 1 hospital\(s\); min-train-nodes is 2; node 2 did not describe itself: node config: unknown"
+    with pytest.raises(RuntimeError, match=expected + r" key 'data-pth'$"):
+        NodeRoster.discover(grid, min_hospitals=2, timeout=3)
 
 
 def test_a_resumed_run_records_describe_failures_in_its_first_round(tmp_path: Path) -> None:
