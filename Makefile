@@ -3,8 +3,9 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 HOSPITALS ?= 4
-# The default run: ResNet-18 at 64 px, kept Adam state, logit-adjusted loss, 12 short rounds of 4 batches per hospital (about 6.6
-# epochs of the sample), chosen on a validation split of the sample's train/ (see README).
+# The default run: ResNet-18 at 48 px, kept Adam state, logit-adjusted loss, 6 rounds of 8 batches per hospital (about 6
+# epochs of the sample), chosen on a validation split of the sample's train/ (see README). One CPU per simulated
+# hospital, so two train at once on a 2-core machine.
 DEMO_CONFIG := image-size=48 num-server-rounds=6 local-steps=8 optimizer-state='keep' loss='logit-adjusted'
 # Your own keys, e.g. RUN_CONFIG="num-server-rounds=20"; they override DEMO_CONFIG.
 RUN_CONFIG ?=

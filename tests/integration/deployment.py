@@ -15,6 +15,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,6 +161,19 @@ class Consortium:
         proc.wait(timeout=60)
 
 
+def start_misconfigured_node(site: Consortium) -> None:
+    """A fourth node, enrolled, whose node config has a typo ('data-pth'): not a README step."""
+    site.sh(
+        'ssh-keygen -q -t ecdsa -b 384 -N "" -f typo.key && '
+        "flwr supernode register typo.key.pub consortium --name hospital-c"
+    )
+    site.serve(
+        "hospital-c",
+        "flower-supernode --superlink $SUPERLINK_HOST:$SUPERLINK_PORT --root-certificates pki/ca.crt "
+        f"--auth-supernode-private-key typo.key --port {free_port()} --node-config \"role='hospital' data-pth='/d'\"",
+    )
+
+
 def _node_data(root: Path) -> None:
     """Each node's own small synthetic images: 40 training images per hospital, 24 test images at the evaluator."""
     for seed, (node, train, test) in enumerate((("hospital-a", 10, 0), ("hospital-b", 10, 0), ("evaluator", 1, 6))):
@@ -193,18 +207,31 @@ def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]
     settings, *steps, run = readme_blocks()
     assert set(re.findall(r"^export (\w+)=", settings, re.M)) == set(values), "step 0 names other variables"
     assert run.lstrip().startswith("flwr run"), "the last step is no longer the run"
-    servers = iter(("superlink", *NODES))
-    checked = ""
+    node_blocks = [b for b in steps if any(t.startswith("flower-supernode") for _, t in chunks(b))]
+    assert len(node_blocks) == len(NODES), "the README starts another number of SuperNodes than 3"
+    checked: list[str] = []
+
+    def run_block(block: str, server: str) -> None:
+        for long_running, text in chunks(block):
+            if long_running:
+                site.serve(server, text)
+            else:
+                checked.append(site.sh(text))
+
     try:
-        for block in steps:
-            for long_running, text in chunks(block):
-                if long_running:
-                    site.serve(next(servers), text)
-                else:
-                    checked += site.sh(text)
-        assert next(servers, None) is None, "the README starts other servers than the SuperLink and 3 SuperNodes"
+        for block in steps[: steps.index(node_blocks[0])]:  # PKI, keys, the SuperLink, its connection, enrolment
+            run_block(block, "superlink")
+        assert "superlink" in site.commands, "the README starts no SuperLink before the SuperNodes"
+        # Each node block is one node's host: they run side by side, with the misconfigured extra node.
+        with ThreadPoolExecutor(len(NODES) + 1) as pool:
+            started = [pool.submit(run_block, block, node) for block, node in zip(node_blocks, NODES, strict=True)]
+            started.append(pool.submit(start_misconfigured_node, site))
+            for future in started:
+                future.result()
+        assert steps[-1] is node_blocks[-1], "a step follows the SuperNodes other than the run"
         for node in NODES:
-            assert f"node config: ok ({'evaluator' if node == 'evaluator' else 'hospital'} '{node}')" in checked
+            role = "evaluator" if node == "evaluator" else "hospital"
+            assert any(f"node config: ok ({role} '{node}')" in out for out in checked)
         site.commands["run"] = run.strip()
         yield site
     finally:
