@@ -5,8 +5,9 @@ vetting and the aggregation step differ. Protocol (DESIGN, "Encrypted FedAvg"):
 
 1. Before round 1 a ``query.describe`` learns every node's role and example count n_k.
 2. Hospitals pre-weight their weights by n_k / n_total and encrypt them in slot-sized
-   chunks. The server checks each reply (kind, parameters, key id, layout, chunk count,
-   declared n_k) and adds the ciphertexts of the valid ones, one reply at a time.
+   chunks. The server checks each reply as it arrives (kind, codec, parameters, key id,
+   layout, chunk count, declared n_k), adds the ciphertexts of a valid one to the running
+   sum and drops them, so it holds the sum and one reply's ciphertexts at a time.
 3. The aggregate carries the factor n_total / Σ(n_k that arrived); key-holders apply it
    after decrypting, so dropouts are renormalised without any plaintext on the server.
 """
@@ -16,10 +17,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import tenseal as ts
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
 
 from common import records as rk
+from common.he.ckks import CiphertextSum
 from common.he.codec import ParamLayout
 from common.he.keys import HEContext
 from common.he.payload import EncryptedPayload
@@ -51,6 +53,15 @@ class EncryptedFedAvg(MedsiloFedAvg):
         self.public = public
         self.layout = layout
         self.base_config = base_config
+        self._sum = CiphertextSum(public.codec)
+        self._arrived = 0
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
+        """Start the round's running sum empty, then send as :class:`MedsiloFedAvg` does."""
+        self._sum, self._arrived = CiphertextSum(self.public.codec), 0
+        return list(super().configure_train(server_round, arrays, config, grid))
 
     def _messages(self, arrays: ArrayRecord, config: ConfigRecord, nodes: Sequence[int], kind: str) -> list[Message]:
         """The plain messages, with the run's HE keys, key id and n_total merged into the config."""
@@ -77,48 +88,39 @@ class EncryptedFedAvg(MedsiloFedAvg):
             return f"bad encrypted update: {err}"
         return None
 
+    def _absorb(self, server_round: int, msg: Message) -> str | None:
+        """Add a vetted reply's ciphertexts to the running sum, then drop them from the reply."""
+        (key,) = msg.content.array_records
+        payload = EncryptedPayload.from_record(msg.content.array_records[key])  # reads one chunk at a time
+        try:
+            self._sum.add(payload.chunks)
+        except ValueError as err:
+            return f"undecodable ciphertext: {err}"
+        finally:
+            del msg.content[key]  # the metrics stay; the ciphertexts are in the sum now
+        self._arrived += self.roster.hospitals[msg.metadata.src_node_id]
+        return None
+
     def _aggregate(self, server_round: int, valid: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Add the ciphertexts reply by reply; never decrypts."""
-        total: list[ts.CKKSVector] | None = None
-        arrived = 0
-        summed: list[Message] = []
-        for msg in valid:
-            payload = EncryptedPayload.from_record(next(iter(msg.content.array_records.values())))
-            try:
-                vectors = [ts.ckks_vector_from(self.public.context, blob) for blob in payload.chunks]
-            except (ValueError, RuntimeError, TypeError) as err:
-                reason = f"undecodable ciphertext: {err}"
-                log.warning(
-                    "round %d train: rejected reply from node %d: %s", server_round, msg.metadata.src_node_id, reason
-                )
-                self.history.fail(server_round, node_id=msg.metadata.src_node_id, stage="train", reason=reason)
-                continue
-            if total is None:
-                total = vectors
-            else:
-                for acc, vec in zip(total, vectors, strict=True):
-                    acc += vec
-            del vectors, payload
-            arrived += self.roster.hospitals[msg.metadata.src_node_id]
-            summed.append(msg)
-        if total is None:
+        """The running sum as the encrypted aggregate, with the dropout factor; never decrypts."""
+        if self._sum.chunks is None:
             return None, None
-        factor = self.roster.total_examples / arrived
+        factor = self.roster.total_examples / self._arrived
         aggregate = EncryptedPayload(
             kind="aggregate",
             params_fingerprint=self.public.params.fingerprint(),
             key_id=self.public.key_id,
             layout=self.layout,
-            chunks=[vec.serialize() for vec in total],
+            chunks=self._sum.release(),  # written chunk by chunk into the record, each freed as it goes
             factor=factor,
-            extra={"server_round": server_round, "hospitals": len(summed)},
+            extra={"server_round": server_round, "hospitals": len(valid)},
         )
         log.info(
             "round %d: summed %d encrypted updates (%d chunks), factor %.4f",
             server_round,
-            len(summed),
-            len(total),
+            len(valid),
+            len(aggregate.chunks),
             factor,
         )
-        metrics = self.train_metrics_aggr_fn([m.content for m in summed], self.weighted_by_key)
+        metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
         return aggregate.to_record(), metrics

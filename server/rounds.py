@@ -4,6 +4,7 @@ Flower's ``Strategy.start`` always runs rounds ``1..N`` and waits indefinitely f
 minimum number of nodes. This loop starts at any round (for ``resume-from``), bounds every
 wait by ``round-timeout``, and stops the run with a clear message when fewer hospitals than
 ``min-train-nodes`` remain; the checkpoint of the last completed round stays on disk.
+Training replies are aggregated one by one as they arrive (``server.reply_stream``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
 from server.central import AggregateRejected
+from server.reply_stream import stream_replies
 from server.strategy import MedsiloFedAvg
 
 __all__ = ["run_rounds"]
@@ -48,7 +50,7 @@ def run_rounds(
         start = time.perf_counter()
         log.info("round %d/%d: sending the global model to the hospitals", server_round, last_round)
         messages = strategy.configure_train(server_round, arrays, train_config, grid)
-        replies = grid.send_and_receive(messages, timeout=strategy.round_timeout)
+        replies = stream_replies(grid, messages, timeout=strategy.round_timeout)
         aggregated, _ = strategy.aggregate_train(server_round, replies)
         previous = arrays
         if aggregated is not None:  # None: every hospital declined, or the aggregate was not finite

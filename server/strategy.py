@@ -28,6 +28,10 @@ def _hospital_name(msg: Message) -> str:
     return str(name) if name else f"node-{msg.metadata.src_node_id}"
 
 
+def _payload_bytes(arrays: ArrayRecord) -> int:
+    return sum(len(a.data) for a in arrays.values())
+
+
 def _declined(msg: Message) -> str | None:
     """The reason a hospital gave for declining a round (e.g. its privacy budget), if any."""
     info = msg.content.config_records.get(rk.HOSPITAL) if msg.has_content() else None
@@ -118,6 +122,8 @@ class MedsiloFedAvg(FedAvg):
         self.round_timeout = round_timeout
         self.seed = seed
         self._sent: ArrayRecord | None = None
+        self._sent_bytes = 0
+        self._absorb_s = 0.0
         self._outbox: dict[str, list[Message]] = {}
         self._started: dict[str, float] = {}
 
@@ -168,6 +174,7 @@ class MedsiloFedAvg(FedAvg):
     ) -> Iterable[Message]:
         """Sample hospitals and send them the global model (the base of a server optimiser's step)."""
         self._sent = arrays
+        self._sent_bytes = _payload_bytes(arrays)
         if isinstance(self, FedOpt):
             self.current_arrays = {k: a.numpy() for k, a in arrays.items()}
         elif isinstance(self, FedAvgM):
@@ -189,9 +196,16 @@ class MedsiloFedAvg(FedAvg):
             log.warning("round %d %s: %s", server_round, stage, reason)
             self.history.fail(server_round, node_id=node, stage=stage, reason=reason)
 
-    def _vet(self, server_round: int, replies: Iterable[Message], *, stage: str) -> list[Message]:
+    def _vet(
+        self, server_round: int, replies: Iterable[Message], *, stage: str, received: list[Message]
+    ) -> list[Message]:
+        """The sound replies, sorted by hospital; every reply is appended to ``received`` as it comes.
+
+        A sound training reply is handed to :meth:`_absorb` at once and its hospital recorded.
+        """
         valid: list[Message] = []
         for msg in replies:
+            received.append(msg)
             declined = _declined(msg)
             if declined is not None:
                 log.warning("round %d: %s declined to train: %s", server_round, _hospital_name(msg), declined)
@@ -206,6 +220,13 @@ class MedsiloFedAvg(FedAvg):
                 got = set(next(iter(msg.content.metric_records.values())).keys())
                 if got != keys:
                     problem = f"metric keys {sorted(got)} differ from the other hospitals' {sorted(keys)}"
+            if problem is None and stage == "train":
+                sent_bytes = _payload_bytes(next(iter(msg.content.array_records.values())))
+                start = time.perf_counter()
+                problem = self._absorb(server_round, msg)
+                self._absorb_s += time.perf_counter() - start
+                if problem is None:
+                    self._record_hospital(server_round, msg, sent_bytes)
             if problem is None:
                 valid.append(msg)
                 continue
@@ -225,32 +246,35 @@ class MedsiloFedAvg(FedAvg):
         """Why this reply cannot be aggregated (``None`` when it is sound)."""
         return reply_problem(msg, expected=self._sent if stage == "train" else None)
 
-    def _record_hospitals(self, server_round: int, valid: list[Message]) -> None:
-        for msg in valid:
-            metrics = next(iter(msg.content.metric_records.values()))
-            arrays = next(iter(msg.content.array_records.values()))
-            info = msg.content.config_records.get(rk.HOSPITAL)
-            counts = info.get(rk.CLASS_COUNTS) if info is not None else None
-            self.history.hospital(server_round, _hospital_name(msg)).update(
-                {
-                    "node_id": msg.metadata.src_node_id,
-                    "examples": int(metrics[rk.NUM_EXAMPLES]),
-                    "train_loss": metrics.get(rk.TRAIN_LOSS),
-                    "train_accuracy": metrics.get(rk.TRAIN_ACCURACY),
-                    "train_seconds": metrics.get(rk.TRAIN_SECONDS),
-                    "skipped_images": metrics.get(rk.SKIPPED_IMAGES),
-                    "class_counts": list(counts) if counts is not None else None,
-                    "bytes_sent": sum(len(a.data) for a in arrays.values()),
-                    "encrypt_seconds": metrics.get(rk.ENCRYPT_SECONDS),
-                    "decrypt_seconds": metrics.get(rk.DECRYPT_SECONDS),
-                    "epsilon": metrics.get(rk.EPSILON),
-                    "delta": metrics.get(rk.DELTA),
-                    "noise_multiplier": metrics.get(rk.NOISE_MULTIPLIER),
-                    "sample_rate": metrics.get(rk.SAMPLE_RATE),
-                    "steps": metrics.get(rk.STEPS),
-                    "max_grad_norm": metrics.get(rk.MAX_GRAD_NORM),
-                }
-            )
+    def _absorb(self, server_round: int, msg: Message) -> str | None:
+        """Take in a sound training reply as it arrives; the reason if it cannot be (none here)."""
+        return None
+
+    def _record_hospital(self, server_round: int, msg: Message, sent_bytes: int) -> None:
+        metrics = next(iter(msg.content.metric_records.values()))
+        info = msg.content.config_records.get(rk.HOSPITAL)
+        counts = info.get(rk.CLASS_COUNTS) if info is not None else None
+        self.history.hospital(server_round, _hospital_name(msg)).update(
+            {
+                "node_id": msg.metadata.src_node_id,
+                "examples": int(metrics[rk.NUM_EXAMPLES]),
+                "train_loss": metrics.get(rk.TRAIN_LOSS),
+                "train_accuracy": metrics.get(rk.TRAIN_ACCURACY),
+                "train_seconds": metrics.get(rk.TRAIN_SECONDS),
+                "skipped_images": metrics.get(rk.SKIPPED_IMAGES),
+                "class_counts": list(counts) if counts is not None else None,
+                "bytes_sent": sent_bytes,
+                "bytes_received": self._sent_bytes,
+                "encrypt_seconds": metrics.get(rk.ENCRYPT_SECONDS),
+                "decrypt_seconds": metrics.get(rk.DECRYPT_SECONDS),
+                "epsilon": metrics.get(rk.EPSILON),
+                "delta": metrics.get(rk.DELTA),
+                "noise_multiplier": metrics.get(rk.NOISE_MULTIPLIER),
+                "sample_rate": metrics.get(rk.SAMPLE_RATE),
+                "steps": metrics.get(rk.STEPS),
+                "max_grad_norm": metrics.get(rk.MAX_GRAD_NORM),
+            }
+        )
 
     def _aggregate(self, server_round: int, valid: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Combine the vetted replies with Flower's aggregation and server step; keep the sent dtypes.
@@ -283,12 +307,13 @@ class MedsiloFedAvg(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Vet the replies, record each hospital, then aggregate the valid ones."""
         timings = self.history.round(server_round)["timings"]
-        timings["train_s"] = time.perf_counter() - self._started.pop("train", time.perf_counter())
-        replies = list(replies)
-        self._record_missing(server_round, replies, "train")
-        valid = self._vet(server_round, replies, stage="train")
-        self._record_hospitals(server_round, valid)
-        declined = sum(1 for m in replies if _declined(m) is not None)
+        started = self._started.pop("train", time.perf_counter())
+        received: list[Message] = []
+        self._absorb_s = 0.0
+        valid = self._vet(server_round, replies, stage="train", received=received)
+        timings["train_s"] = time.perf_counter() - started - self._absorb_s
+        self._record_missing(server_round, received, "train")
+        declined = sum(1 for m in received if _declined(m) is not None)
         if len(valid) + declined < self.min_train_nodes:
             self.history.flush()
             raise RunStopped(
@@ -301,7 +326,7 @@ class MedsiloFedAvg(FedAvg):
         else:
             log.warning("round %d: no valid training reply; the global model is unchanged", server_round)
             aggregated, metrics = None, None
-        timings["aggregate_s"] = time.perf_counter() - start
+        timings["aggregate_s"] = self._absorb_s + time.perf_counter() - start
         rejected = sum(1 for f in self.history.round(server_round)["failures"] if f["stage"] == "train")
         log.info(
             "round %d: %d training replies accepted, %d rejected or declined, after %.1f s; aggregated in %.2f s",
@@ -330,9 +355,9 @@ class MedsiloFedAvg(FedAvg):
         """Vet and record the hospitals' local evaluation, then average it."""
         timings = self.history.round(server_round)["timings"]
         timings["federated_evaluate_s"] = time.perf_counter() - self._started.pop("evaluate", time.perf_counter())
-        replies = list(replies)
-        self._record_missing(server_round, replies, "evaluate")
-        valid = self._vet(server_round, replies, stage="evaluate")
+        received: list[Message] = []
+        valid = self._vet(server_round, replies, stage="evaluate", received=received)
+        self._record_missing(server_round, received, "evaluate")
         for msg in valid:
             metrics = next(iter(msg.content.metric_records.values()))
             self.history.hospital(server_round, _hospital_name(msg)).update(

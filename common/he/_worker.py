@@ -1,4 +1,4 @@
-"""Process-pool workers for CKKS: TenSEAL holds the GIL, so chunks go to processes.
+"""Process-pool workers for CKKS: SEAL holds the GIL, so chunks go to processes.
 
 Each worker process loads the context once, in its initializer.
 """
@@ -8,20 +8,24 @@ from __future__ import annotations
 import numpy as np
 import tenseal as ts
 
-_context: ts.Context | None = None
+from common.he.ckks import CKKSCodec
+
+_codec: CKKSCodec | None = None
 
 
-def init(context_bytes: bytes) -> None:
+def init(context_bytes: bytes, scale_bits: int) -> None:
     """Load the TenSEAL context in this worker process."""
-    global _context
-    _context = ts.context_from(context_bytes)
+    global _codec
+    _codec = CKKSCodec(ts.context_from(context_bytes), scale_bits)
 
 
 def encrypt(chunks: list[np.ndarray]) -> list[bytes]:
-    """Encrypt each ``(slots,)`` float64 chunk and serialise it."""
-    return [ts.ckks_vector(_context, chunk).serialize() for chunk in chunks]
+    """Encrypt each chunk of up to ``values_per_ciphertext`` reals."""
+    assert _codec is not None
+    return [_codec.encrypt(chunk) for chunk in chunks]
 
 
 def decrypt(blobs: list[bytes]) -> list[np.ndarray]:
-    """Deserialise and decrypt each ciphertext."""
-    return [np.asarray(ts.ckks_vector_from(_context, blob).decrypt(), dtype=np.float64) for blob in blobs]
+    """Decrypt each ciphertext into its ``values_per_ciphertext`` reals."""
+    assert _codec is not None
+    return [_codec.decrypt(blob) for blob in blobs]

@@ -15,7 +15,6 @@ from functools import lru_cache
 from typing import TypeVar
 
 import numpy as np
-import tenseal as ts
 import torch
 
 from common.he import _worker
@@ -89,44 +88,44 @@ def _split(items: Sequence[T], parts: int) -> list[list[T]]:
 
 
 @lru_cache(maxsize=1)
-def _pool(key_id: str, context_bytes: bytes, workers: int) -> ProcessPoolExecutor:
+def _pool(key_id: str, context_bytes: bytes, scale_bits: int, workers: int) -> ProcessPoolExecutor:
     """One pool per process and key, reused every round (forked: no re-import of torch)."""
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("fork"),
         initializer=_worker.init,
-        initargs=(context_bytes,),
+        initargs=(context_bytes, scale_bits),
     )
 
 
 def _map(ctx: HEContext, workers: int, fn: Callable[[list[T]], list[R]], items: Sequence[T]) -> list[R]:
-    pool = _pool(ctx.key_id, ctx.serialized(), workers)
+    pool = _pool(ctx.key_id, ctx.serialized(), ctx.params.scale_bits, workers)
     return [out for part in pool.map(fn, _split(items, workers * 4)) for out in part]
 
 
 def encrypt_vector(ctx: HEContext, vector: np.ndarray, *, workers: int = 1) -> list[bytes]:
-    """Encrypt a float vector as ``ceil(len / slots)`` serialised CKKS ciphertexts.
+    """Encrypt a float vector as ``ceil(len / values_per_ciphertext)`` seeded CKKS ciphertexts.
 
     Chunks go to ``workers`` processes when there are at least ``PARALLEL_MIN_CHUNKS``.
     """
     if not ctx.secret:
         raise ValueError("encryption needs the secret-key context (secret.ctx)")
-    slots = ctx.params.slots
-    chunks = [vector[i : i + slots] for i in range(0, len(vector), slots)]
+    step = ctx.params.values_per_ciphertext
+    chunks = [vector[i : i + step] for i in range(0, len(vector), step)]
     if workers <= 1 or len(chunks) < PARALLEL_MIN_CHUNKS:
-        return [ts.ckks_vector(ctx.context, c).serialize() for c in chunks]
+        return [ctx.codec.encrypt(c) for c in chunks]
     return _map(ctx, workers, _worker.encrypt, chunks)
 
 
 def decrypt_chunks(ctx: HEContext, blobs: Sequence[bytes], *, size: int, workers: int = 1) -> np.ndarray:
-    """Decrypt serialised ciphertexts back into a ``(size,)`` float64 vector."""
+    """Decrypt ciphertexts back into a ``(size,)`` float64 vector (the last chunk's padding dropped)."""
     if not ctx.secret:
         raise ValueError("decryption needs the secret-key context (secret.ctx)")
+    expected = -(-size // ctx.params.values_per_ciphertext)
+    if len(blobs) != expected:
+        raise ValueError(f"{len(blobs)} ciphertext chunks; expected {expected} for {size} values")
     if workers <= 1 or len(blobs) < PARALLEL_MIN_CHUNKS:
-        parts = [np.asarray(ts.ckks_vector_from(ctx.context, b).decrypt(), dtype=np.float64) for b in blobs]
+        parts = [ctx.codec.decrypt(b) for b in blobs]
     else:
         parts = _map(ctx, workers, _worker.decrypt, list(blobs))
-    vector = np.concatenate(parts) if parts else np.empty(0)
-    if vector.shape != (size,):
-        raise ValueError(f"decrypted {vector.shape[0]} values; expected {size}")
-    return vector
+    return np.concatenate(parts)[:size] if parts else np.empty(0)

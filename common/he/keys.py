@@ -2,12 +2,13 @@
 
 ``secret.ctx`` (mode 0600) holds the secret key: hospitals and the evaluator only.
 ``public.ctx`` holds the parameters and no key at all: the aggregation server. Encryption
-is symmetric (with the secret key), which TenSEAL serialises as seeded ciphertexts of half
-the size; the server only ever adds ciphertexts, which needs no key.
+is symmetric (with the secret key), so SEAL writes seeded ciphertexts; the server only ever
+adds ciphertexts, which needs no key (``common.he.ckks``).
 
-Each file is one header line (``MEDSILO-CKKS 1``), one JSON line (parameters, key id,
-whether it holds the secret) and then TenSEAL's own serialisation. The key id is a hash
-of the secret context, so a hospital with another key pair is caught before it encrypts.
+Each file is one header line (``MEDSILO-CKKS 1``), one JSON line (parameters, codec version,
+packing, key id, whether it holds the secret) and then TenSEAL's own serialisation of the
+context. The key id is a hash of the secret context, so a hospital with another key pair is
+caught before it encrypts. Key files of an older codec are refused with one line.
 """
 
 from __future__ import annotations
@@ -16,12 +17,23 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import tenseal as ts
 
-__all__ = ["HEContext", "HEParams", "create_key_pair", "load_public_context", "load_secret_context"]
+from common.he.ckks import CKKSCodec
+
+__all__ = [
+    "CODEC_VERSION",
+    "HEContext",
+    "HEParams",
+    "create_key_pair",
+    "load_public_context",
+    "load_secret_context",
+    "old_codec_problem",
+]
 
 MAGIC = b"MEDSILO-CKKS 1\n"
 SECRET_FILE = "secret.ctx"
@@ -31,6 +43,22 @@ PUBLIC_FILE = "public.ctx"
 # Homomorphic Encryption Standard (as used by SEAL's CoeffModulus::MaxBitCount).
 MAX_COEFF_BITS_128 = {4096: 109, 8192: 218, 16384: 438, 32768: 881}
 MIN_SCALE_BITS = 30
+# Version 2: SEAL's seeded symmetric ciphertexts, two reals per complex slot (8 B/value up).
+# Version 1 (no "codec" in the header): TenSEAL's CKKSVector, one real per slot (32 B/value).
+CODEC_VERSION = 2
+PACKING = "complex"
+
+
+def old_codec_problem(found: object, what: str) -> str | None:
+    """One line when ``what`` was made by another codec version than this medsilo's, else ``None``."""
+    if found == CODEC_VERSION:
+        return None
+    version = 1 if found is None else found
+    return (
+        f"{what} uses medsilo HE codec {version}; this version reads codec {CODEC_VERSION} only "
+        "(seeded, complex-packed ciphertexts): make a new key pair with 'medsilo keys init --out DIR', "
+        "give every key-holder the new secret.ctx and start a new run"
+    )
 
 
 @dataclass(frozen=True)
@@ -67,13 +95,14 @@ class HEParams:
         object.__setattr__(self, "coeff_mod_bit_sizes", sizes)
 
     @property
-    def slots(self) -> int:
-        """Values per ciphertext: half the polynomial degree."""
-        return self.poly_modulus_degree // 2
+    def values_per_ciphertext(self) -> int:
+        """Reals per ciphertext: two per complex slot, so the polynomial degree."""
+        return self.poly_modulus_degree
 
     def fingerprint(self) -> str:
-        """A short hash of the parameters, carried by every encrypted payload."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """A short hash of the parameters, codec version and packing, carried by every payload."""
+        described = {**asdict(self), "codec": CODEC_VERSION, "packing": PACKING}
+        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -84,6 +113,11 @@ class HEContext:
     params: HEParams
     key_id: str
     secret: bool
+
+    @cached_property
+    def codec(self) -> CKKSCodec:
+        """SEAL's encoder, evaluator and (for a key-holder) encryptor and decryptor for this key."""
+        return CKKSCodec(self.context, self.params.scale_bits)
 
     def serialized(self) -> bytes:
         """TenSEAL bytes of this context (with the secret key only if it holds one)."""
@@ -128,7 +162,13 @@ def create_key_pair(out: str | Path, params: HEParams | None = None) -> tuple[Pa
     public_bytes = context.serialize(
         save_public_key=False, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
     )
-    header = {"scheme": "ckks", **asdict(params), "key_id": _key_id(secret_bytes)}
+    header = {
+        "scheme": "ckks",
+        **asdict(params),
+        "codec": CODEC_VERSION,
+        "packing": PACKING,
+        "key_id": _key_id(secret_bytes),
+    }
     _write(secret_path, {**header, "secret": True}, secret_bytes, 0o600)
     _write(public_path, {**header, "secret": False}, public_bytes, 0o644)
     return secret_path, public_path
@@ -143,6 +183,11 @@ def _read(path: str | Path) -> tuple[dict[str, Any], ts.Context]:
         raise ValueError(f"{path} is not a medsilo CKKS key file; create keys with 'medsilo keys init --out DIR'")
     header_line, _, payload = raw[len(MAGIC) :].partition(b"\n")
     header = json.loads(header_line)
+    problem = old_codec_problem(header.get("codec"), f"key file {path}")
+    if problem is None and header.get("packing") != PACKING:
+        problem = f"key file {path} packs {header.get('packing')!r}; expected {PACKING!r}"
+    if problem is not None:
+        raise ValueError(problem)
     return header, ts.context_from(payload)
 
 

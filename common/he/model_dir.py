@@ -55,7 +55,7 @@ def load_encrypted_dir(directory: str | Path) -> tuple[EncryptedPayload, ModelSp
         if name not in tensors:
             raise ValueError(f"{directory / CIPHERTEXT_FILE} lacks {name}")
         arrays[f"he-{i:06d}"] = Array(tensors[name].numpy())
-    return EncryptedPayload.from_record(ArrayRecord(arrays)), read_spec(directory)
+    return EncryptedPayload.from_record(ArrayRecord(arrays), what=f"encrypted model {directory}"), read_spec(directory)
 
 
 def decrypt_model_dir(directory: str | Path, ctx: HEContext, out: str | Path, *, workers: int = 1) -> Path:

@@ -1,7 +1,7 @@
 """Encrypted payloads inside Flower ``ArrayRecord``s, tagged and checked.
 
 Ciphertext chunks travel as ``uint8`` arrays (``he-000000``, …) beside a JSON header
-(``he-header``) that names the scheme, the parameter fingerprint, the key id, the kind
+(``he-header``) that names the scheme, the codec version, the parameter fingerprint, the key id, the kind
 (``update`` from a hospital, ``aggregate`` from the server), the parameter layout and, for
 an aggregate, the renormalisation factor the key-holders apply after decrypting.
 """
@@ -11,18 +11,41 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
+from common.he.ckks import ReleasedSum
 from common.he.codec import ParamLayout
-from common.he.keys import HEContext
+from common.he.keys import CODEC_VERSION, HEContext, old_codec_problem
 
 __all__ = ["EncryptedPayload", "HEADER_KEY", "is_encrypted"]
 
 HEADER_KEY = "he-header"
 _CHUNK = "he-{:06d}"
+
+
+class _RecordChunks(Sequence[bytes]):
+    """The ciphertext chunks of an ``ArrayRecord``, read one at a time (no copy of the whole payload)."""
+
+    def __init__(self, record: ArrayRecord, count: int) -> None:
+        self._record = record
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        if not -self._count <= index < self._count:
+            raise IndexError(index)
+        return self._record[_CHUNK.format(index % self._count)].numpy().tobytes()
 
 
 def is_encrypted(record: ArrayRecord) -> bool:
@@ -38,7 +61,7 @@ class EncryptedPayload:
     params_fingerprint: str
     key_id: str
     layout: ParamLayout
-    chunks: Sequence[bytes] = field(repr=False)
+    chunks: Sequence[bytes] | ReleasedSum = field(repr=False)
     factor: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -46,6 +69,7 @@ class EncryptedPayload:
         """The JSON header (everything but the ciphertexts)."""
         return {
             "scheme": "ckks",
+            "codec": CODEC_VERSION,
             "kind": self.kind,
             "params_fingerprint": self.params_fingerprint,
             "key_id": self.key_id,
@@ -64,8 +88,8 @@ class EncryptedPayload:
         return ArrayRecord(arrays)
 
     @classmethod
-    def from_record(cls, record: ArrayRecord) -> EncryptedPayload:
-        """Unpack and check the structure; ``ValueError`` says what is wrong."""
+    def from_record(cls, record: ArrayRecord, *, what: str = "the encrypted payload") -> EncryptedPayload:
+        """Unpack and check the structure; ``ValueError`` says what is wrong with ``what``."""
         if HEADER_KEY not in record:
             raise ValueError("no 'he-header': the payload is not encrypted")
         try:
@@ -76,11 +100,24 @@ class EncryptedPayload:
             raise ValueError(f"unreadable 'he-header': {err}") from None
         if header.get("scheme") != "ckks":
             raise ValueError(f"scheme {header.get('scheme')!r}; expected 'ckks'")
+        problem = old_codec_problem(header.get("codec"), what)
+        if problem is not None:
+            raise ValueError(problem)
         expected_keys = {HEADER_KEY, *(_CHUNK.format(i) for i in range(num_chunks))}
         if set(record.keys()) != expected_keys:
             raise ValueError(f"{len(record) - 1} ciphertext chunks; the header announces {num_chunks}")
-        chunks = [record[_CHUNK.format(i)].numpy().tobytes() for i in range(num_chunks)]
-        known = {"scheme", "kind", "params_fingerprint", "key_id", "num_chunks", "num_params", "layout", "factor"}
+        chunks = _RecordChunks(record, num_chunks)
+        known = {
+            "scheme",
+            "codec",
+            "kind",
+            "params_fingerprint",
+            "key_id",
+            "num_chunks",
+            "num_params",
+            "layout",
+            "factor",
+        }
         return cls(
             kind=str(header.get("kind")),
             params_fingerprint=str(header.get("params_fingerprint")),
@@ -101,6 +138,6 @@ class EncryptedPayload:
             raise ValueError(f"encrypted under key {self.key_id}; this run uses key {ctx.key_id}")
         if layout is not None and self.layout != layout:
             raise ValueError("parameter layout differs from the global model's")
-        expected = -(-self.layout.size // ctx.params.slots)
+        expected = -(-self.layout.size // ctx.params.values_per_ciphertext)
         if len(self.chunks) != expected:
             raise ValueError(f"{len(self.chunks)} ciphertext chunks; expected {expected} for {self.layout.size} values")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import stat
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tenseal as ts
 import torch
+from flwr.app import Array
 
 from common.he.codec import ParamLayout, decrypt_chunks, encrypt_vector
 from common.he.keys import HEParams, create_key_pair, load_public_context, load_secret_context
@@ -71,22 +74,22 @@ def test_insecure_or_imprecise_parameters_are_refused(kwargs: dict[str, object],
 def test_other_secure_parameters_work(tmp_path: Path) -> None:
     params = HEParams(poly_modulus_degree=16384, coeff_mod_bit_sizes=(60, 40, 60), scale_bits=40)
     secret = load_secret_context(create_key_pair(tmp_path, params)[0])
-    vector = np.linspace(-1, 1, 9000)
+    vector = np.linspace(-1, 1, 20000)
     blobs = encrypt_vector(secret, vector)
-    assert len(blobs) == 2
-    np.testing.assert_allclose(decrypt_chunks(secret, blobs, size=9000), vector, atol=1e-6)
+    assert len(blobs) == 2  # 16384 values per ciphertext
+    np.testing.assert_allclose(decrypt_chunks(secret, blobs, size=20000), vector, atol=1e-6)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_encrypt_decrypt_round_trip(keys: tuple[Path, Path], workers: int) -> None:
     secret = load_secret_context(keys[0])
-    vector = np.random.default_rng(0).normal(size=4096 * 70 + 11)
+    vector = np.random.default_rng(0).normal(size=8192 * 70 + 11)
     blobs = encrypt_vector(secret, vector, workers=workers)
-    assert len(blobs) == 71
-    assert max(abs(len(b) / 4096 - 32) for b in blobs[:-1]) < 0.1  # seeded symmetric ciphertexts: 32 B/value
+    assert len(blobs) == 71  # two reals per complex slot: 8192 values per ciphertext
+    assert max(abs(len(b) / 8192 - 8) for b in blobs[:-1]) < 0.05  # seeded: one polynomial and a seed
     np.testing.assert_allclose(decrypt_chunks(secret, blobs, size=len(vector), workers=workers), vector, atol=1e-6)
-    with pytest.raises(ValueError, match="expected 5"):
-        decrypt_chunks(secret, blobs[:1], size=5)
+    with pytest.raises(ValueError, match="expected 1 for 5 values"):
+        decrypt_chunks(secret, blobs[:2], size=5)
     public = load_public_context(keys[1])
     with pytest.raises(ValueError, match="secret-key context"):
         encrypt_vector(public, vector)
@@ -109,8 +112,8 @@ def test_layout_round_trip_rounds_integer_buffers() -> None:
 def test_payload_checks_name_the_mismatch(tmp_path: Path, keys: tuple[Path, Path]) -> None:
     secret = load_secret_context(keys[0])
     public = load_public_context(keys[1])
-    layout = ParamLayout.of({"w": torch.zeros(5000)})
-    blobs = encrypt_vector(secret, np.zeros(5000))
+    layout = ParamLayout.of({"w": torch.zeros(9000)})
+    blobs = encrypt_vector(secret, np.zeros(9000))
     good = EncryptedPayload("update", public.params.fingerprint(), public.key_id, layout, blobs)
     EncryptedPayload.from_record(good.to_record()).check_against(public, kind="update", layout=layout)
     other = load_public_context(create_key_pair(tmp_path / "o")[1])
@@ -127,4 +130,41 @@ def test_payload_checks_name_the_mismatch(tmp_path: Path, keys: tuple[Path, Path
     del record["he-000001"]
     with pytest.raises(ValueError, match="announces 2"):
         EncryptedPayload.from_record(record)
-    assert ts.ckks_vector_from(public.context, blobs[0]) is not None
+    assert public.codec.load(blobs[0]).size() == 2  # the server expands a seeded ciphertext without a key
+
+
+def _rewrite_header(path: Path, out: Path, change: dict[str, object]) -> None:
+    magic, header, body = path.read_bytes().split(b"\n", 2)
+    fields = {k: v for k, v in {**json.loads(header), **change}.items() if v is not None}
+    out.write_bytes(magic + b"\n" + json.dumps(fields).encode() + b"\n" + body)
+
+
+def test_key_files_of_the_old_codec_get_one_line(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    for path, loader in ((keys[0], load_secret_context), (keys[1], load_public_context)):
+        old = tmp_path / path.name
+        _rewrite_header(path, old, {"codec": None, "packing": None})  # as medsilo wrote them before codec 2
+        with pytest.raises(ValueError, match=r"uses medsilo HE codec 1; this version reads codec 2") as err:
+            loader(old)
+        assert "\n" not in str(err.value) and "medsilo keys init" in str(err.value)
+    _rewrite_header(keys[1], tmp_path / "real.ctx", {"packing": "real"})
+    with pytest.raises(ValueError, match="packs 'real'; expected 'complex'"):
+        load_public_context(tmp_path / "real.ctx")
+
+
+def test_a_payload_of_the_old_codec_gets_one_line(keys: tuple[Path, Path]) -> None:
+    secret = load_secret_context(keys[0])
+    layout = ParamLayout.of({"w": torch.zeros(10)})
+    record = EncryptedPayload(
+        "update", secret.params.fingerprint(), secret.key_id, layout, encrypt_vector(secret, np.zeros(10))
+    ).to_record()
+    header = json.loads(record["he-header"].numpy().tobytes())
+    del header["codec"]
+    record["he-header"] = Array(np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
+    with pytest.raises(ValueError, match="the update of node 7 uses medsilo HE codec 1"):
+        EncryptedPayload.from_record(record, what="the update of node 7")
+
+
+def test_the_fingerprint_covers_codec_and_packing(keys: tuple[Path, Path]) -> None:
+    params = load_public_context(keys[1]).params
+    legacy = hashlib.sha256(json.dumps(asdict(params), sort_keys=True).encode()).hexdigest()[:16]
+    assert params.fingerprint() != legacy  # a payload from codec 1 never passes the parameter check

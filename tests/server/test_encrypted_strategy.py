@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ast
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from common.config import ConfigError, parse_run_config
 from common.he.codec import ParamLayout, decrypt_chunks, encrypt_vector
@@ -95,29 +96,46 @@ def test_encrypted_sum_equals_plaintext_fedavg(keys, tmp_path: Path, arrived: in
 
 def test_bad_encrypted_replies_are_rejected_one_by_one(keys, tmp_path: Path) -> None:
     secret, _ = keys
-    state = {"w": torch.ones(5000, dtype=torch.float64)}
+    state = {"w": torch.ones(9000, dtype=torch.float64)}
     layout = ParamLayout.of(state)
-    roster = NodeRoster({1: 10, 2: 10, 3: 10, 4: 10, 5: 10}, {}, evaluator=9)
+    roster = NodeRoster({i: 10 for i in range(1, 8)}, {}, evaluator=9)
     strategy = _strategy(keys, layout, roster, tmp_path)
     other_secret = load_secret_context(create_key_pair(tmp_path / "other")[0])
     truncated = _hospital_reply(secret, 3, state, 10, 50)
     arrays = truncated.content["arrays"]
     del arrays["he-000001"]
-    wrong_layout = _hospital_reply(secret, 5, {"v": torch.ones(5000, dtype=torch.float64)}, 10, 50)
+    wrong_layout = _hospital_reply(secret, 5, {"v": torch.ones(9000, dtype=torch.float64)}, 10, 50)
+    damaged = _hospital_reply(secret, 6, state, 10, 50)
+    chunk = damaged.content["arrays"]["he-000001"].numpy()
+    damaged.content["arrays"]["he-000001"] = Array(chunk[: len(chunk) // 2].copy())
+    old_codec = _hospital_reply(secret, 7, state, 10, 50)
+    header = json.loads(old_codec.content["arrays"]["he-header"].numpy().tobytes())
+    del header["codec"]
+    old_codec.content["arrays"]["he-header"] = Array(np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
     replies = [
         _hospital_reply(secret, 1, state, 10, 50),
         _hospital_reply(other_secret, 2, state, 10, 50),
         truncated,
         _hospital_reply(secret, 4, state, 11, 50),
         wrong_layout,
+        damaged,
+        old_codec,
         _hospital_reply(secret, 8, state, 10, 50),
     ]
-    record, _ = strategy.aggregate_train(1, replies)
+    record, _ = strategy.aggregate_train(1, iter(replies))  # as the server gets them: one at a time
     failures = {f["node_id"]: f["reason"] for f in strategy.history.round(1)["failures"]}
-    assert sorted(failures) == [2, 3, 4, 5, 8]
+    assert sorted(failures) == [2, 3, 4, 5, 6, 7, 8]
     assert "this run uses key" in failures[2] and "announces" in failures[3] and "declared 10" in failures[4]
     assert "layout" in failures[5] and "roster" in failures[8]
-    np.testing.assert_allclose(_decrypt(secret, record, layout), np.ones(5000), atol=1e-6)
+    assert failures[6].startswith("undecodable ciphertext: not a ciphertext for this run's CKKS parameters")
+    assert "uses medsilo HE codec 1; this version reads codec 2" in failures[7]
+    # Only node 1 counted: the factor renormalises its 10 of the roster's 70 examples.
+    np.testing.assert_allclose(_decrypt(secret, record, layout), np.full(9000, 70 / 50), atol=1e-6)
+    assert "arrays" not in replies[0].content  # the summed ciphertexts were dropped as they were added
+    hospital = strategy.history.round(1)["hospitals"]["h1"]
+    assert hospital["bytes_sent"] == sum(
+        len(a.data) for a in _hospital_reply(secret, 1, state, 10, 50).content["arrays"].values()
+    )
 
 
 def test_the_server_refuses_a_secret_context(keys, tmp_path: Path) -> None:

@@ -55,6 +55,14 @@ class _Grid:
             replies.append(Message(content, reply_to=msg))
         return replies
 
+    def push_messages(self, messages: list[Message]) -> list[str]:
+        self.pending = {f"m{i}": msg for i, msg in enumerate(messages)}
+        return list(self.pending)
+
+    def pull_messages(self, message_ids: list[str]) -> list[Message]:
+        sent = [self.pending.pop(i) for i in message_ids if i in self.pending]
+        return self.send_and_receive(sent, timeout=0)
+
 
 def test_the_evaluators_verdict_is_raised() -> None:
     scorer = EvaluatorNodeScorer(_Grid(), node_id=9, base_config=ConfigRecord(), timeout=5)  # type: ignore[arg-type]
