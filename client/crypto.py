@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
@@ -76,6 +77,24 @@ def decode_global(
     return layout.unflatten(vector), time.perf_counter() - start
 
 
+def _check_headroom(vector: np.ndarray, ctx: HEContext) -> None:
+    """Refuse values so large that the encrypted sum could wrap around the first CKKS prime.
+
+    Pre-weighted updates sum to a weighted mean, so no decoded sum exceeds the largest value
+    any hospital holds; a coefficient stays below 2^(first prime - 1) while every value stays
+    below 2^(first prime - scale - 2).
+    """
+    params = ctx.params
+    limit = 2.0 ** (params.coeff_mod_bit_sizes[0] - params.scale_bits - 2)
+    peak = float(np.abs(vector).max()) if vector.size else 0.0
+    if not peak < limit:
+        raise ValueError(
+            f"the update holds a value of magnitude {peak:.4g}; these CKKS keys (first prime "
+            f"{params.coeff_mod_bit_sizes[0]} bits, scale 2^{params.scale_bits}) carry at most {limit:.4g}: "
+            "use keys with a larger first prime or a smaller scale"
+        )
+
+
 def encrypt_update(
     state: Mapping[str, torch.Tensor], *, ctx: HEContext, weight: float, workers: int
 ) -> tuple[ArrayRecord, float]:
@@ -86,7 +105,9 @@ def encrypt_update(
     """
     start = time.perf_counter()
     layout = ParamLayout.of(state)
-    chunks = encrypt_vector(ctx, layout.flatten(state, scale=weight), workers=workers)
+    vector = layout.flatten(state)
+    _check_headroom(vector, ctx)
+    chunks = encrypt_vector(ctx, vector * weight, workers=workers)
     payload = EncryptedPayload(
         kind="update", params_fingerprint=ctx.params.fingerprint(), key_id=ctx.key_id, layout=layout, chunks=chunks
     )

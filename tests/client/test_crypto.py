@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from client.crypto import decode_global, encrypt_update, secret_context
 from common.config import parse_run_config
 from common.he.codec import ParamLayout
-from common.he.keys import create_key_pair, load_secret_context
+from common.he.keys import HEParams, create_key_pair, load_secret_context
 from common.he.payload import EncryptedPayload
 
 
@@ -80,3 +80,19 @@ def test_update_round_trip_through_an_aggregate(keys_dir: Path) -> None:
         decode_global(aggregate.to_record(), layout=ParamLayout.of(state), ctx=None, workers=1)
     plain = {"w": torch.from_numpy(np.arange(3.0))}
     assert decode_global(ArrayRecord(plain), layout=ParamLayout.of(plain), ctx=None, workers=1)[1] == 0.0
+
+
+def test_values_beyond_the_keys_headroom_are_refused_before_encryption(tmp_path: Path) -> None:
+    """Smaller keys ([45, 60] bits, scale 2^35: 6.7 B/value) carry values below 2^8; larger ones would wrap."""
+    params = HEParams(coeff_mod_bit_sizes=(45, 60), scale_bits=35)
+    ctx = load_secret_context(create_key_pair(tmp_path, params)[0])
+    fits = {"w": torch.full((10,), 255.0, dtype=torch.float64), "n": torch.tensor(-200)}
+    record, _ = encrypt_update(fits, ctx=ctx, weight=1.0, workers=1)
+    update = EncryptedPayload.from_record(record)
+    aggregate = EncryptedPayload("aggregate", update.params_fingerprint, update.key_id, update.layout, update.chunks)
+    decoded, _ = decode_global(aggregate.to_record(), layout=ParamLayout.of(fits), ctx=ctx, workers=1)
+    torch.testing.assert_close(decoded["w"], fits["w"], atol=1e-6, rtol=0)
+    with pytest.raises(
+        ValueError, match=r"magnitude 300; these CKKS keys \(first prime 45 bits, scale 2\^35\) carry at most 256"
+    ):
+        encrypt_update({"n": torch.tensor(300)}, ctx=ctx, weight=0.5, workers=1)
