@@ -202,8 +202,22 @@ def test_server_code_never_loads_a_secret_key() -> None:
             for alias in node.names
         }
         assert not names & forbidden, f"{path.name} imports {names & forbidden}"
+        calls = {n.attr for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Attribute)}
+        used = calls & {"decrypt", "decryptor", "secret_key"}
+        assert not used, f"{path.name} uses {used}"
         assert "client" not in {
             n.module.split(".")[0]
             for n in ast.walk(ast.parse(path.read_text()))
             if isinstance(n, ast.ImportFrom) and n.module
         }
+
+
+def test_the_servers_codec_cannot_decrypt(keys) -> None:
+    """What the server loads (public.ctx) builds SEAL's evaluator only: no decryptor, no encryptor."""
+    secret, public = keys
+    blob = secret.codec.encrypt(np.ones(3))
+    assert public.codec.load(blob).size() == 2
+    with pytest.raises(ValueError, match="decryption needs the secret-key context"):
+        public.codec.decrypt(blob)
+    with pytest.raises(ValueError, match="encryption needs the secret-key context"):
+        public.codec.encrypt(np.ones(3))

@@ -13,7 +13,11 @@ from safetensors.numpy import load_file
 
 from common.config import ConfigError, parse_run_config
 from common.experiment import initial_model, model_spec
-from common.models import save_model_dir
+from common.he.codec import ParamLayout, encrypt_vector
+from common.he.keys import create_key_pair, load_secret_context
+from common.he.model_dir import save_encrypted_dir
+from common.he.payload import EncryptedPayload
+from common.models import save_model_dir, state_dict_to_cpu
 from server.resume import load_resume_point
 
 CONFIG = {"model": "cnn3", "image-size": 32, "num-server-rounds": 3}
@@ -74,3 +78,28 @@ def test_missing_or_broken_run_directories(tmp_path: Path) -> None:
     shutil.rmtree(run / "checkpoints")
     with pytest.raises(ConfigError, match="has no checkpoint"):
         load_resume_point(run, cfg)
+
+
+def test_an_encrypted_checkpoint_of_the_old_codec_is_one_line(tmp_path: Path) -> None:
+    """A run stopped before codec 2 cannot be resumed: its ciphertexts are TenSEAL's, not seeded SEAL ones."""
+    cfg = parse_run_config({**CONFIG, "he-enabled": True})
+    run = _stopped_run(tmp_path, **{"he-enabled": True})
+    checkpoint = run / "checkpoints" / "round-0002"
+    shutil.rmtree(checkpoint)
+    secret_path, _ = create_key_pair(tmp_path / "keys")
+    secret = load_secret_context(secret_path)
+    state = state_dict_to_cpu(initial_model(cfg))
+    layout = ParamLayout.of(state)
+    payload = EncryptedPayload(
+        "aggregate", secret.params.fingerprint(), secret.key_id, layout, encrypt_vector(secret, layout.flatten(state))
+    )
+    save_encrypted_dir(checkpoint, payload.to_record(), model_spec(cfg))
+    assert load_resume_point(run, cfg).last_round == 2  # codec 2 resumes
+    header = json.loads((checkpoint / "encrypted.json").read_text())
+    del header["codec"]  # as codec 1 wrote it
+    (checkpoint / "encrypted.json").write_text(json.dumps(header))
+    with pytest.raises(
+        ConfigError, match=r"round-0002 is unreadable \(encrypted model .* uses medsilo HE codec 1"
+    ) as err:
+        load_resume_point(run, cfg)
+    assert "\n" not in str(err.value)
