@@ -51,7 +51,10 @@ def secret_context(node_config: Mapping[str, object], config: ConfigRecord, cfg:
             path = str(Path(str(config[rk.HE_KEYS_DIR])) / SECRET_FILE)
     if not path:
         raise ConfigError("node config: 'he-secret-context' is missing; expected the path of this node's secret.ctx")
-    ctx = _load(str(path))
+    try:
+        ctx = _load(str(path))
+    except ValueError as err:
+        raise ConfigError(f"'he-secret-context' = {str(path)!r}: {err}") from None
     expected = config.get(rk.HE_KEY_ID)
     if expected is not None and ctx.key_id != expected:
         raise ConfigError(f"{path} holds key {ctx.key_id}, but this run encrypts under key {expected}")

@@ -53,6 +53,12 @@ def _check_secret_key(node: NodeConfig) -> None:
             f"node config: 'he-secret-context' = {node.he_secret_context!r} is readable by others "
             f"(mode {mode:04o}); expected 0600: chmod 600 {node.he_secret_context}"
         )
+    from common.he.keys import load_secret_context  # TenSEAL only when the node holds a key
+
+    try:
+        load_secret_context(node.he_secret_context)
+    except ValueError as err:
+        raise ConfigError(f"node config: 'he-secret-context' = {node.he_secret_context!r}: {err}") from None
 
 
 def _check_state_dir(node: NodeConfig) -> None:

@@ -16,7 +16,7 @@ from common.models import state_dict_to_cpu
 from server.central import CentralEvaluator, EvaluatorNodeScorer, LocalScorer, Scorer
 from server.encrypted_strategy import EncryptedFedAvg
 from server.history import RunHistory
-from server.keys import refuse_secret_keys, server_context
+from server.keys import check_public_key, refuse_secret_keys, server_context
 from server.resume import ResumePoint, load_resume_point
 from server.roster import NodeRoster
 from server.rounds import run_rounds
@@ -107,6 +107,7 @@ def main(grid: Grid, context: Context) -> None:
     try:
         cfg = parse_run_config(context.run_config)
         refuse_secret_keys(cfg)
+        check_public_key(cfg)
         run_dir, history, point = _start(cfg, context.run_id)
     except ConfigError as err:
         log.error("%s", err)  # returning (not exiting) lets Flower ship this line to `flwr run` and `flwr log`

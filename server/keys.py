@@ -11,7 +11,7 @@ from common.config import ConfigError, RunConfig
 from common.experiment import resolve_path
 from common.he.keys import PUBLIC_FILE, HEContext, load_public_context
 
-__all__ = ["refuse_secret_keys", "server_context"]
+__all__ = ["check_public_key", "refuse_secret_keys", "server_context"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,20 @@ def refuse_secret_keys(cfg: RunConfig) -> None:
             f"expected {PUBLIC_FILE} only: move {extra[0]} out of the server's folder, to the key-holders "
             "(node config 'he-secret-context'; in simulation, run config 'he-secret-context')"
         )
+
+
+def check_public_key(cfg: RunConfig) -> None:
+    """Load the run's ``public.ctx`` once before anything runs, so a bad or old key file is one line.
+
+    Raises:
+        ConfigError: the file is missing, damaged, holds a secret, or was made by another codec.
+    """
+    if not cfg.he_enabled or not cfg.he_keys_dir:
+        return
+    try:
+        load_public_context(resolve_path(cfg.he_keys_dir) / PUBLIC_FILE)
+    except ValueError as err:
+        raise ConfigError(f"run config: 'he-keys-dir' = {cfg.he_keys_dir!r}: {err}") from None
 
 
 def server_context(cfg: RunConfig, run_dir: Path) -> tuple[HEContext, Path]:

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
+from old_codec import codec1_copy
 
 from client.crypto import decode_global, encrypt_update, secret_context
-from common.config import parse_run_config
+from common.config import ConfigError, parse_run_config
 from common.he.codec import ParamLayout
 from common.he.keys import HEParams, create_key_pair, load_secret_context
 from common.he.payload import EncryptedPayload
@@ -96,3 +97,10 @@ def test_values_beyond_the_keys_headroom_are_refused_before_encryption(tmp_path:
         ValueError, match=r"magnitude 300; these CKKS keys \(first prime 45 bits, scale 2\^35\) carry at most 256"
     ):
         encrypt_update({"n": torch.tensor(300)}, ctx=ctx, weight=0.5, workers=1)
+
+
+def test_a_secret_key_of_the_old_codec_is_a_config_error(keys_dir: Path, tmp_path: Path) -> None:
+    old = codec1_copy(keys_dir / "secret.ctx", tmp_path / "old.ctx")
+    deployed = {"role": "hospital", "data-path": str(tmp_path), "he-secret-context": str(old)}
+    with pytest.raises(ConfigError, match=r"'he-secret-context' = '.*old.ctx': key file .* uses medsilo HE codec 1"):
+        secret_context(deployed, ConfigRecord(), GENERATED)

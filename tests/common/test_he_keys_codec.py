@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array
+from old_codec import codec1_copy, rewrite_key_header
 
 from common.he.codec import ParamLayout, decrypt_chunks, encrypt_vector
 from common.he.keys import HEParams, create_key_pair, load_public_context, load_secret_context
@@ -133,20 +134,13 @@ def test_payload_checks_name_the_mismatch(tmp_path: Path, keys: tuple[Path, Path
     assert public.codec.load(blobs[0]).size() == 2  # the server expands a seeded ciphertext without a key
 
 
-def _rewrite_header(path: Path, out: Path, change: dict[str, object]) -> None:
-    magic, header, body = path.read_bytes().split(b"\n", 2)
-    fields = {k: v for k, v in {**json.loads(header), **change}.items() if v is not None}
-    out.write_bytes(magic + b"\n" + json.dumps(fields).encode() + b"\n" + body)
-
-
 def test_key_files_of_the_old_codec_get_one_line(tmp_path: Path, keys: tuple[Path, Path]) -> None:
     for path, loader in ((keys[0], load_secret_context), (keys[1], load_public_context)):
-        old = tmp_path / path.name
-        _rewrite_header(path, old, {"codec": None, "packing": None})  # as medsilo wrote them before codec 2
+        old = codec1_copy(path, tmp_path / path.name)
         with pytest.raises(ValueError, match=r"uses medsilo HE codec 1; this version reads codec 2") as err:
             loader(old)
         assert "\n" not in str(err.value) and "medsilo keys init" in str(err.value)
-    _rewrite_header(keys[1], tmp_path / "real.ctx", {"packing": "real"})
+    rewrite_key_header(keys[1], tmp_path / "real.ctx", packing="real")
     with pytest.raises(ValueError, match="packs 'real'; expected 'complex'"):
         load_public_context(tmp_path / "real.ctx")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from old_codec import codec1_copy
 from typer.testing import CliRunner
 
 from common.cli import app
@@ -86,6 +87,12 @@ def test_a_secret_key_others_can_read_is_one_line(node: dict[str, Path]) -> None
     node["secret"].chmod(0o644)
     line = _one_line_error(_check(_config(node)))
     assert "readable by others (mode 0644)" in line and f"chmod 600 {node['secret']}" in line
+
+
+def test_a_secret_key_of_the_old_codec_is_one_line(node: dict[str, Path]) -> None:
+    old = codec1_copy(node["secret"], node["secret"].with_name("old.ctx"))
+    line = _one_line_error(_check(_config(node, **{"he-secret-context": str(old)})))
+    assert "uses medsilo HE codec 1; this version reads codec 2" in line and "medsilo keys init" in line
 
 
 def test_an_unparsable_node_config_and_a_missing_role_are_one_line(node: dict[str, Path]) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from old_codec import codec1_copy
 
 from common.config import ConfigError, parse_run_config
 from common.he.codec import ParamLayout, decrypt_chunks, encrypt_vector
@@ -19,7 +20,7 @@ from common.he.payload import EncryptedPayload
 from server.app import main as server_main
 from server.encrypted_strategy import EncryptedFedAvg
 from server.history import RunHistory
-from server.keys import refuse_secret_keys
+from server.keys import check_public_key, refuse_secret_keys
 from server.roster import NodeRoster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -189,6 +190,20 @@ def test_a_simulation_with_the_secret_in_the_servers_keys_folder_stops_before_an
     assert len(messages) == 1 and records[0].levelno == logging.ERROR, messages
     assert "holds 'secret.ctx'" in messages[0] and "move secret.ctx" in messages[0] and "\n" not in messages[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_old_public_key_stops_the_run_before_anything_runs(tmp_path: Path) -> None:
+    _, public = create_key_pair(tmp_path / "keys")
+    (tmp_path / "server-keys").mkdir()
+    codec1_copy(public, tmp_path / "server-keys" / "public.ctx")
+    cfg = parse_run_config({"he-enabled": True, "he-keys-dir": str(tmp_path / "server-keys")})
+    with pytest.raises(
+        ConfigError, match=r"'he-keys-dir' = '.*server-keys': key file .* uses medsilo HE codec 1"
+    ) as err:
+        check_public_key(cfg)
+    assert "\n" not in str(err.value)
+    (tmp_path / "server-keys" / "public.ctx").write_bytes(public.read_bytes())
+    check_public_key(cfg)  # the current codec passes
 
 
 def test_server_code_never_loads_a_secret_key() -> None:
