@@ -69,12 +69,20 @@ def data_synth(
 def data_check(
     root: Annotated[Path, typer.Argument(help="data root: ROOT/<split>/<class>/<images>")],
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the full report as JSON")] = None,
+    near: Annotated[bool, typer.Option(help="also find near-twins: flipped, rotated by 90°, resized copies")] = True,
+    near_tolerance: Annotated[int, typer.Option(help="bits (of 64) two perceptual hashes may differ by")] = 4,
+    write_clean_split: Annotated[
+        Path | None, typer.Option(help="write ROOT again to this folder with no near-twin group across splits")
+    ] = None,
 ) -> None:
-    """Report class counts per split, unreadable files and exact duplicates."""
+    """Report class counts per split, unreadable files, exact duplicates and near-twins."""
     from common.data.check import check_data_root
+    from common.data.near_duplicates import write_clean_split as write_split
 
     with _one_line_errors():
-        result = check_data_root(root)
+        if write_clean_split is not None and not near:
+            raise ValueError("--write-clean-split needs the near-twin audit; drop --no-near")
+        result = check_data_root(root, near=near, tolerance=near_tolerance)
     classes = sorted({c for counts in result["splits"].values() for c in counts})
     table = Table(title=f"class counts in {root}")
     table.add_column("split")
@@ -92,6 +100,21 @@ def data_check(
     console.print(f"duplicates across splits: {len(result['duplicates_across'])} group(s)")
     for group in result["duplicates_across"][:10]:
         console.print("  " + " == ".join(group), highlight=False)
+    twins = result.get("near_twins")
+    if twins is not None:
+        within = ", ".join(f"{n} within {split}" for split, n in twins["groups_within"].items()) or "none within"
+        console.print(
+            f"near-twins (flips, 90° rotations, resizes; <= {twins['tolerance_bits']} of 64 bits): {within}; "
+            f"{len(twins['across'])} group(s) across splits",
+            highlight=False,
+        )
+        for group in twins["across"][:10]:
+            console.print("  " + " ~ ".join(group), highlight=False)
+    if write_clean_split is not None:
+        with _one_line_errors():
+            write_split(Path(root), twins["images"], twins["clean_split_moves"], write_clean_split)
+        moved = len(twins["clean_split_moves"])
+        console.print(f"wrote a split with no near-twin group across splits to {write_clean_split} ({moved} moved)")
     if json_out is not None:
         write_json(json_out, result)
 
