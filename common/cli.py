@@ -119,6 +119,28 @@ def data_check(
         write_json(json_out, result)
 
 
+@data_app.command("patches")
+def data_patches(
+    src: Annotated[Path, typer.Option("--in", help="folder of large images (any sub-folders, e.g. <class>/)")],
+    out: Annotated[Path, typer.Option("--out", help="where the patches go, in the same sub-folders")],
+    size: Annotated[int, typer.Option(help="patch side in pixels")] = 400,
+    iou: Annotated[float, typer.Option(help="overlap of neighbouring windows (intersection over union)")] = 0.3,
+    min_tissue: Annotated[float, typer.Option(help="least tissue fraction (Otsu on saturation) to keep a patch")] = 0.5,
+) -> None:
+    """Cut large histology images into tissue patches with a sliding window (an ImageFolder tree)."""
+    from common.data.patches import cut_patches
+
+    with _one_line_errors():
+        summary = cut_patches(src, out, size=size, iou=iou, min_tissue=min_tissue)
+    console.print(
+        f"{summary.patches} patch(es) of {summary.windows} window(s) from {summary.images} image(s) "
+        f"written to {out}; {len(summary.skipped)} unreadable image(s) skipped",
+        highlight=False,
+    )
+    for rel, reason in summary.skipped[:20]:
+        console.print(f"  {rel}: {reason}", highlight=False)
+
+
 @node_app.command("check")
 def node_check(
     node_config: Annotated[str, typer.Option("--node-config", help="the string given to flower-supernode")],
