@@ -22,6 +22,10 @@ class DatasetPreset:
         flips: training augmentation, random horizontal and vertical flips.
         zoom: training augmentation, maximum relative zoom in or out.
         shift: training augmentation, maximum shift as a fraction of the size.
+        right_angles: training augmentation, a random rotation by 0, 90, 180 or 270 degrees
+            (tissue has no up: the lossless rotations of histology).
+        color_jitter: training augmentation, maximum relative change of brightness, contrast
+            and saturation, and a quarter of it in hue (stain variation); 0 = none.
     """
 
     name: str
@@ -34,6 +38,8 @@ class DatasetPreset:
     flips: bool
     zoom: float
     shift: float
+    right_angles: bool = False
+    color_jitter: float = 0.0
 
 
 _GRAY = {"channels": 1, "mean": (0.5,), "std": (0.25,)}
@@ -70,6 +76,16 @@ PRESETS: dict[str, DatasetPreset] = {
         shift=0.05,
         **_GRAY,
     ),
+    "chest-xray-covid-3class": DatasetPreset(
+        name="chest-xray-covid-3class",
+        classes=("COVID", "Normal", "Viral Pneumonia"),
+        image_size=224,
+        rotation=10.0,
+        flips=False,
+        zoom=0.1,
+        shift=0.05,
+        **_GRAY,
+    ),
     "histology": DatasetPreset(
         name="histology",
         classes=(
@@ -84,6 +100,18 @@ PRESETS: dict[str, DatasetPreset] = {
         flips=True,
         zoom=0.0,
         shift=0.0,
+        **_RGB,
+    ),
+    "histology-colon": DatasetPreset(
+        name="histology-colon",
+        classes=("colon_aca", "colon_n"),
+        image_size=224,
+        rotation=0.0,
+        flips=True,
+        zoom=0.0,
+        shift=0.0,
+        right_angles=True,
+        color_jitter=0.1,
         **_RGB,
     ),
     "histology-kather": DatasetPreset(

@@ -20,8 +20,8 @@ def normalize(mean: Sequence[float], std: Sequence[float]) -> Callable[[torch.Te
 def build_transform(preset: DatasetPreset, *, train: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     """The transform for images already decoded at the training size.
 
-    Training adds the preset's augmentation (rotation, flips, zoom, shift) from the
-    source paper; evaluation only converts and normalises.
+    Training adds the preset's augmentation (rotation, flips, zoom, shift, right-angle
+    rotations, colour jitter); evaluation only converts and normalises.
     """
     steps: list[Callable[[torch.Tensor], torch.Tensor]] = []
     if train:
@@ -35,5 +35,10 @@ def build_transform(preset: DatasetPreset, *, train: bool) -> Callable[[torch.Te
             )
         if preset.flips:
             steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+        if preset.right_angles:
+            steps.append(v2.RandomChoice([v2.RandomRotation((angle, angle)) for angle in (0, 90, 180, 270)]))
+        if preset.color_jitter:
+            j = preset.color_jitter
+            steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j, hue=j / 4))
     steps.append(normalize(preset.mean, preset.std))
     return v2.Compose(steps)

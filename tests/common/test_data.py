@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import struct
@@ -18,7 +19,7 @@ from common.data.images import ImageSet, TensorImageDataset, load_folder, load_n
 from common.data.partition import partition_indices, split_train_val
 from common.data.synth import write_synthetic_tree
 from common.data.transforms import build_transform
-from common.presets import PRESETS
+from common.presets import PRESETS, get_preset
 
 MRI = PRESETS["brain-mri"]
 HISTO = PRESETS["histology"]
@@ -555,3 +556,19 @@ def test_load_never_mutates_files(tmp_path):
 def test_image_set_class_counts_uses_fixed_classes():
     s = ImageSet(torch.zeros((3, 1, 32, 32), dtype=torch.uint8), torch.tensor([2, 2, 0]), ("a", "b", "c"), MRI.classes)
     assert s.class_counts() == [1, 0, 2, 0]
+
+
+def test_histology_colon_rotates_by_right_angles_only_and_jitters_colour() -> None:
+    preset = get_preset("histology-colon")
+    assert preset.channels == 3 and preset.classes == ("colon_aca", "colon_n") and preset.rotation == 0.0
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    plain = build_transform(preset, train=False)
+    rotations = [plain(torch.rot90(image, k, dims=(1, 2))) for k in range(4)]
+    only_rotation = build_transform(dataclasses.replace(preset, flips=False, color_jitter=0.0), train=True)
+    torch.manual_seed(0)
+    outputs = [only_rotation(image) for _ in range(24)]
+    seen = {next(k for k, r in enumerate(rotations) if torch.equal(out, r)) for out in outputs}
+    assert seen == {0, 1, 2, 3}  # every lossless rotation, nothing in between
+    only_jitter = build_transform(dataclasses.replace(preset, flips=False, right_angles=False), train=True)
+    jittered = only_jitter(image)
+    assert jittered.shape == rotations[0].shape and not torch.equal(jittered, rotations[0])
