@@ -20,6 +20,7 @@ from common.presets import DatasetPreset
 
 __all__ = [
     "TrainResult",
+    "balanced_class_weights",
     "class_log_prior",
     "lr_factor",
     "make_optimizer",
@@ -52,14 +53,20 @@ def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
 def lr_factor(cfg: RunConfig, *, step: int, steps_per_round: int) -> float:
     """The learning-rate multiplier at global local step ``step`` (0-based, counted over all rounds).
 
-    Linear warm-up over ``lr-warmup-rounds``, then constant or cosine decay to 0 at the end
-    of ``num-server-rounds``. Every hospital derives it from the round number alone.
+    Linear warm-up over ``lr-warmup-rounds``, then constant, cosine decay to 0 at the end of
+    ``num-server-rounds``, or ``step``: times ``lr-step-factor`` after each round listed in
+    ``lr-step-rounds`` (round 81 trains at 0.1x after '80'). Every hospital derives it from
+    the round number alone.
     """
     warmup = cfg.lr_warmup_rounds * steps_per_round
     if step < warmup:
         return (step + 1) / warmup
     if cfg.lr_schedule == "constant":
         return 1.0
+    if cfg.lr_schedule == "step":
+        server_round = step // steps_per_round + 1
+        passed = sum(server_round > int(r) for r in cfg.lr_step_rounds.split(","))
+        return cfg.lr_step_factor**passed
     total = max(cfg.num_server_rounds * steps_per_round - warmup, 1)
     return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total) / total))
 
@@ -84,6 +91,15 @@ def class_log_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``log`` of a shard's class frequencies, add-one smoothed (a class it lacks gets a low, finite prior)."""
     counts = torch.bincount(labels.long(), minlength=num_classes).double() + 1.0
     return (counts / counts.sum()).log().float()
+
+
+def balanced_class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``n / (k * n_c)`` for each class c a shard holds (scikit-learn's "balanced"); 1 for a class it lacks."""
+    counts = torch.bincount(labels.long(), minlength=num_classes).float()
+    present = counts > 0
+    weights = torch.ones(num_classes)
+    weights[present] = counts.sum() / (int(present.sum()) * counts[present])
+    return weights
 
 
 def _proximal_term(model: nn.Module, anchor: list[torch.Tensor]) -> torch.Tensor:
@@ -133,6 +149,9 @@ def train_local(
     prior = (  # logit adjustment (Menon et al., ICLR 2021): train on logits + log p_local(y)
         class_log_prior(images.labels, len(cfg.class_names)).to(device) if cfg.loss == "logit-adjusted" else 0.0
     )
+    weight = None  # "balanced": each hospital balances its own shard, it never sees the others' counts
+    if cfg.class_weights == "balanced":
+        weight = balanced_class_weights(images.labels, len(cfg.class_names)).to(device)
     seen, loss_sum, correct, done, passes = 0, 0.0, 0, 0, 0
     while done < steps_per_round:  # whole passes over the shard, the last one cut at steps_per_round
         for x, y in batches:
@@ -142,7 +161,7 @@ def train_local(
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
                 logits = model(x)
-            loss = F.cross_entropy(logits.float() + prior, y)
+            loss = F.cross_entropy(logits.float() + prior, y, weight=weight)
             objective = loss + 0.5 * mu * _proximal_term(model, anchor) if mu > 0 else loss
             objective.backward()
             optimizer.step()

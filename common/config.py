@@ -71,6 +71,16 @@ Int = Annotated[int, BeforeValidator(_no_bool), Field(strict=True)]
 Float = Annotated[float, BeforeValidator(_no_bool), Field(strict=True, allow_inf_nan=False)]
 
 
+def _rounds(value: str) -> str:
+    try:
+        rounds = [int(r) for r in value.split(",")] if value else []
+    except ValueError:
+        rounds = [0]
+    if any(r < 1 for r in rounds) or rounds != sorted(set(rounds)):
+        raise ValueError("a comma-separated, increasing list of rounds >= 1 (e.g. '80,120'), or ''")
+    return value
+
+
 def _kebab(name: str) -> str:
     return name.replace("_", "-")
 
@@ -121,7 +131,10 @@ class RunConfig(BaseModel):
     server_momentum: Float = Field(0.0, ge=0.0, lt=1.0)
     proximal_mu: Float = Field(0.0, ge=0.0, le=100.0)
     optimizer_state: Literal["reset", "keep"] = "reset"
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
+    lr_step_rounds: Annotated[str, AfterValidator(_rounds)] = ""
+    lr_step_factor: Float = Field(0.1, gt=0.0, le=1.0)
+    class_weights: Literal["none", "balanced"] = "none"
     lr_warmup_rounds: Int = Field(0, ge=0)
     norm_layer: Literal["batch", "group"] = "batch"
     loss: Literal["cross-entropy", "logit-adjusted"] = "cross-entropy"
@@ -141,6 +154,20 @@ class RunConfig(BaseModel):
                 f"one of {', '.join(repr(s) for s in WEIGHTED_SUM_STRATEGIES)} under he-enabled: "
                 f"{self.strategy!r} is not a weighted sum, and the server only adds ciphertexts",
             )
+        return self
+
+    @model_validator(mode="after")
+    def _step_rounds_fit_the_schedule(self) -> RunConfig:
+        if self.lr_schedule == "step" and not self.lr_step_rounds:
+            raise _KeyConflict("lr-step-rounds", "the rounds after which the learning rate steps down, e.g. '80,120'")
+        if self.lr_step_rounds and self.lr_schedule != "step":
+            raise _KeyConflict("lr-step-rounds", f"'' unless lr-schedule is 'step' (it is {self.lr_schedule!r})")
+        return self
+
+    @model_validator(mode="after")
+    def _class_weights_fit_privacy(self) -> RunConfig:
+        if self.dp_enabled and self.class_weights != "none":
+            raise _KeyConflict("class-weights", "'none' under dp-enabled (DP-SGD trains on the unweighted loss)")
         return self
 
     @model_validator(mode="after")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from sklearn.utils.class_weight import compute_class_weight
 
 from client.optimizer_state import load_optimizer_state, save_optimizer_state
-from client.training import class_log_prior, lr_factor, non_finite_reason, train_local
+from client.training import balanced_class_weights, class_log_prior, lr_factor, non_finite_reason, train_local
 from common.config import parse_run_config
 from common.data import build_transform, load_split
 from common.data.synth import write_synthetic_tree
@@ -157,3 +159,27 @@ def test_fedprox_pulls_towards_the_global_model(images) -> None:  # type: ignore
         pairs = zip(model.parameters(), start.parameters(), strict=True)
         distances.append(sum(float(((p - q) ** 2).sum()) for p, q in pairs))
     assert distances[1] < distances[0]
+
+
+def test_step_schedule_multiplies_after_each_listed_round() -> None:
+    cfg = _cfg(**{"lr-schedule": "step", "lr-step-rounds": "2,4", "lr-step-factor": 0.1, "num-server-rounds": 6})
+    factors = [lr_factor(cfg, step=s, steps_per_round=3) for s in range(18)]  # rounds 1..6, 3 steps each
+    assert factors == pytest.approx([1.0] * 6 + [0.1] * 6 + [0.01] * 6)
+
+
+def test_balanced_class_weights_match_scikit_learn() -> None:
+    labels = torch.tensor([0, 0, 0, 0, 1, 2, 2, 3, 3, 3])
+    expected = compute_class_weight("balanced", classes=np.arange(4), y=labels.numpy())
+    np.testing.assert_allclose(balanced_class_weights(labels, 4).numpy(), expected, rtol=1e-6)
+    lacking = balanced_class_weights(torch.tensor([0, 0, 2]), 4)  # classes 1 and 3 absent from this shard
+    np.testing.assert_allclose(lacking.numpy(), [0.75, 1.0, 1.5, 1.0], rtol=1e-6)
+
+
+def test_balanced_class_weights_change_the_training_loss(images) -> None:  # type: ignore[no-untyped-def]
+    skewed = images.subset([i for i, y in enumerate(images.labels.tolist()) if y != 3 or i % 3 == 0])
+    losses = {}
+    for mode in ("none", "balanced"):
+        cfg = _cfg(**{"class-weights": mode})
+        result = train_local(initial_model(cfg), skewed, cfg=cfg, preset=preset_for(cfg), device=CPU, seed=1)
+        losses[mode] = result.loss
+    assert math.isfinite(losses["balanced"]) and losses["balanced"] != losses["none"]

@@ -59,6 +59,9 @@ DEFAULTS = {
     "proximal-mu": 0.0,
     "optimizer-state": "reset",
     "lr-schedule": "constant",
+    "lr-step-rounds": "",
+    "lr-step-factor": 0.1,
+    "class-weights": "none",
     "lr-warmup-rounds": 0,
     "norm-layer": "batch",
     "loss": "cross-entropy",
@@ -229,7 +232,12 @@ def test_non_finite_float_is_rejected(key):
         ("server-momentum", 1.0, "a value < 1"),
         ("proximal-mu", -0.1, "a value >= 0"),
         ("optimizer-state", "persist", "one of 'reset' or 'keep'"),
-        ("lr-schedule", "step", "one of 'constant' or 'cosine'"),
+        ("lr-schedule", "linear", "one of 'constant', 'cosine' or 'step'"),
+        ("lr-step-rounds", "80,40", "increasing list of rounds >= 1"),
+        ("lr-step-rounds", "eighty", "increasing list of rounds >= 1"),
+        ("lr-step-factor", 0.0, "a value > 0"),
+        ("lr-step-factor", 2.0, "a value <= 1"),
+        ("class-weights", "inverse", "one of 'none' or 'balanced'"),
         ("lr-warmup-rounds", -1, "a value >= 0"),
         ("lr-warmup-rounds", 1.5, "an integer"),
         ("norm-layer", "layer", "one of 'batch' or 'group'"),
@@ -246,6 +254,17 @@ def test_out_of_range_is_rejected(key, value, expected):
 def test_a_server_optimiser_is_refused_under_encryption(strategy):
     message = _error({"he-enabled": True, "strategy": strategy})
     _assert_names(message, "strategy", strategy, "under he-enabled", "not a weighted sum", "'fedavg', 'fedprox'")
+
+
+def test_step_rounds_and_the_step_schedule_go_together():
+    _assert_names(_error({"lr-schedule": "step"}), "lr-step-rounds", "", "the rounds after which", "'80,120'")
+    _assert_names(_error({"lr-step-rounds": "5"}), "lr-step-rounds", "5", "unless lr-schedule is 'step'")
+    assert parse_run_config({"lr-schedule": "step", "lr-step-rounds": "3,6"}).lr_step_rounds == "3,6"
+
+
+def test_class_weights_are_refused_under_dp():
+    message = _error({"dp-enabled": True, "class-weights": "balanced"})
+    _assert_names(message, "class-weights", "balanced", "'none' under dp-enabled")
 
 
 def test_local_steps_are_refused_under_dp():
