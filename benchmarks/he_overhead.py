@@ -12,7 +12,7 @@ Uses the real code paths: the hospital's ``encrypt_update`` / ``decode_global``
   side (same training seeds): the default run's workload (sample data, 4 hospitals x 8
   batches at 48 px) and the full brain MRI set at 128 px (4 hospitals, 1 local epoch).
 
-    python benchmarks/he_overhead.py --data-dir ../shared/data   # ResNet-18, ~25 minutes on 2 cores
+    python benchmarks/he_overhead.py --data-dir DATA   # DATA holds brain-mri/; ResNet-18, ~15 minutes on 2 cores
     python benchmarks/he_overhead.py --quick                     # cnn3, no full workload, ~1 minute
 """
 
@@ -186,7 +186,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="cnn3, and no full-data workload")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encryption processes per hospital")
-    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data", help="holds brain-mri/")
+    parser.add_argument("--data-dir", type=Path, help="holds brain-mri/ (the full workload; skipped without it)")
     args = parser.parse_args()
     for name, value in (("_run_id", 1), ("_node_id", 1), ("_task_id", 1)):
         setattr(TaskIdentity, name, value)
@@ -205,7 +205,8 @@ def main() -> None:
 
         workloads = {"default": (REPO / "data" / "samples", {"image-size": 48, "local-steps": 8})}
         if not args.quick:
-            workloads["full"] = (args.data_dir, {"image-size": 128, "local-steps": 0, "local-epochs": 1})
+            full = args.data_dir or Path("--data-dir not given")
+            workloads["full"] = (full, {"image-size": 128, "local-steps": 0, "local-epochs": 1})
         for name, (root, overrides) in workloads.items():
             cfg = parse_run_config({"model": arch, "batch-size": 32, **overrides})
             if not (root / "brain-mri" / "train").is_dir():
