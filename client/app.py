@@ -25,6 +25,7 @@ from common.he.keys import HEContext
 from common.inference import predict, resolve_device
 from common.logs import use_flower_logging
 from common.models import ModelSpec, build_from_spec, state_dict_to_cpu
+from common.tasks import label_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     if len(site.val):
         transform = build_transform(preset_for(setup.cfg), train=False)
         probs, loss = predict(setup.model, site.val, transform, batch_size=setup.cfg.batch_size, device=setup.device)
-        accuracy = float((probs.argmax(1) == site.val.labels.numpy()).mean())
+        thresholds = setup.cfg.thresholds if setup.cfg.multilabel else None
+        accuracy = label_accuracy(site.val.labels.numpy(), probs, thresholds)
         metrics = MetricRecord({rk.NUM_EXAMPLES: len(site.val), rk.EVAL_LOSS: loss, rk.EVAL_ACCURACY: accuracy})
     content = RecordDict({rk.METRICS: metrics, rk.HOSPITAL: ConfigRecord({"name": site.name})})
     return Message(content=content, reply_to=msg)

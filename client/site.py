@@ -20,7 +20,8 @@ from common.data import (
     resolve_train_folder,
     split_train_val,
 )
-from common.experiment import preset_for, resolve_path
+from common.data.partition import partition_by_group, split_train_val_by_group
+from common.experiment import load_run_split, preset_for, resolve_path
 from common.node_config import NodeConfig, parse_node_config
 
 __all__ = ["HospitalData", "NodeIdentity", "central_test_set", "hospital_data", "node_identity", "state_dir"]
@@ -69,12 +70,22 @@ def node_identity(cfg: RunConfig, node_config: Mapping[str, object]) -> NodeIden
     return _simulated_identity(cfg, node)
 
 
+def _split(cfg: RunConfig, images: ImageSet, mine: list[int], seed: int) -> tuple[list[int], list[int]]:
+    """A hospital's local train/validation split: by patient when the images name them."""
+    if images.groups:
+        return split_train_val_by_group(mine, images.groups, val_fraction=cfg.local_val_fraction, seed=seed)
+    return split_train_val(mine, val_fraction=cfg.local_val_fraction, seed=seed)
+
+
 @lru_cache(maxsize=4)
 def _partition(cfg: RunConfig, pid: int, num: int) -> HospitalData:
     preset = preset_for(cfg)
     root = resolve_path(cfg.data_root)
     kwargs = {"classes": cfg.class_names, "channels": preset.channels, "size": cfg.image_size}
-    if cfg.partitioner == "natural":
+    if cfg.multilabel:  # whole patients per hospital: no patient is at two hospitals
+        images = load_run_split(cfg, root, "train")
+        mine, name = partition_by_group(images.groups, num_partitions=num, seed=cfg.seed)[pid], f"hospital-{pid}"
+    elif cfg.partitioner == "natural":
         sites = sorted(p.name for p in (root / "train").iterdir() if p.is_dir()) if (root / "train").is_dir() else []
         if len(sites) != num:
             raise ConfigError(
@@ -94,7 +105,7 @@ def _partition(cfg: RunConfig, pid: int, num: int) -> HospitalData:
             seed=cfg.seed,
         )
         mine, name = parts[pid], f"hospital-{pid}"
-    train, val = split_train_val(mine, val_fraction=cfg.local_val_fraction, seed=cfg.seed + pid)
+    train, val = _split(cfg, images, mine, cfg.seed + pid)
     return HospitalData(name=name, train=images.subset(train), val=images.subset(val))
 
 
@@ -110,17 +121,19 @@ def _own_root(node: NodeConfig) -> Path:
 def _own_folder(cfg: RunConfig, node: NodeConfig) -> HospitalData:
     """A deployed hospital's own ``data-path`` (``DATA/train/<class>`` or ``DATA/<class>``), never another's."""
     root = _own_root(node)
-    folder = resolve_train_folder(root)
-    preset = preset_for(cfg)
-    images = load_folder(folder, classes=cfg.class_names, channels=preset.channels, size=cfg.image_size, root=root)
+    if cfg.multilabel:
+        images = load_run_split(cfg, root, "train")
+    else:
+        preset = preset_for(cfg)
+        folder = resolve_train_folder(root)
+        images = load_folder(folder, classes=cfg.class_names, channels=preset.channels, size=cfg.image_size, root=root)
     if len(images) == 0:
+        expected = "DATA/labels.csv with train rows" if cfg.multilabel else "DATA/train/<class>/* or DATA/<class>/*"
         raise ConfigError(
             f"node config: 'data-path' = {node.data_path!r} holds no readable images of the classes "
-            f"{', '.join(cfg.class_names)}; expected DATA/train/<class>/* or DATA/<class>/*"
+            f"{', '.join(cfg.class_names)}; expected {expected}"
         )
-    train, val = split_train_val(
-        list(range(len(images))), val_fraction=cfg.local_val_fraction, seed=cfg.seed + node.seed_offset
-    )
+    train, val = _split(cfg, images, list(range(len(images))), cfg.seed + node.seed_offset)
     return HospitalData(name=node.name, train=images.subset(train), val=images.subset(val))
 
 
@@ -141,8 +154,10 @@ def central_test_set(cfg: RunConfig, node_config: Mapping[str, object]) -> Image
     kwargs = {"classes": cfg.class_names, "channels": preset.channels, "size": cfg.image_size}
     if identity.node.deployed:
         root = _own_root(identity.node)
+        if cfg.multilabel:
+            return load_run_split(cfg, root, "test")
         return load_folder(resolve_test_folder(root), root=root, **kwargs)  # type: ignore[arg-type]
-    return load_split(resolve_path(cfg.data_root), "test", **kwargs)  # type: ignore[arg-type]
+    return load_run_split(cfg, resolve_path(cfg.data_root), "test")
 
 
 def state_dir(node_config: Mapping[str, object], config: ConfigRecord, hospital: str) -> Path:

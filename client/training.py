@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from common.config import RunConfig
 from common.data import ImageSet, build_transform
 from common.inference import autocast, loader
 from common.optimizers import build_optimizer
 from common.presets import DatasetPreset
+from common.tasks import hits, task_loss
 
 __all__ = [
     "TrainResult",
@@ -30,6 +30,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+AUX_LOSS_WEIGHT = 0.4
+"""Weight of an auxiliary classifier's loss (InceptionV3)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,13 @@ def balanced_class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tens
     return weights
 
 
+def _outputs(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The main logits and, for InceptionV3 in training, its auxiliary logits."""
+    if isinstance(output, torch.Tensor):
+        return output, None
+    return output.logits, output.aux_logits
+
+
 def _proximal_term(model: nn.Module, anchor: list[torch.Tensor]) -> torch.Tensor:
     """FedProx's ``||w - w_global||^2`` over the trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -152,7 +162,7 @@ def train_local(
     weight = None  # "balanced": each hospital balances its own shard, it never sees the others' counts
     if cfg.class_weights == "balanced":
         weight = balanced_class_weights(images.labels, len(cfg.class_names)).to(device)
-    seen, loss_sum, correct, done, passes = 0, 0.0, 0, 0, 0
+    seen, loss_sum, correct, done, passes = 0, 0.0, 0.0, 0, 0
     while done < steps_per_round:  # whole passes over the shard, the last one cut at steps_per_round
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -160,15 +170,18 @@ def train_local(
                 group["lr"] = cfg.learning_rate * lr_factor(cfg, step=step, steps_per_round=steps_per_round)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float() + prior, y, weight=weight)
+                output = model(x)
+            logits, aux = _outputs(output)
+            loss = task_loss(logits.float() + prior, y, weight=weight)
+            if aux is not None:  # InceptionV3's auxiliary classifier, weighted 0.4 as in Szegedy et al. (2016)
+                loss = loss + AUX_LOSS_WEIGHT * task_loss(aux.float() + prior, y, weight=weight)
             objective = loss + 0.5 * mu * _proximal_term(model, anchor) if mu > 0 else loss
             objective.backward()
             optimizer.step()
             step, done = step + 1, done + 1
             seen += len(y)
             loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            correct += hits(logits.detach(), y)
             if done == steps_per_round:
                 break
         passes += 1

@@ -210,23 +210,31 @@ def model_decrypt(
 @app.command("evaluate")
 def evaluate(
     model: Annotated[Path, typer.Option(help="model directory (model.safetensors + model.json)")],
-    data: Annotated[Path, typer.Option(help="test folder: PATH/<class>/* or PATH/test/<class>/*")],
+    data: Annotated[
+        Path, typer.Option(help="test folder: PATH/<class>/* or PATH/test/<class>/* (multi-label: PATH/labels.csv)")
+    ],
     out: Annotated[Path, typer.Option(help="folder for report.json, predictions.csv, report.md/html and figures/")],
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:
     """Score a saved model on any test folder, in the run directory's report schema."""
     from common.data.images import load_folder, resolve_test_folder
+    from common.data.labels_csv import load_labels_csv
     from common.data.transforms import normalize
     from common.inference import predict, resolve_device
-    from common.metrics import classification_report
     from common.models import load_model_dir
     from common.report import build_report
+    from common.tasks import evaluation_report
 
     with _one_line_errors():
         net, spec = load_model_dir(model)
-        folder = resolve_test_folder(data)
-        images = load_folder(folder, classes=spec.classes, channels=spec.channels, size=spec.image_size)
+        kwargs = {"channels": spec.channels, "size": spec.image_size}
+        if spec.multilabel:  # the labels CSV's test rows, scored at 0.5 per label
+            folder = data / "test"
+            images = load_labels_csv(data, "test", labels=spec.classes, **kwargs)
+        else:
+            folder = resolve_test_folder(data)
+            images = load_folder(folder, classes=spec.classes, **kwargs)
         if len(images) == 0:
             raise ValueError(f"{folder} holds no readable images of the classes {', '.join(spec.classes)}")
         with Progress(console=console) as bar:
@@ -239,13 +247,13 @@ def evaluate(
                 device=resolve_device(device),
                 on_batch=lambda n: bar.advance(task, n),
             )
-        report = classification_report(images.labels.numpy(), probs, spec.classes, loss=loss)
+        report = evaluation_report(images.labels.numpy(), probs, spec.classes, loss=loss)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
     write_predictions_csv(
         out / "predictions.csv",
         paths=images.paths,
-        y_true=images.labels.tolist(),
+        y_true=images.labels.numpy(),
         probabilities=probs,
         classes=spec.classes,
     )
@@ -323,11 +331,12 @@ def predict_images(
         probs = class_probabilities(net, spec, image)
         best = int(probs.argmax())
         table = Table(title=f"{path}: {spec.classes[best]} (p = {probs[best]:.2f})")
-        table.add_column("class")
+        table.add_column("label" if spec.multilabel else "class")
         table.add_column("probability", justify="right")
         table.add_column("predicted", justify="center")
         for index, (name, p) in enumerate(zip(spec.classes, probs, strict=True)):
-            table.add_row(name, f"{p:.4f}", "*" if index == best else "")
+            chosen = p >= 0.5 if spec.multilabel else index == best  # multi-label: every label at p >= 0.5
+            table.add_row(name, f"{p:.4f}", "*" if chosen else "")
         console.print(table)
         if cam is not None:
             target = cam / f"{path.stem}_cam.png"

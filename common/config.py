@@ -81,6 +81,16 @@ def _rounds(value: str) -> str:
     return value
 
 
+def _thresholds(value: str) -> str:
+    try:
+        numbers = [float(v) for v in value.split(",")]
+    except ValueError:
+        numbers = [-1.0]
+    if not all(0.0 < n < 1.0 for n in numbers):
+        raise ValueError("a probability in (0, 1), or a comma-separated one per label (e.g. '0.5' or '0.3,0.6,...')")
+    return value
+
+
 def _kebab(name: str) -> str:
     return name.replace("_", "-")
 
@@ -138,6 +148,9 @@ class RunConfig(BaseModel):
     lr_warmup_rounds: Int = Field(0, ge=0)
     norm_layer: Literal["batch", "group"] = "batch"
     loss: Literal["cross-entropy", "logit-adjusted"] = "cross-entropy"
+    task: Literal["auto", "multiclass", "multilabel"] = "auto"
+    label_threshold: Annotated[str, AfterValidator(_thresholds)] = "0.5"
+    early_stopping_patience: Int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _image_size_fits_model(self) -> RunConfig:
@@ -171,6 +184,34 @@ class RunConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _task_fits_dataset(self) -> RunConfig:
+        multilabel = PRESETS[self.dataset].multilabel
+        if self.task != "auto" and multilabel != (self.task == "multilabel"):
+            kind = "'multilabel'" if multilabel else "'multiclass'"
+            raise _KeyConflict("task", f"{kind} for dataset {self.dataset!r}")
+        if not multilabel:
+            if self.label_threshold != "0.5":
+                raise _KeyConflict("label-threshold", "'0.5' unless task is 'multilabel' (argmax picks one class)")
+            return self
+        if "partitioner" in self.model_fields_set and self.partitioner != "iid":
+            raise _KeyConflict("partitioner", "'iid' under task 'multilabel' (hospitals get whole patients, at random)")
+        if self.loss != "cross-entropy" or self.class_weights != "none":
+            key = "loss" if self.loss != "cross-entropy" else "class-weights"
+            raise _KeyConflict(key, "the default under task 'multilabel' (it trains on BCE with logits)")
+        if len(self.label_threshold.split(",")) not in (1, len(self.class_names)):
+            raise _KeyConflict("label-threshold", f"one threshold, or one per label ({len(self.class_names)})")
+        return self
+
+    @model_validator(mode="after")
+    def _patience_has_a_signal(self) -> RunConfig:
+        if self.early_stopping_patience and (self.fraction_evaluate == 0 or self.local_val_fraction == 0):
+            raise _KeyConflict(
+                "early-stopping-patience",
+                "0 unless the hospitals hold out validation images (local-val-fraction > 0, fraction-evaluate > 0)",
+            )
+        return self
+
+    @model_validator(mode="after")
     def _step_count_fits_privacy(self) -> RunConfig:
         if self.dp_enabled and self.local_steps:
             raise _KeyConflict(
@@ -184,6 +225,20 @@ class RunConfig(BaseModel):
         if self.classes:
             return tuple(c.strip() for c in self.classes.split(","))
         return PRESETS[self.dataset].classes
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether images carry any number of labels (BCE) rather than one class (cross-entropy).
+
+        The dataset preset decides; ``task`` ("auto" by default) may only restate it.
+        """
+        return PRESETS[self.dataset].multilabel
+
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        """The decision threshold of each label (multi-label runs)."""
+        values = [float(v) for v in self.label_threshold.split(",")]
+        return tuple(values * len(self.class_names)) if len(values) == 1 else tuple(values)
 
     def to_run_config(self) -> dict[str, Any]:
         """The resolved config as Flower-style kebab-case keys."""

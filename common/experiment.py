@@ -7,10 +7,12 @@ from pathlib import Path
 from torch import nn
 
 from common.config import RunConfig
+from common.data.images import ImageSet, load_split
+from common.data.labels_csv import load_labels_csv
 from common.models import ModelSpec, build_from_spec, load_pretrained
 from common.presets import DatasetPreset, get_preset
 
-__all__ = ["initial_model", "model_spec", "preset_for", "resolve_path"]
+__all__ = ["initial_model", "load_run_split", "model_spec", "preset_for", "resolve_path"]
 
 
 def preset_for(cfg: RunConfig) -> DatasetPreset:
@@ -29,7 +31,17 @@ def model_spec(cfg: RunConfig) -> ModelSpec:
         mean=preset.mean,
         std=preset.std,
         dp_compatible=cfg.dp_enabled or cfg.norm_layer == "group",  # the GroupNorm variant
+        multilabel=cfg.multilabel,
     )
+
+
+def load_run_split(cfg: RunConfig, root: str | Path, split: str) -> ImageSet:
+    """``split`` of a data root as the run reads it: class folders, an ``.npz``, or (multi-label) ``labels.csv``."""
+    preset = preset_for(cfg)
+    kwargs = {"channels": preset.channels, "size": cfg.image_size}
+    if cfg.multilabel:
+        return load_labels_csv(root, split, labels=cfg.class_names, **kwargs)
+    return load_split(root, split, classes=cfg.class_names, **kwargs)
 
 
 def resolve_path(value: str) -> Path:

@@ -22,6 +22,7 @@ from torch import nn
 from common.data.images import decode_image
 from common.data.transforms import normalize
 from common.models import ModelSpec
+from common.tasks import probabilities
 
 __all__ = ["class_probabilities", "gradcam", "load_image", "overlay", "target_layer"]
 
@@ -103,9 +104,9 @@ def _batch(model: nn.Module, spec: ModelSpec, image: torch.Tensor) -> torch.Tens
 
 @torch.no_grad()
 def class_probabilities(model: nn.Module, spec: ModelSpec, image: torch.Tensor) -> np.ndarray:
-    """Softmax class probabilities ``float64 (K,)`` of one ``uint8 (C, S, S)`` image."""
+    """Class probabilities ``float64 (K,)`` of one ``uint8 (C, S, S)`` image: softmax, or a sigmoid per label."""
     logits = model.eval()(_batch(model, spec, image))
-    return torch.softmax(logits.double(), dim=1)[0].cpu().numpy()
+    return probabilities(logits.double(), multilabel=spec.multilabel)[0].cpu().numpy()
 
 
 def gradcam(model: nn.Module, spec: ModelSpec, image: torch.Tensor, target_class: int | None = None) -> np.ndarray:

@@ -8,10 +8,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from common.data.images import ImageSet, TensorImageDataset
+from common.tasks import probabilities, task_loss
 
 __all__ = ["autocast", "loader", "predict", "resolve_device"]
 
@@ -66,6 +66,8 @@ def predict(
 ) -> tuple[np.ndarray, float]:
     """Class probabilities ``(N, K)`` and the mean cross-entropy over ``images``.
 
+    Multi-label images get a sigmoid per label and the mean binary cross-entropy instead.
+
     ``on_batch`` is called with each batch's size once it is scored (for progress bars).
     """
     device = device or resolve_device()
@@ -77,8 +79,8 @@ def predict(
         with autocast(device):
             logits = model(x)
         logits = logits.float()
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        chunks.append(torch.softmax(logits, dim=1).cpu().numpy().astype(np.float64))
+        loss_sum += float(task_loss(logits, y, reduction="sum"))
+        chunks.append(probabilities(logits, multilabel=images.multilabel).cpu().numpy().astype(np.float64))
         if on_batch is not None:
             on_batch(len(y))
     n = len(images)

@@ -24,20 +24,23 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-__all__ = ["classification_report"]
+__all__ = ["classification_report", "mean_defined", "number", "ratio"]
 
 
-def _num(value: float | None) -> float | None:
+def number(value: float | None) -> float | None:
+    """``value`` as a float, or ``None`` when it is missing or NaN (undefined)."""
     if value is None or math.isnan(value):
         return None
     return float(value)
 
 
-def _ratio(num: int, den: int) -> float | None:
+def ratio(num: int, den: int) -> float | None:
+    """``num / den``, or ``None`` when ``den`` is 0."""
     return float(num / den) if den > 0 else None
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
+def mean_defined(values: Sequence[float | None]) -> float | None:
+    """The mean of the values that are not ``None``; ``None`` when there are none."""
     defined = [v for v in values if v is not None]
     return float(np.mean(defined)) if defined else None
 
@@ -85,27 +88,27 @@ def classification_report(
         positive = y == i
         both = 0 < positive.sum() < len(y)
         per_class[name] = {
-            "precision": _num(precision[i]),
-            "recall": _num(recall[i]),
-            "f1": _num(f1[i]),
-            "specificity": _ratio(tn, tn + fp),
-            "npv": _ratio(tn, tn + fn),
+            "precision": number(precision[i]),
+            "recall": number(recall[i]),
+            "f1": number(f1[i]),
+            "specificity": ratio(tn, tn + fp),
+            "npv": ratio(tn, tn + fn),
             "auroc": float(roc_auc_score(positive, probs[:, i])) if both else None,
             "average_precision": float(average_precision_score(positive, probs[:, i])) if positive.any() else None,
             "support": int(support[i]),
         }
     macro = {
-        key: _mean([per_class[c][key] for c in classes])  # type: ignore[misc]
+        key: mean_defined([per_class[c][key] for c in classes])  # type: ignore[misc]
         for key in ("precision", "recall", "f1", "specificity", "npv", "auroc", "average_precision")
     }
     return {
         "classes": list(classes),
         "n": int(len(y)),
         "accuracy": float(accuracy_score(y, y_pred)),
-        "balanced_accuracy": _num(balanced),
-        "loss": _num(loss),
+        "balanced_accuracy": number(balanced),
+        "loss": number(loss),
         "macro": macro,
-        "weighted": {"precision": _num(weighted[0]), "recall": _num(weighted[1]), "f1": _num(weighted[2])},
+        "weighted": {"precision": number(weighted[0]), "recall": number(weighted[1]), "f1": number(weighted[2])},
         "per_class": per_class,
         "confusion_matrix": confusion_matrix(y, y_pred, labels=labels).tolist(),
     }

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn import functional as F
 from torchvision import models as tvm
 
 __all__ = [
@@ -99,10 +100,27 @@ def _features0(factory: Callable[..., nn.Module]) -> Callable[[int, int], nn.Mod
     return build
 
 
+class _InceptionAux(tvm.inception.InceptionAux):
+    """InceptionV3's auxiliary head for any input size: below 299 px the 17x17 map it pools is smaller."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool the Mixed_6e map to the 5x5 grid the head's 5x5 convolution expects, then classify."""
+        if min(x.shape[-2:]) >= 17:
+            x = F.avg_pool2d(x, kernel_size=5, stride=3)
+        else:
+            x = F.adaptive_avg_pool2d(x, 5)
+        x = self.conv1(self.conv0(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
 def _inception_v3(num_classes: int, in_channels: int) -> nn.Module:
-    model = tvm.inception_v3(weights=None, num_classes=num_classes, aux_logits=False, init_weights=True)
+    """InceptionV3 with its auxiliary classifier: training returns both logits, evaluation the main ones."""
+    model = tvm.inception_v3(weights=None, num_classes=num_classes, aux_logits=True, init_weights=True)
     model.transform_input = False
     model.Conv2d_1a_3x3.conv = _first_conv(model.Conv2d_1a_3x3.conv, in_channels)
+    aux = _InceptionAux(768, num_classes)
+    aux.load_state_dict(model.AuxLogits.state_dict())
+    model.AuxLogits = aux
     return model
 
 
@@ -129,6 +147,7 @@ class ModelSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     dp_compatible: bool = False
+    multilabel: bool = False
 
     def to_json(self) -> dict[str, object]:
         """The JSON form, with the file format version."""

@@ -26,6 +26,8 @@ class DatasetPreset:
             (tissue has no up: the lossless rotations of histology).
         color_jitter: training augmentation, maximum relative change of brightness, contrast
             and saturation, and a quarter of it in hue (stain variation); 0 = none.
+        multilabel: each image carries any number of ``classes`` (labels), read from a labels
+            CSV, instead of exactly one class folder.
     """
 
     name: str
@@ -40,6 +42,7 @@ class DatasetPreset:
     shift: float
     right_angles: bool = False
     color_jitter: float = 0.0
+    multilabel: bool = False
 
 
 _GRAY = {"channels": 1, "mean": (0.5,), "std": (0.25,)}
@@ -113,6 +116,32 @@ PRESETS: dict[str, DatasetPreset] = {
         zoom=0.0,
         shift=0.0,
         **_RGB,
+    ),
+    "nih-chestxray": DatasetPreset(
+        name="nih-chestxray",
+        classes=(
+            "Atelectasis",
+            "Cardiomegaly",
+            "Consolidation",
+            "Edema",
+            "Effusion",
+            "Emphysema",
+            "Fibrosis",
+            "Hernia",
+            "Infiltration",
+            "Mass",
+            "Nodule",
+            "Pleural_Thickening",
+            "Pneumonia",
+            "Pneumothorax",
+        ),
+        image_size=224,
+        rotation=10.0,
+        flips=False,
+        zoom=0.1,
+        shift=0.05,
+        multilabel=True,
+        **_GRAY,
     ),
 }
 # The 3-class COVID set (no Lung_Opacity images): the 4-class preset without that class.

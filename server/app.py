@@ -14,6 +14,7 @@ from common.he.codec import ParamLayout
 from common.logs import use_flower_logging
 from common.models import state_dict_to_cpu
 from server.central import CentralEvaluator, EvaluatorNodeScorer, LocalScorer, Scorer
+from server.early_stopping import EarlyStopping
 from server.encrypted_strategy import EncryptedFedAvg
 from server.history import RunHistory
 from server.keys import check_public_key, refuse_secret_keys, server_context
@@ -127,6 +128,7 @@ def main(grid: Grid, context: Context) -> None:
         strategy, evaluator = _strategy(cfg, grid, history, run_dir, ParamLayout.of(state), first_round)
         if point is not None:
             load_server_state(strategy, point.server_state)
+        stopping = EarlyStopping(cfg.early_stopping_patience) if cfg.early_stopping_patience else None
         run_rounds(
             strategy,
             grid,
@@ -135,6 +137,9 @@ def main(grid: Grid, context: Context) -> None:
             last_round=cfg.num_server_rounds,
             train_config=ConfigRecord({rk.RUN_DIR: str(run_dir.path)}),
             evaluate_fn=evaluator,
+            stop_after=(
+                (lambda r, fed, arrays: stopping.should_stop(r, fed, arrays, evaluator.latest)) if stopping else None
+            ),
         )
     except RunStopped as err:
         history.stop(str(err))
@@ -147,13 +152,17 @@ def main(grid: Grid, context: Context) -> None:
             run_dir.path,
         )
         return
-    final = evaluator.latest
-    if final is None or evaluator.latest_arrays is None:
+    final, arrays = evaluator.latest, evaluator.latest_arrays
+    if stopping is not None:
+        history.early_stopping = stopping.to_json()
+        if stopping.best_evaluation is not None and stopping.best_arrays is not None:  # the best round's model
+            final, arrays = stopping.best_evaluation, stopping.best_arrays
+    if final is None or arrays is None:
         raise RuntimeError("the run ended without any central evaluation; see the log for the evaluator's error")
     history.finish()
     history.flush()
     html = run_dir.finish(
-        arrays=evaluator.latest_arrays,
+        arrays=arrays,
         spec=model_spec(cfg),
         report=final.report,
         paths=final.scored.paths,

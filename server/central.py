@@ -20,11 +20,11 @@ from flwr.serverapp import Grid
 
 from common import records as rk
 from common.config import RunConfig
-from common.data import ImageSet, build_transform, load_split
-from common.experiment import model_spec, preset_for, resolve_path
+from common.data import ImageSet, build_transform
+from common.experiment import load_run_split, model_spec, preset_for, resolve_path
 from common.inference import predict, resolve_device
-from common.metrics import classification_report
 from common.models import ModelSpec, build_from_spec
+from common.tasks import evaluation_report
 from server.history import RunHistory
 from server.run_directory import RunDirectory
 
@@ -47,7 +47,7 @@ class AggregateRejected(RuntimeError):
 
 @dataclass(frozen=True)
 class Scored:
-    """Per-image results on the central test set: ``probabilities`` is ``(N, K)``."""
+    """Per-image results on the central test set: ``probabilities`` is ``(N, K)``, ``y_true`` ``(N,)`` or ``(N, K)``."""
 
     paths: tuple[str, ...]
     y_true: np.ndarray
@@ -80,10 +80,7 @@ class LocalScorer:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.transform = build_transform(preset, train=False)
-        root = resolve_path(cfg.data_root)
-        self.test: ImageSet = load_split(
-            root, "test", classes=cfg.class_names, channels=preset.channels, size=cfg.image_size
-        )
+        self.test: ImageSet = load_run_split(cfg, resolve_path(cfg.data_root), "test")
         if len(self.test) == 0:
             raise ValueError(f"data-root {cfg.data_root!r} has no readable central test images under test/")
         self.model = build_from_spec(spec)
@@ -144,6 +141,7 @@ class CentralEvaluator:
         server_state: Callable[[], dict[str, np.ndarray]] = dict,
     ) -> None:
         self.spec = model_spec(cfg)
+        self.thresholds = cfg.thresholds if cfg.multilabel else None
         self.server_state = server_state
         self.scorer = scorer
         self.history = history
@@ -175,7 +173,9 @@ class CentralEvaluator:
             record["central_error"] = str(err)
             self.history.flush()
             return None
-        report = classification_report(scored.y_true, scored.probabilities, self.spec.classes, loss=scored.loss)
+        report = evaluation_report(
+            scored.y_true, scored.probabilities, self.spec.classes, loss=scored.loss, thresholds=self.thresholds
+        )
         self.latest = CentralEvaluation(server_round, report, scored)
         record["central"] = {
             "accuracy": report["accuracy"],

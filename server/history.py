@@ -32,6 +32,7 @@ class RunHistory:
         self.resumed: list[dict[str, Any]] = []
         self.stopped: str | None = None
         self.nodes: dict[str, Any] | None = None
+        self.early_stopping: dict[str, Any] | None = None
         self._clock = time.monotonic()
 
     def restore(self, rounds: list[dict[str, Any]], *, after_round: int) -> None:
@@ -118,6 +119,7 @@ class RunHistory:
             **({"resumed": self.resumed} if self.resumed else {}),
             **({"stopped": self.stopped} if self.stopped else {}),
             **({"nodes": self.nodes} if self.nodes is not None else {}),
+            **({"early_stopping": self.early_stopping} if self.early_stopping is not None else {}),
             "rounds": [self.rounds[r] for r in sorted(self.rounds)],
         }
 

@@ -34,10 +34,12 @@ def run_rounds(
     last_round: int,
     train_config: ConfigRecord,
     evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None],
+    stop_after: Callable[[int, MetricRecord | None, ArrayRecord], bool] | None = None,
 ) -> ArrayRecord:
     """Run rounds ``first_round..last_round`` from ``arrays``; return the final global model.
 
-    Round 0 (the initial model) is scored only on a fresh start.
+    Round 0 (the initial model) is scored only on a fresh start. ``stop_after(round,
+    federated metrics, arrays)`` returning ``True`` ends the run after that round (early stopping).
 
     Raises:
         RunStopped: from the strategy, when fewer than ``min-train-nodes`` hospitals remain.
@@ -61,9 +63,13 @@ def run_rounds(
             arrays = previous
             evaluate_fn(server_round, arrays)
         messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
+        federated = None
         if messages:
-            strategy.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=strategy.round_timeout))
+            replies = grid.send_and_receive(messages, timeout=strategy.round_timeout)
+            federated = strategy.aggregate_evaluate(server_round, replies)
         history.flush()
         log.info("%s", history.round_summary(server_round, last_round))
         log.info("round %d/%d done in %.1f s", server_round, last_round, time.perf_counter() - start)
+        if stop_after is not None and stop_after(server_round, federated, arrays):
+            break
     return arrays

@@ -113,7 +113,7 @@ class RunDirectory:
         write_predictions_csv(
             self.path / "predictions.csv",
             paths=paths,
-            y_true=y_true.tolist(),
+            y_true=y_true,
             probabilities=probabilities,
             classes=spec.classes,
         )

@@ -42,10 +42,12 @@ class ImageSet:
 
     Attributes:
         images: ``uint8`` tensor ``(N, C, S, S)``.
-        labels: ``int64`` tensor ``(N,)`` of indices into ``classes``.
+        labels: ``int64`` tensor ``(N,)`` of indices into ``classes``, or (multi-label)
+            ``(N, L)`` of 0/1 flags, one column per entry of ``classes``.
         paths: the source of each image, relative to the data root.
-        classes: the fixed class list (preset or config), never a folder listing.
+        classes: the fixed class (label) list (preset or config), never a folder listing.
         skipped: ``(path, reason)`` of every file that could not be read.
+        groups: each image's patient, when the source names them (a labels CSV); else empty.
     """
 
     images: torch.Tensor
@@ -53,6 +55,7 @@ class ImageSet:
     paths: tuple[str, ...]
     classes: tuple[str, ...]
     skipped: tuple[tuple[str, str], ...] = field(default=())
+    groups: tuple[str, ...] = field(default=())
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -66,15 +69,26 @@ class ImageSet:
             paths=tuple(self.paths[i] for i in index.tolist()),
             classes=self.classes,
             skipped=self.skipped,
+            groups=tuple(self.groups[i] for i in index.tolist()) if self.groups else (),
         )
 
+    @property
+    def multilabel(self) -> bool:
+        """Whether each image carries a 0/1 flag per label rather than one class."""
+        return self.labels.ndim == 2
+
     def class_counts(self) -> list[int]:
-        """Number of images per class, in class order."""
+        """Number of images per class (multi-label: with each label), in class order."""
+        if self.multilabel:
+            return self.labels.sum(dim=0).tolist()
         return torch.bincount(self.labels, minlength=len(self.classes)).tolist()
 
 
-class TensorImageDataset(Dataset[tuple[torch.Tensor, int]]):
-    """A map-style dataset over an :class:`ImageSet`, applying ``transform`` per item."""
+class TensorImageDataset(Dataset[tuple[torch.Tensor, int | torch.Tensor]]):
+    """A map-style dataset over an :class:`ImageSet`, applying ``transform`` per item.
+
+    The target is the class index, or (multi-label) the ``float32`` flag vector BCE expects.
+    """
 
     def __init__(self, images: ImageSet, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.images = images
@@ -83,8 +97,10 @@ class TensorImageDataset(Dataset[tuple[torch.Tensor, int]]):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.images.images[index]), int(self.images.labels[index])
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
+        label = self.images.labels[index]
+        target = label.float() if self.images.multilabel else int(label)
+        return self.transform(self.images.images[index]), target
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:

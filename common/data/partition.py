@@ -14,7 +14,7 @@ import numpy as np
 if TYPE_CHECKING:
     from flwr_datasets.partitioner import Partitioner
 
-__all__ = ["PARTITIONERS", "partition_indices", "split_train_val"]
+__all__ = ["PARTITIONERS", "partition_by_group", "partition_indices", "split_train_val", "split_train_val_by_group"]
 
 PARTITIONERS = ("iid", "dirichlet")
 
@@ -72,3 +72,46 @@ def split_train_val(indices: Sequence[int], *, val_fraction: float, seed: int) -
     val = sorted(indices[i] for i in order[:n_val])
     train = sorted(indices[i] for i in order[n_val:])
     return train, val
+
+
+def partition_by_group(groups: Sequence[str], *, num_partitions: int, seed: int = 42) -> list[list[int]]:
+    """Split image indices into hospitals by patient: each patient's images go to one hospital only.
+
+    Patients are taken in a seeded random order, each to the hospital with the fewest images so
+    far, so hospitals hold about as many images as an IID split would.
+
+    Returns:
+        One sorted index list per partition; together they cover every index once.
+    """
+    if num_partitions < 1:
+        raise ValueError(f"num_partitions = {num_partitions} is invalid; expected at least 1")
+    members: dict[str, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    if len(members) < num_partitions:
+        raise ValueError(f"{len(members)} patients cannot be split into {num_partitions} hospitals")
+    patients = sorted(members)
+    parts: list[list[int]] = [[] for _ in range(num_partitions)]
+    for i in np.random.default_rng(seed).permutation(len(patients)):
+        smallest = min(range(num_partitions), key=lambda p: len(parts[p]))
+        parts[smallest].extend(members[patients[i]])
+    return [sorted(p) for p in parts]
+
+
+def split_train_val_by_group(
+    indices: Sequence[int], groups: Sequence[str], *, val_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Hold out whole patients, about ``val_fraction`` of a hospital's images, as its local test split."""
+    members: dict[str, list[int]] = {}
+    for index in indices:
+        members.setdefault(groups[index], []).append(index)
+    patients = sorted(members)
+    val: list[int] = []
+    if val_fraction > 0 and len(patients) >= 2:
+        target = max(1, int(round(len(indices) * val_fraction)))
+        for i in np.random.default_rng(seed).permutation(len(patients))[: len(patients) - 1]:
+            if len(val) >= target:
+                break
+            val.extend(members[patients[i]])
+    held = set(val)
+    return sorted(i for i in indices if i not in held), sorted(val)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from common.presets import get_preset
 
-__all__ = ["TEXTURES", "synth_image", "write_synthetic_tree"]
+__all__ = ["TEXTURES", "synth_image", "write_synthetic_multilabel", "write_synthetic_tree"]
 
 TEXTURES = ("stripes", "checkerboard", "rings", "solid", "dots", "hole", "speckle", "outline")
 
@@ -95,4 +95,44 @@ def write_synthetic_tree(
             for i in range(count):
                 array, _ = synth_image(label, len(preset.classes), size=size, channels=preset.channels, rng=rng)
                 Image.fromarray(array).save(folder / f"{split}-{name}-{i:04d}.png")
+    return out
+
+
+def write_synthetic_multilabel(
+    out: str | Path,
+    *,
+    labels: tuple[str, ...],
+    patients: tuple[int, int] = (12, 4),
+    images_per_patient: int = 4,
+    prevalence: float = 0.35,
+    size: int = 32,
+    seed: int = 0,
+) -> Path:
+    """Write ``out/images/*.png`` and ``out/labels.csv`` (``path, patient_id, split, <labels>``).
+
+    Each label present draws its own bright square at a place of its own on a noisy gray
+    background, so every label can be learnt. ``patients`` is (train, test) patients; each
+    patient's images share a split, as in a patient-level split.
+    """
+    if not labels or size < 32 or images_per_patient < 1 or min(patients) < 1:
+        raise ValueError("expected labels, size >= 32, images_per_patient >= 1 and at least one patient per split")
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    side = int(np.ceil(np.sqrt(len(labels))))
+    cell = size // side
+    rows = []
+    for split, count, first in (("train", patients[0], 1), ("test", patients[1], 1 + patients[0])):
+        for patient in range(first, first + count):
+            for k in range(images_per_patient):
+                flags = (rng.uniform(size=len(labels)) < prevalence).astype(int)
+                image = 0.25 + 0.05 * rng.standard_normal((size, size))
+                for i in np.flatnonzero(flags):
+                    top, left = (i // side) * cell + cell // 4, (i % side) * cell + cell // 4
+                    image[top : top + cell // 2, left : left + cell // 2] = 0.9
+                name = f"images/{patient:05d}_{k:03d}.png"
+                Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).save(out / name)
+                rows.append([name, str(patient), split, *map(str, flags)])
+    lines = [",".join(["path", "patient_id", "split", *labels]), *(",".join(r) for r in rows)]
+    (out / "labels.csv").write_text("\n".join(lines) + "\n")
     return out

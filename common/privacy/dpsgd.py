@@ -12,7 +12,6 @@ from typing import Any
 import torch
 from opacus import PrivacyEngine
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from common.data.images import ImageSet
@@ -20,6 +19,7 @@ from common.inference import loader
 from common.optimizers import build_optimizer
 from common.privacy.accounting import is_finite_number, poisson_schedule
 from common.privacy.clipping import BookKeepingClipper  # importing it also registers ghost clipping's Conv2d norms
+from common.tasks import TaskLoss, hits, task_loss
 
 __all__ = ["GRAD_SAMPLE_MODES", "PrivateTrainResult", "PrivateTraining", "make_private", "train_private"]
 
@@ -97,7 +97,7 @@ class PrivateTraining:
         if self.clipper is not None:
             x = x.detach().requires_grad_(True)  # the backward pass reaches every layer through the input
             logits = self.model(x)
-            per_example = F.cross_entropy(logits + self.log_prior, y, reduction="none")
+            per_example = task_loss(logits + self.log_prior, y, reduction="none")
             self.clipper.backward(per_example, x)
             loss = per_example.mean()
         else:
@@ -136,7 +136,7 @@ def make_private(
         wrapped = PrivacyEngine(accountant="rdp").make_private(
             module=model,
             optimizer=optimizer,
-            criterion=nn.CrossEntropyLoss(),
+            criterion=TaskLoss(),
             data_loader=batches,
             noise_multiplier=float(noise_multiplier),
             max_grad_norm=float(max_grad_norm),
@@ -146,7 +146,7 @@ def make_private(
     if mode in ("ghost", "bk"):  # ghost clipping's loss runs both backward passes; bk does not use it
         dp_model, dp_optimizer, criterion, dp_batches = wrapped
     else:
-        (dp_model, dp_optimizer, dp_batches), criterion = wrapped, nn.CrossEntropyLoss()
+        (dp_model, dp_optimizer, dp_batches), criterion = wrapped, TaskLoss()
     clipper = None
     if mode == "bk":
         dp_model.disable_hooks()
@@ -237,7 +237,7 @@ def train_private(
     )
     if log_prior is not None:
         private.log_prior = log_prior.to(device)
-    steps, seen, loss_sum, correct = 0, 0, 0.0, 0
+    steps, seen, loss_sum, correct = 0, 0, 0.0, 0.0
     try:
         if not math.isclose(private.batches.sample_rate, sample_rate, rel_tol=1e-12):
             raise RuntimeError(f"Opacus samples at rate {private.batches.sample_rate}; expected {sample_rate}")
@@ -252,7 +252,7 @@ def train_private(
                         logits, loss = result
                         seen += len(y)
                         loss_sum += float(loss.detach()) * len(y)
-                        correct += int((logits.detach().argmax(1) == y).sum())
+                        correct += hits(logits.detach(), y)
     finally:
         private.close()
         _strip_opacus(model)

@@ -19,7 +19,7 @@ from common.report.content import Note, Section
 from common.report.gradcam import TITLE as GRADCAM_TITLE
 from common.report.gradcam import gradcam_section, plaintext_model
 from common.report.html import render_html
-from common.report.inputs import ReportInputs, read_inputs
+from common.report.inputs import ReportInputs, is_multilabel, read_inputs
 from common.report.markdown import render_markdown
 from common.report.summary import dp_enabled, he_enabled, run_summary
 
@@ -71,10 +71,11 @@ def _steps(
     report, history, config = inputs.report, inputs.history, inputs.config
     rounds = history["rounds"] if history is not None else []
     classes = report["classes"]
-    steps: list[tuple[str, Callable[[], Section]]] = [
-        ("confusion matrix", lambda: sections.confusion_section(report, out)),
-        ("ROC and PR curves", lambda: sections.curves_section(classes, inputs.predictions, out)),
-    ]
+    multilabel = is_multilabel(report)
+    steps: list[tuple[str, Callable[[], Section]]] = []
+    if not multilabel:  # a multi-label run has no single predicted class to tabulate
+        steps.append(("confusion matrix", lambda: sections.confusion_section(report, out)))
+    steps.append(("ROC and PR curves", lambda: sections.curves_section(classes, inputs.predictions, out)))
     if history is None:
         missing = "this directory has no history.json (a medsilo evaluate output has none)"
         steps += [
@@ -90,7 +91,11 @@ def _steps(
         steps.append(("privacy", lambda: sections.privacy_section(config, rounds, out)))
     if he_enabled(config):
         steps.append(("encryption", lambda: sections.encryption_section(rounds, out)))
-    steps.append(("Grad-CAM grid", lambda: _gradcam(inputs, model, images_root, out)))
+    if multilabel:
+        why = "a multi-label run has no single predicted class per image; run 'medsilo explain' per label instead"
+        steps.append(("Grad-CAM grid", lambda: _left_out(GRADCAM_TITLE, why)))
+    else:
+        steps.append(("Grad-CAM grid", lambda: _gradcam(inputs, model, images_root, out)))
     if comparison is not None:
         steps.append(("privacy–utility", lambda: sections.privacy_utility_section(comparison, out)))
     return steps

@@ -26,11 +26,15 @@ __all__ = [
     "fmt",
     "headline",
     "metrics_table",
+    "multilabel_headline",
+    "per_label_table",
     "report_cell",
 ]
 
 METRIC_COLUMNS = ("precision", "recall", "f1", "specificity", "npv", "auroc", "average_precision")
 METRIC_HEADER = ("precision", "recall (sensitivity)", "F1", "specificity", "NPV", "AUROC", "AP")
+LABEL_COLUMNS = ("auroc", "average_precision", "f1", "precision", "sensitivity", "specificity", "npv")
+LABEL_HEADER = ("AUROC", "AP", "F1", "precision", "sensitivity", "specificity", "NPV")
 
 
 def fmt(value: float | int | None, digits: int = 3) -> str:
@@ -102,10 +106,10 @@ def report_cell(report: Mapping[str, Any], key: str) -> Cell:
 
 def _split_key(report: Mapping[str, Any], key: str) -> list[Any]:
     """Dotted key to path; a class name may contain dots, so ``per_class`` keys split at the last one."""
-    if key.startswith("per_class."):
-        rest = key.removeprefix("per_class.")
-        name, _, metric = rest.rpartition(".")
-        return ["per_class", name, metric]
+    for table in ("per_class", "per_label"):
+        if key.startswith(f"{table}."):
+            name, _, metric = key.removeprefix(f"{table}.").rpartition(".")
+            return [table, name, metric]
     if key.startswith("confusion_matrix."):
         _, row, col = key.split(".")
         return ["confusion_matrix", int(row), int(col)]
@@ -153,8 +157,59 @@ def confusion_table(report: Mapping[str, Any]) -> Table:
     return Table(("true \\ predicted", *classes), rows)
 
 
+def multilabel_headline(report: Mapping[str, Any]) -> Paragraph:
+    """Macro AUROC, the accuracies, loss and the number of test images of a multi-label run, in one sentence."""
+    value = partial(report_cell, report)
+    return Paragraph(
+        (
+            "Macro AUROC ",
+            value("macro.auroc"),
+            ", mean per-label accuracy ",
+            value("accuracy"),
+            ", every label right (subset accuracy) ",
+            value("subset_accuracy"),
+            ", balanced accuracy ",
+            value("balanced_accuracy"),
+            ", loss ",
+            value("loss"),
+            ", on ",
+            value("n"),
+            " test images.",
+        )
+    )
+
+
+def per_label_table(report: Mapping[str, Any]) -> Table:
+    """One row per label, its threshold and positives, then the macro and micro averages."""
+    rows: list[tuple[Cell, ...]] = []
+    for name in report["per_label"]:
+        metrics = [report_cell(report, f"per_label.{name}.{m}") for m in LABEL_COLUMNS]
+        extra = [report_cell(report, f"per_label.{name}.{m}") for m in ("threshold", "support")]
+        rows.append((Cell(name), *metrics, *extra))
+    for average in ("macro", "micro"):
+        cells = [report_cell(report, f"{average}.{m}") for m in LABEL_COLUMNS]
+        rows.append((Cell(f"{average} avg"), *cells, Cell(""), Cell("")))
+    return Table(("label", *LABEL_HEADER, "threshold", "positives"), tuple(rows))
+
+
 def evaluation_section(report: Mapping[str, Any]) -> Section:
-    """The central evaluation in the papers' form: headline, per-class table, confusion matrix."""
+    """The central evaluation in the papers' form: headline, per-class table, confusion matrix.
+
+    A multi-label run gets its own form: per-label AUROC, AP and the decisions at each threshold.
+    """
+    if report.get("task") == "multilabel":
+        return Section(
+            "Central evaluation, per label",
+            (
+                multilabel_headline(report),
+                per_label_table(report),
+                Note(
+                    "Each label is scored on its own: AUROC and AP from its probability, the rest from the decision "
+                    "at its threshold. Micro averages pool every (image, label) pair. n/a: undefined for this label "
+                    "on this test set (no positive or no negative images, or never predicted)."
+                ),
+            ),
+        )
     return Section(
         "Central evaluation",
         (

@@ -81,13 +81,18 @@ def confusion_matrices(matrix: Sequence[Sequence[int]], classes: Sequence[str], 
     return save(fig, path, "Confusion matrix: counts and row-normalised (each true class's row sums to 1).")
 
 
+def _positive(y_true: np.ndarray, i: int) -> np.ndarray:
+    """The images of class ``i`` (one vs rest), or those carrying label ``i`` (multi-label flags)."""
+    return y_true[:, i] == 1 if y_true.ndim == 2 else y_true == i
+
+
 def roc_curves(y_true: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], path: Path) -> Figure:
     """One-vs-rest ROC curve per class, AUC in the legend; classes without both outcomes are listed as n/a."""
     fig, axes = new_figure(5, 4.4)
     ax = axes[0, 0]
     labels = []
     for i, name in enumerate(classes):
-        positive = y_true == i
+        positive = _positive(y_true, i)
         if not 0 < positive.sum() < len(y_true):
             labels.append(f"{name} (AUC n/a)")
             continue
@@ -96,9 +101,10 @@ def roc_curves(y_true: np.ndarray, probabilities: np.ndarray, classes: Sequence[
         ax.plot(fpr, tpr, label=labels[-1])
     ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1, label="chance")
     ax.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)")
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), title="ROC curves, one vs rest")
-    ax.legend(loc="lower right", fontsize=8)
-    return save(fig, path, "One-vs-rest ROC curves: " + "; ".join(labels) + ".")
+    kind = "per label" if y_true.ndim == 2 else "one vs rest"
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), title=f"ROC curves, {kind}")
+    ax.legend(loc="lower right", fontsize=8 if len(classes) <= 6 else 6)
+    return save(fig, path, f"ROC curves, {kind}: " + "; ".join(labels) + ".")
 
 
 def pr_curves(y_true: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], path: Path) -> Figure:
@@ -107,7 +113,7 @@ def pr_curves(y_true: np.ndarray, probabilities: np.ndarray, classes: Sequence[s
     ax = axes[0, 0]
     labels = []
     for i, name in enumerate(classes):
-        positive = y_true == i
+        positive = _positive(y_true, i)
         if not positive.any():
             labels.append(f"{name} (AP n/a)")
             continue

@@ -11,24 +11,21 @@ import numpy as np
 
 from common.run_files import read_predictions_csv
 
-__all__ = ["Predictions", "ReportInputs", "read_inputs"]
+__all__ = ["Predictions", "ReportInputs", "is_multilabel", "read_inputs"]
 
-_REPORT_KEYS = (
-    "classes",
-    "n",
-    "accuracy",
-    "balanced_accuracy",
-    "loss",
-    "macro",
-    "weighted",
-    "per_class",
-    "confusion_matrix",
-)
+_COMMON_KEYS = ("classes", "n", "accuracy", "balanced_accuracy", "loss", "macro")
+_REPORT_KEYS = (*_COMMON_KEYS, "weighted", "per_class", "confusion_matrix")
+_MULTILABEL_KEYS = (*_COMMON_KEYS, "subset_accuracy", "micro", "per_label", "thresholds")
+
+
+def is_multilabel(report: dict[str, Any]) -> bool:
+    """Whether ``report.json`` scores labels (a multi-label run) rather than classes."""
+    return report.get("task") == "multilabel"
 
 
 @dataclass(frozen=True)
 class Predictions:
-    """``predictions.csv``: image paths, ``y_true (N,)`` and probabilities ``(N, K)``."""
+    """``predictions.csv``: image paths, ``y_true (N,)`` (multi-label ``(N, K)`` flags), probabilities ``(N, K)``."""
 
     paths: list[str]
     y_true: np.ndarray
@@ -87,7 +84,8 @@ def read_inputs(directory: str | Path) -> ReportInputs:
     if not report_path.is_file():
         raise ValueError(f"{directory} has no report.json; expected a finished run directory or evaluate output")
     report = _json(report_path)
-    missing = [k for k in _REPORT_KEYS if not isinstance(report, dict) or k not in report]
+    keys = _MULTILABEL_KEYS if isinstance(report, dict) and is_multilabel(report) else _REPORT_KEYS
+    missing = [k for k in keys if not isinstance(report, dict) or k not in report]
     if missing:
         raise ValueError(f"{report_path} lacks {', '.join(missing)}; expected the report.json schema of DESIGN")
     history = _optional_json(directory / "history.json", dict)

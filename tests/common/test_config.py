@@ -65,6 +65,9 @@ DEFAULTS = {
     "lr-warmup-rounds": 0,
     "norm-layer": "batch",
     "loss": "cross-entropy",
+    "task": "auto",
+    "label-threshold": "0.5",
+    "early-stopping-patience": 0,
 }
 
 

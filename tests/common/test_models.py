@@ -26,7 +26,9 @@ from common.models import (
 )
 
 ARCHS = ["cnn3", "resnet18", "densenet121", "resnet50"]
-SPEC_KEYS = {"architecture", "classes", "image_size", "channels", "mean", "std", "dp_compatible", "format_version"}
+SPEC_KEYS = {
+    "architecture", "classes", "image_size", "channels", "mean", "std", "dp_compatible", "multilabel", "format_version"
+}
 
 
 class _Trap:
@@ -134,6 +136,7 @@ def test_model_json_contents(tmp_path):
         "mean": [0.5],
         "std": [0.25],
         "dp_compatible": False,
+        "multilabel": False,
     }
 
 
