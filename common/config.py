@@ -193,8 +193,6 @@ class RunConfig(BaseModel):
             if self.label_threshold != "0.5":
                 raise _KeyConflict("label-threshold", "'0.5' unless task is 'multilabel' (argmax picks one class)")
             return self
-        if "partitioner" in self.model_fields_set and self.partitioner != "iid":
-            raise _KeyConflict("partitioner", "'iid' under task 'multilabel' (hospitals get whole patients, at random)")
         if self.loss != "cross-entropy" or self.class_weights != "none":
             key = "loss" if self.loss != "cross-entropy" else "class-weights"
             raise _KeyConflict(key, "the default under task 'multilabel' (it trains on BCE with logits)")

@@ -100,10 +100,12 @@ class RunHistory:
                     f"({timings.get('federated_evaluate_s', 0.0):.1f} s)"
                 )
         if central is not None:
-            macro_f1 = central.get("macro_f1")
+            macro_f1, macro_auroc = central.get("macro_f1"), central.get("macro_auroc")
             parts.append(
                 f"central accuracy {central['accuracy']:.3f}, macro F1 "
                 + (f"{macro_f1:.3f}" if macro_f1 is not None else "n/a")
+                + ", macro AUROC "
+                + (f"{macro_auroc:.3f}" if macro_auroc is not None else "n/a")
                 + f" ({timings.get('central_evaluate_s', 0.0):.1f} s)"
             )
         else:

@@ -145,14 +145,13 @@ def test_predictions_csv_round_trips_multilabel_truth(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back, probs)
 
 
-BASE = {"dataset": "nih-chestxray", "task": "multilabel", "partitioner": "iid"}
+BASE = {"dataset": "nih-chestxray", "task": "multilabel"}
 
 
 @pytest.mark.parametrize(
     ("keys", "message"),
     [
         ({"task": "multiclass"}, "'task' = 'multiclass' is invalid; expected 'multilabel' for dataset 'nih-chestxray'"),
-        ({"partitioner": "dirichlet"}, "'partitioner' = 'dirichlet' is invalid; expected 'iid' under task"),
         ({"loss": "logit-adjusted"}, "'loss' = 'logit-adjusted' is invalid; expected the default under task"),
         ({"label-threshold": "0.5,0.5"}, "expected one threshold, or one per label (14)"),
         ({"label-threshold": "1.5"}, "'label-threshold' = '1.5' is invalid; expected a probability in (0, 1)"),

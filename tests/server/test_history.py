@@ -28,7 +28,7 @@ def test_round_summary_says_what_happened_and_how_long_it_took(tmp_path: Path) -
     history = RunHistory(tmp_path / "history.json")
     history.round(0)["central"] = {"accuracy": 0.25, "macro_f1": None}
     history.round(0)["timings"]["central_evaluate_s"] = 2.04
-    assert history.round_summary(0, 10) == "round 0/10: central accuracy 0.250, macro F1 n/a (2.0 s)"
+    assert history.round_summary(0, 10) == "round 0/10: central accuracy 0.250, macro F1 n/a, macro AUROC n/a (2.0 s)"
     record = history.round(3)
     record["timings"].update(train_s=12.31, aggregate_s=0.104, federated_evaluate_s=0.9, central_evaluate_s=2.0)
     for name in ("a", "b", "c", "d"):
@@ -36,9 +36,9 @@ def test_round_summary_says_what_happened_and_how_long_it_took(tmp_path: Path) -
     history.hospital(3, "e")["declined"] = "privacy budget"
     history.fail(3, node_id=5, stage="train", reason="declined: privacy budget")
     record["federated_evaluate"] = {"eval-accuracy": 0.5}
-    record["central"] = {"accuracy": 0.7123, "macro_f1": 0.7}
+    record["central"] = {"accuracy": 0.7123, "macro_f1": 0.7, "macro_auroc": 0.8125}
     assert history.round_summary(3, 10) == (
         "round 3/10: 4 hospital(s) trained in 12.3 s (1 failed or declined), aggregated in 0.10 s, "
-        "hospital evaluation accuracy 0.500 (0.9 s), central accuracy 0.712, macro F1 0.700 (2.0 s)"
+        "hospital evaluation accuracy 0.500 (0.9 s), central accuracy 0.712, macro F1 0.700, macro AUROC 0.812 (2.0 s)"
     )
     assert history.round_summary(4, 10).endswith("no central evaluation")
