@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,14 @@ from sklearn.metrics import (
     recall_score,
     roc_auc_score,
 )
+from typer.testing import CliRunner
 
+from common.cli import app
 from common.config import ConfigError, parse_run_config
 from common.data.labels_csv import load_labels_csv
 from common.data.partition import partition_by_group, split_train_val_by_group
 from common.data.synth import write_synthetic_multilabel
+from common.models import ModelSpec, build_from_spec, save_model_dir
 from common.multilabel_metrics import multilabel_report
 from common.run_files import read_predictions_csv, write_predictions_csv
 
@@ -171,3 +175,18 @@ def test_task_multilabel_needs_a_multilabel_dataset() -> None:
     cfg = parse_run_config({**BASE, "label-threshold": ",".join(["0.3"] * 14)})
     assert cfg.multilabel and cfg.thresholds == (0.3,) * 14
     assert parse_run_config(BASE).thresholds == (0.5,) * 14
+
+
+def test_medsilo_evaluate_scores_a_multilabel_model_per_label(ml_root: Path, tmp_path: Path) -> None:
+    spec = ModelSpec("cnn3", LABELS, 32, 1, (0.5,), (0.25,), multilabel=True)
+    model_dir = save_model_dir(tmp_path / "model", build_from_spec(spec, seed=0), spec)
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(model_dir), "--data", str(ml_root), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    _, truth, probs, _ = read_predictions_csv(out / "predictions.csv")
+    assert report["task"] == "multilabel" and report["n"] == 12 and truth.shape == (12, 3)
+    for i, name in enumerate(LABELS):
+        if 0 < truth[:, i].sum() < len(truth):
+            assert report["per_label"][name]["auroc"] == pytest.approx(roc_auc_score(truth[:, i], probs[:, i]))
+    assert "Central evaluation, per label" in (out / "report.md").read_text()
