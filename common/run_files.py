@@ -12,7 +12,7 @@ import numpy as np
 
 __all__ = ["TRUE_PREFIX", "read_predictions_csv", "write_json", "write_predictions_csv"]
 
-TRUE_PREFIX = "true_"
+TRUE_PREFIX = "y_"
 """Multi-label ``predictions.csv``: the prefix of each label's 0/1 truth column."""
 
 
@@ -35,7 +35,7 @@ def write_predictions_csv(
 ) -> Path:
     """One row per image: ``path, y_true, y_pred, p_<class>...`` (labels are indices).
 
-    Multi-label truth ``(N, L)`` is written as ``path, true_<label>..., p_<label>...`` (0/1 flags).
+    Multi-label truth ``(N, L)`` is written as ``path, y_<label>..., p_<label>...`` (0/1 flags).
     Probabilities are written with ``repr`` so they read back bit-identical.
     """
     path = Path(path)
@@ -61,15 +61,16 @@ def read_predictions_csv(path: str | Path) -> tuple[list[str], np.ndarray, np.nd
         rows = list(csv.reader(fh))
     header = rows[0] if rows else []
     body = rows[1:]
-    if len(header) > 1 and header[0] == "path" and header[1].startswith(TRUE_PREFIX):
+    multiclass = header[:3] == ["path", "y_true", "y_pred"]
+    if not multiclass and len(header) > 1 and header[0] == "path" and header[1].startswith(TRUE_PREFIX):
         k = sum(h.startswith(TRUE_PREFIX) for h in header)
         classes = [h.removeprefix(TRUE_PREFIX) for h in header[1 : 1 + k]]
         if header[1 + k :] != [f"p_{c}" for c in classes]:
-            raise ValueError(f"{path}: multi-label header expected path,true_<label>...,p_<label>... in label order")
+            raise ValueError(f"{path}: multi-label header expected path,y_<label>...,p_<label>... in label order")
         flags = np.array([[int(v) for v in r[1 : 1 + k]] for r in body], dtype=np.int64).reshape(len(body), k)
         probs = np.array([[float(v) for v in r[1 + k :]] for r in body], dtype=np.float64).reshape(len(body), k)
         return [r[0] for r in body], flags, probs, classes
-    if header[:3] != ["path", "y_true", "y_pred"]:
+    if not multiclass:
         raise ValueError(f"{path} is not a predictions.csv; expected the header path,y_true,y_pred,p_<class>...")
     classes = [h.removeprefix("p_") for h in header[3:]]
     paths = [r[0] for r in body]

@@ -131,6 +131,7 @@ def test_the_report_equals_scikit_learn() -> None:
     assert report["micro"]["auroc"] == pytest.approx(roc_auc_score(y.ravel(), probs.ravel()))
     assert report["micro"]["f1"] == pytest.approx(f1_score(y, predicted, average="micro"))
     assert report["subset_accuracy"] == pytest.approx(accuracy_score(y, predicted))
+    assert report["labels"] == report["classes"] == list(LABELS)
     assert report["accuracy"] == pytest.approx((predicted == y).mean())
     with pytest.raises(ValueError, match="expected both \\(N, 3\\)"):
         multilabel_report(y[:, :2], probs[:, :2], LABELS, thresholds=thresholds)
@@ -142,7 +143,7 @@ def test_predictions_csv_round_trips_multilabel_truth(tmp_path: Path) -> None:
     y = np.array([[1, 0, 1], [0, 0, 0]])
     probs = np.array([[0.9, 0.1, 0.7], [0.2, 0.3, 0.1]])
     path = write_predictions_csv(tmp_path / "p.csv", paths=["a", "b"], y_true=y, probabilities=probs, classes=LABELS)
-    assert path.read_text().splitlines()[0].startswith("path,true_Cardiomegaly,true_Effusion,true_Nodule,p_Card")
+    assert path.read_text().splitlines()[0].startswith("path,y_Cardiomegaly,y_Effusion,y_Nodule,p_Card")
     paths, truth, back, classes = read_predictions_csv(path)
     assert paths == ["a", "b"] and classes == list(LABELS)
     np.testing.assert_array_equal(truth, y)
