@@ -54,8 +54,8 @@ def multilabel_report(
     """Score per-label probabilities ``(N, L)`` against 0/1 truth ``(N, L)``.
 
     Returns:
-        ``task``, ``classes`` and ``labels`` (the same list), ``n``, ``accuracy`` (the mean per-label accuracy, 1 - Hamming
-        loss), ``subset_accuracy`` (every label right), ``balanced_accuracy`` (macro mean of
+        ``task``, ``classes`` and ``labels`` (the same list), ``n``, ``accuracy`` (the mean
+        per-label accuracy, 1 - Hamming loss), ``subset_accuracy`` (every label right), ``balanced_accuracy`` (macro mean of
         (sensitivity + specificity) / 2), ``loss``, ``thresholds``, ``macro``, ``micro`` and
         ``per_label`` (each with :data:`MULTILABEL_KEYS`, ``threshold`` and ``support``).
     """
