@@ -57,7 +57,8 @@ def multilabel_report(
         ``task``, ``classes`` and ``labels`` (the same list), ``n``, ``accuracy`` (the mean
         per-label accuracy, 1 - Hamming loss), ``subset_accuracy`` (every label right),
         ``balanced_accuracy`` (macro mean of (sensitivity + specificity) / 2), ``loss``,
-        ``thresholds``, ``macro``, ``micro`` and ``per_label`` (each with :data:`MULTILABEL_KEYS`, ``threshold`` and ``support``).
+        ``thresholds``, ``macro``, ``micro`` and ``per_label`` (each with
+        :data:`MULTILABEL_KEYS`, ``threshold`` and ``support``).
     """
     y = np.asarray(y_true).astype(np.int64)
     probs = np.asarray(probabilities, dtype=np.float64)
