@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
@@ -81,6 +82,11 @@ def confusion_matrices(matrix: Sequence[Sequence[int]], classes: Sequence[str], 
     return save(fig, path, "Confusion matrix: counts and row-normalised (each true class's row sums to 1).")
 
 
+def _colour(i: int, n: int) -> Any:
+    """Distinct line colours: matplotlib's 10-colour cycle, its 20-colour map beyond 10 curves."""
+    return colormaps["tab20"](i % 20) if n > 10 else f"C{i}"
+
+
 def _positive(y_true: np.ndarray, i: int) -> np.ndarray:
     """The images of class ``i`` (one vs rest), or those carrying label ``i`` (multi-label flags)."""
     return y_true[:, i] == 1 if y_true.ndim == 2 else y_true == i
@@ -98,7 +104,7 @@ def roc_curves(y_true: np.ndarray, probabilities: np.ndarray, classes: Sequence[
             continue
         fpr, tpr, _ = roc_curve(positive, probabilities[:, i])
         labels.append(f"{name} (AUC {roc_auc_score(positive, probabilities[:, i]):.3f})")
-        ax.plot(fpr, tpr, label=labels[-1])
+        ax.plot(fpr, tpr, label=labels[-1], color=_colour(i, len(classes)))
     ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1, label="chance")
     ax.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)")
     kind = "per label" if y_true.ndim == 2 else "one vs rest"
@@ -119,7 +125,7 @@ def pr_curves(y_true: np.ndarray, probabilities: np.ndarray, classes: Sequence[s
             continue
         precision, recall, _ = precision_recall_curve(positive, probabilities[:, i])
         labels.append(f"{name} (AP {average_precision_score(positive, probabilities[:, i]):.3f})")
-        ax.step(recall, precision, where="post", label=labels[-1])
+        ax.step(recall, precision, where="post", label=labels[-1], color=_colour(i, len(classes)))
     ax.set(xlabel="recall (sensitivity)", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
     ax.set_title("Precision–recall curves, one vs rest")
     ax.legend(loc="lower left", fontsize=8)
