@@ -77,15 +77,32 @@ def _split(cfg: RunConfig, images: ImageSet, mine: list[int], seed: int) -> tupl
     return split_train_val(mine, val_fraction=cfg.local_val_fraction, seed=seed)
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=2)
+def _all_partitions(cfg: RunConfig, num: int) -> tuple[ImageSet, list[list[int]]]:
+    """The training images and every hospital's indices, computed once per process.
+
+    A simulation process serves many hospitals (a thousand, in a large one); splitting the whole
+    set again for each of them would make every message cost more as hospitals are added.
+    """
+    images = load_run_split(cfg, resolve_path(cfg.data_root), "train")
+    if cfg.multilabel:  # whole patients per hospital: no patient is at two hospitals
+        return images, partition_by_group(images.groups, num_partitions=num, seed=cfg.seed)
+    parts = partition_indices(
+        images.labels.tolist(),
+        num_partitions=num,
+        partitioner=cfg.partitioner,
+        alpha=cfg.dirichlet_alpha,
+        seed=cfg.seed,
+    )
+    return images, parts
+
+
+@lru_cache(maxsize=64)
 def _partition(cfg: RunConfig, pid: int, num: int) -> HospitalData:
     preset = preset_for(cfg)
     root = resolve_path(cfg.data_root)
     kwargs = {"classes": cfg.class_names, "channels": preset.channels, "size": cfg.image_size}
-    if cfg.multilabel:  # whole patients per hospital: no patient is at two hospitals
-        images = load_run_split(cfg, root, "train")
-        mine, name = partition_by_group(images.groups, num_partitions=num, seed=cfg.seed)[pid], f"hospital-{pid}"
-    elif cfg.partitioner == "natural":
+    if cfg.partitioner == "natural" and not cfg.multilabel:
         sites = sorted(p.name for p in (root / "train").iterdir() if p.is_dir()) if (root / "train").is_dir() else []
         if len(sites) != num:
             raise ConfigError(
@@ -96,14 +113,7 @@ def _partition(cfg: RunConfig, pid: int, num: int) -> HospitalData:
         name = sites[pid]
         mine = list(range(len(images)))
     else:
-        images = load_split(root, "train", **kwargs)  # type: ignore[arg-type]
-        parts = partition_indices(
-            images.labels.tolist(),
-            num_partitions=num,
-            partitioner=cfg.partitioner,
-            alpha=cfg.dirichlet_alpha,
-            seed=cfg.seed,
-        )
+        images, parts = _all_partitions(cfg, num)
         mine, name = parts[pid], f"hospital-{pid}"
     train, val = _split(cfg, images, mine, cfg.seed + pid)
     return HospitalData(name=name, train=images.subset(train), val=images.subset(val))

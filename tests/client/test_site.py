@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from client import site
 from client.site import central_test_set, hospital_data, node_identity
 from common.config import parse_run_config
+from common.data.partition import partition_indices
 from common.data.synth import write_synthetic_tree
 
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
@@ -58,6 +60,17 @@ def test_dirichlet_hospitals_partition_the_training_set(tmp_path: Path) -> None:
     paths = [p for s in sites for p in (*s.train.paths, *s.val.paths)]
     assert len(paths) == len(set(paths)) == 40
     assert all(len(s.val) >= 1 for s in sites)
+
+
+def test_a_process_splits_the_set_once_for_all_its_hospitals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serving hospital after hospital must not re-split the whole set per message (scale: issue 16)."""
+    root = write_synthetic_tree(tmp_path / "d", modality="brain-mri", train_per_class=10, test_per_class=2, size=32)
+    cfg = parse_run_config({"data-root": str(root), "image-size": 32, "partitioner": "iid"})
+    calls = []
+    monkeypatch.setattr(site, "partition_indices", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = partition_indices
+    sizes = [len(hospital_data(cfg, {"partition-id": i, "num-partitions": 20}).train) for i in (0, 7, 19, 7, 0)]
+    assert len(calls) == 1 and all(n >= 1 for n in sizes)
 
 
 @pytest.mark.parametrize(
