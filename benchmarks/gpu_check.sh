@@ -26,10 +26,10 @@ WORK="$(mktemp -d)"
 # Stop, by PID, every process this script's Flower home started (the local SuperLink outlives `flwr run`).
 cleanup() {
   "$PY" - "$WORK/flwr" <<'PYEOF' || true
-import sys, psutil
+import os, sys, psutil
 for p in psutil.process_iter():
     try:
-        if p.environ().get("FLWR_HOME") == sys.argv[1]:
+        if p.pid != os.getpid() and p.environ().get("FLWR_HOME") == sys.argv[1]:
             p.kill()
     except (psutil.Error, OSError):
         pass
