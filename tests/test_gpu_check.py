@@ -29,7 +29,9 @@ def test_train_throughput_writes_its_ratios(tmp_path: Path) -> None:
     args = ["--models", "cnn3", "--size", "32", "--batch", "4", "--steps", "1", "--repeats", "1", "--device", "cpu"]
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), *args, "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
