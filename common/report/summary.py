@@ -76,7 +76,7 @@ def run_summary(
         "dataset": f"{config.get('dataset')} ("
         + ("each hospital's own data-path" if deployed else str(config.get("data-root")))
         + ")",
-        "hospitals": _hospitals(names, nodes, None if deployed else config.get("partitioner")),
+        "hospitals": _hospitals(names, nodes, None if deployed else _split(config, report)),
         "rounds": f"{config.get('num-server-rounds')} (report from {last})",
         "model": f"{config.get('model')} at {config.get('image-size')} px",
         "local training": f"{_local_work(config)}, {config.get('optimizer')} "
@@ -86,6 +86,13 @@ def run_summary(
         "central test set": f"{report['n']} images, {fmt(_central_skipped(rounds))} unreadable or skipped",
         "duration": _duration(history),
     }
+
+
+def _split(config: Mapping[str, Any], report: Mapping[str, Any]) -> str | None:
+    """How the simulated hospitals were split: the partitioner, or whole patients (multi-label)."""
+    if report.get("task") == "multilabel":
+        return "whole patients at random"
+    return config.get("partitioner")
 
 
 def _hospitals(names: list[str], nodes: Mapping[str, Any] | None, partitioner: str | None) -> str:
