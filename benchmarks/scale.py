@@ -1,0 +1,191 @@
+"""Many simulated hospitals: peak memory and time per hospital-round in a real ``flwr run``.
+
+For each hospital count: ``cnn3`` at 32 px on synthetic brain-MRI-like data, 8 training
+images per hospital, 2 rounds of 1 local epoch, no hospital-side evaluation, under a Flower
+home and SuperLink ports of its own. A sampler sums the RSS of every process of that Flower
+home (SuperLink, simulation, Ray and its actors) ten times a second; a round's time is the sum
+of its steps in the run's ``history.json`` (training, aggregation, central evaluation). Ray
+gets ``client-resources-num-cpus=1``, so a 2-core machine runs two hospitals at a time, each
+actor about 1 GiB. Writes
+``benchmarks/results/scale.json``: ``{"runs": [{"hospitals", "peak_rss_gib", "s_per_round",
+"s_per_hospital_round", "completed"}]}``.
+
+    python benchmarks/scale.py                      # 10, 100 and 1000 hospitals
+    python benchmarks/scale.py --hospitals 10,100   # a subset
+    python benchmarks/scale.py --quick              # 10 hospitals
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common.data.synth import write_synthetic_tree  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results" / "scale.json"
+BIN = Path(sys.executable).parent
+IMAGES_PER_HOSPITAL = 8
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _tree(home: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and proc.environ().get("FLWR_HOME") == str(home):
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+class _PeakRss(threading.Thread):
+    """The largest sum of RSS over the Flower home's processes, sampled every 0.1 s."""
+
+    def __init__(self, home: Path) -> None:
+        super().__init__(daemon=True)
+        self.home, self.peak, self.done = home, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            total = 0
+            for proc in _tree(self.home):
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    continue
+            self.peak = max(self.peak, total)
+            time.sleep(0.1)
+
+
+def _stop(home: Path) -> None:
+    procs = _tree(home)
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+def run_one(hospitals: int, work: Path, timeout: float) -> dict[str, Any]:
+    """One 2-round simulation with ``hospitals`` simulated hospitals."""
+    per_class = max(1, hospitals * IMAGES_PER_HOSPITAL // 4)
+    data = write_synthetic_tree(
+        work / f"data-{hospitals}", modality="brain-mri", train_per_class=per_class, test_per_class=8, size=32, seed=1
+    )
+    home = work / f"flwr-{hospitals}"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(_port()),
+    }
+    config = (
+        f"model='cnn3' image-size=32 batch-size=8 local-epochs=1 num-server-rounds=2 fraction-evaluate=0.0 "
+        f"min-train-nodes={hospitals} partitioner='iid' local-val-fraction=0.0 round-timeout=3600 "
+        f"data-root='{data}' output-dir='{work / 'runs'}' run-name='h{hospitals}'"
+    )
+    sampler = _PeakRss(home)
+    sampler.start()
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [
+                str(BIN / "flwr"),
+                "run",
+                str(ROOT),
+                "--stream",
+                "--federation-config",
+                f"num-supernodes={hospitals} client-resources-num-cpus=1",
+                "--run-config",
+                config,
+            ],
+            env=env,
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        output = proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired:
+        output = "timed out"
+    wall = time.perf_counter() - start
+    sampler.done.set()
+    sampler.join()
+    _stop(home)
+    history_file = work / "runs" / f"h{hospitals}" / "history.json"
+    completed = (work / "runs" / f"h{hospitals}" / "report.json").is_file()
+    result: dict[str, Any] = {
+        "hospitals": hospitals,
+        "completed": completed,
+        "wall_s": round(wall, 1),
+        "peak_rss_gib": round(sampler.peak / 2**30, 3),
+    }
+    if completed:
+        rounds = json.loads(history_file.read_text())["rounds"][1:]
+        per_round = [sum(v for k, v in r["timings"].items() if k.endswith("_s")) for r in rounds]  # every step
+        result["s_per_round"] = round(sum(per_round) / len(per_round), 2)
+        result["s_per_hospital_round"] = round(result["s_per_round"] / hospitals, 4)
+    else:
+        result["log_tail"] = output[-2000:]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hospitals", default="10,100,1000")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per simulation")
+    parser.add_argument("--quick", action="store_true", help="10 hospitals only")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    counts = [10] if args.quick else [int(n) for n in args.hospitals.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="medsilo-scale-"))
+    runs = []
+    try:
+        for n in counts:
+            runs.append(run_one(n, work, args.timeout))
+            row = runs[-1]
+            print(
+                f"{n} hospitals: completed {row['completed']}, peak RSS {row['peak_rss_gib']} GiB, "
+                f"{row.get('s_per_round')} s/round, {row.get('s_per_hospital_round')} s/hospital-round",
+                flush=True,
+            )
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"runs": runs}, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    done = {r["hospitals"]: r for r in runs if r["completed"]}
+    if 100 in done and 1000 in done:
+        ratio = done[1000]["s_per_hospital_round"] / done[100]["s_per_hospital_round"]
+        print(f"s per hospital-round, 1000 / 100: {ratio:.2f}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
