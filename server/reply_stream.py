@@ -3,7 +3,8 @@
 Flower's ``Grid.send_and_receive`` returns the replies of a round together, so a server
 holds all of them before it aggregates (10 encrypted ResNet-18 updates are 0.9 GB). This
 pushes the messages the same way, then pulls each pending reply by its own id and yields it;
-the caller aggregates it and drops its payload before the next one is pulled.
+the caller aggregates it and drops its payload before the next one is pulled. With more than
+:data:`PULLS_PER_PASS` replies pending, ids are pulled a few at a time instead.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from collections.abc import Iterable, Iterator
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-__all__ = ["stream_replies"]
+__all__ = ["PULLS_PER_PASS", "stream_replies"]
+
+PULLS_PER_PASS = 32
+"""Pulls per pass over the pending replies. Up to 32 pending, each id is pulled alone (one
+reply's payload in memory at a time); beyond, ids go in chunks of ``pending // 32``, so a
+pass over a thousand hospitals costs 32 pulls, not a thousand (each pull is a round trip)."""
 
 
 def stream_replies(
@@ -28,10 +34,12 @@ def stream_replies(
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
         progressed = False
-        for message_id in list(pending):
-            replies = list(grid.pull_messages([message_id]))
+        size = max(1, len(pending) // PULLS_PER_PASS)
+        for chunk in [pending[start : start + size] for start in range(0, len(pending), size)]:
+            replies = list(grid.pull_messages(chunk))
             if replies:
-                pending.remove(message_id)
+                answered = {chunk[0]} if size == 1 else {reply.metadata.reply_to_message_id for reply in replies}
+                pending = [i for i in pending if i not in answered]
                 progressed = True
             yield from replies
         if pending and not progressed:

@@ -7,7 +7,7 @@ import time
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from server.reply_stream import stream_replies
+from server.reply_stream import PULLS_PER_PASS, stream_replies
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -21,7 +21,9 @@ class _SlowGrid:
 
     def push_messages(self, messages: list[Message]) -> list[str]:
         self.pushed_at = time.monotonic()
-        self.sent = {f"id-{m.metadata.dst_node_id}": m for m in messages}
+        for m in messages:  # as Flower's grid does: the pushed message's id, which its reply refers to
+            m.metadata.__dict__["_message_id"] = f"id-{m.metadata.dst_node_id}"
+        self.sent = {m.metadata.message_id: m for m in messages}
         return list(self.sent)
 
     def pull_messages(self, message_ids: list[str]) -> list[Message]:
@@ -54,3 +56,16 @@ def test_the_stream_ends_as_soon_as_every_reply_is_in() -> None:
     grid = _SlowGrid({1: 0.0, 2: 0.0})
     assert len(list(stream_replies(grid, _messages([1, 2]), timeout=30.0))) == 2
     assert time.monotonic() - start < 1.0
+
+
+def test_many_pending_replies_are_pulled_a_few_ids_at_a_time() -> None:
+    """A pass over 1000 pending replies is about 32 pulls, not 1000; each reply is yielded once."""
+    grid = _SlowGrid({n: 0.0 if n % 2 else 0.2 for n in range(1, 1001)})
+    replies = [
+        m.content["c"]["n"]
+        for m in stream_replies(grid, _messages(list(range(1, 1001))), timeout=5.0, poll_interval=0.05)
+    ]
+    assert sorted(replies) == list(range(1, 1001))
+    first_pass = grid.pulled[: PULLS_PER_PASS + 1]  # 33 chunks of up to 31 ids cover all 1000
+    assert sum(len(ids) for ids in first_pass) == 1000
+    assert len(grid.pulled) < 400  # pulling id by id: 1000 + 500 for every later pass
