@@ -152,6 +152,8 @@ def run_one(hospitals: int, work: Path, timeout: float) -> dict[str, Any]:
         per_round = [sum(v for k, v in r["timings"].items() if k.endswith("_s")) for r in rounds]  # every step
         result["s_per_round"] = round(sum(per_round) / len(per_round), 2)
         result["s_per_hospital_round"] = round(result["s_per_round"] / hospitals, 4)
+        steps = sorted({k for r in rounds for k in r["timings"] if k.endswith("_s")})
+        result["steps_s"] = {k: round(sum(r["timings"].get(k, 0.0) for r in rounds) / len(rounds), 2) for k in steps}
     else:
         result["log_tail"] = output[-2000:]
     return result
