@@ -25,7 +25,7 @@ export PATH := $(BIN):$(PATH)
 
 $(VENV)/.installed: pyproject.toml
 	test -e $(VENV) || { rm -f $(VENV); mkdir -p "$(VENV_STORE)" && ln -s "$(VENV_STORE)" $(VENV) || true; }
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv "$$(readlink -f $(VENV))"
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $@
 

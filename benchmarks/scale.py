@@ -19,73 +19,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flower_home import flwr_run  # noqa: E402
 
 from common.data.synth import write_synthetic_tree  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "scale.json"
-BIN = Path(sys.executable).parent
 IMAGES_PER_HOSPITAL = 8
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _tree(home: Path) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.pid != os.getpid() and proc.environ().get("FLWR_HOME") == str(home):
-                found.append(proc)
-        except (psutil.Error, OSError):
-            continue
-    return found
-
-
-class _PeakRss(threading.Thread):
-    """The largest sum of RSS over the Flower home's processes, sampled every 0.1 s."""
-
-    def __init__(self, home: Path) -> None:
-        super().__init__(daemon=True)
-        self.home, self.peak, self.done = home, 0, threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            total = 0
-            for proc in _tree(self.home):
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    continue
-            self.peak = max(self.peak, total)
-            time.sleep(0.1)
-
-
-def _stop(home: Path) -> None:
-    procs = _tree(home)
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(procs, timeout=10)
 
 
 def run_one(hospitals: int, work: Path, timeout: float) -> dict[str, Any]:
@@ -94,58 +41,26 @@ def run_one(hospitals: int, work: Path, timeout: float) -> dict[str, Any]:
     data = write_synthetic_tree(
         work / f"data-{hospitals}", modality="brain-mri", train_per_class=per_class, test_per_class=8, size=32, seed=1
     )
-    home = work / f"flwr-{hospitals}"
-    home.mkdir()
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(home),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_port()),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(_port()),
-    }
     config = (
         f"model='cnn3' image-size=32 batch-size=8 local-epochs=1 num-server-rounds=2 fraction-evaluate=0.0 "
         f"min-train-nodes={hospitals} partitioner='iid' local-val-fraction=0.0 round-timeout=3600 "
         f"data-root='{data}' output-dir='{work / 'runs'}' run-name='h{hospitals}'"
     )
-    sampler = _PeakRss(home)
-    sampler.start()
-    start = time.perf_counter()
-    try:
-        proc = subprocess.run(
-            [
-                str(BIN / "flwr"),
-                "run",
-                str(ROOT),
-                "--stream",
-                "--federation-config",
-                f"num-supernodes={hospitals} client-resources-num-cpus=1",
-                "--run-config",
-                config,
-            ],
-            env=env,
-            cwd=work,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        output = proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired:
-        output = "timed out"
-    wall = time.perf_counter() - start
-    sampler.done.set()
-    sampler.join()
-    _stop(home)
+    run = flwr_run(
+        work / f"flwr-{hospitals}",
+        federation=f"num-supernodes={hospitals} client-resources-num-cpus=1",
+        config=config,
+        cwd=work,
+        timeout=timeout,
+        sample_rss=True,
+    )
     history_file = work / "runs" / f"h{hospitals}" / "history.json"
     completed = (work / "runs" / f"h{hospitals}" / "report.json").is_file()
     result: dict[str, Any] = {
         "hospitals": hospitals,
         "completed": completed,
-        "wall_s": round(wall, 1),
-        "peak_rss_gib": round(sampler.peak / 2**30, 3),
+        "wall_s": round(run.wall_s, 1),
+        "peak_rss_gib": round(run.peak_rss / 2**30, 3),
     }
     if completed:
         rounds = json.loads(history_file.read_text())["rounds"][1:]
@@ -155,7 +70,7 @@ def run_one(hospitals: int, work: Path, timeout: float) -> dict[str, Any]:
         steps = sorted({k for r in rounds for k in r["timings"] if k.endswith("_s")})
         result["steps_s"] = {k: round(sum(r["timings"].get(k, 0.0) for r in rounds) / len(rounds), 2) for k in steps}
     else:
-        result["log_tail"] = output[-2000:]
+        result["log_tail"] = run.output[-2000:]
     return result
 
 
