@@ -15,9 +15,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.metrics import classification_report
-from common.multilabel_metrics import multilabel_report
-
 __all__ = ["TaskLoss", "evaluation_report", "hits", "label_accuracy", "probabilities", "task_loss"]
 
 
@@ -72,6 +69,10 @@ def evaluation_report(
     thresholds: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """``report.json``'s metric suite: per class for class indices, per label (at ``thresholds``) for 0/1 flags."""
+    # scikit-learn takes about 1 s to import: a hospital that only trains never loads it
+    from common.metrics import classification_report
+    from common.multilabel_metrics import multilabel_report
+
     if np.asarray(y_true).ndim == 2:
         cut = thresholds if thresholds is not None else [0.5] * len(classes)
         return multilabel_report(y_true, probs, classes, thresholds=cut, loss=loss)

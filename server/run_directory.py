@@ -17,7 +17,6 @@ from common.config import RunConfig
 from common.he.model_dir import save_encrypted_dir
 from common.he.payload import is_encrypted
 from common.models import ModelSpec, save_model_dir
-from common.report import build_report
 from common.run_files import write_json, write_predictions_csv
 
 __all__ = ["SERVER_STATE_FILE", "SIMULATION_ONLY_KEYS", "RunDirectory"]
@@ -117,6 +116,8 @@ class RunDirectory:
             probabilities=probabilities,
             classes=spec.classes,
         )
+        from common.report import build_report  # matplotlib: imported once the rounds are over
+
         html = build_report(self.path, title="medsilo central evaluation")
         log.info("run directory complete: %s", self.path)
         return html
