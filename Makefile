@@ -21,7 +21,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 # `flwr run` starts `flower-superlink`, which must be on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install system-deps run test test-fast lint stop clean
+.PHONY: install system-deps run test test-fast lint stop clean uninstall
 
 $(VENV)/.installed: pyproject.toml
 	test -e $(VENV) || { rm -f $(VENV); mkdir -p "$(VENV_STORE)" && ln -s "$(VENV_STORE)" $(VENV) || true; }
@@ -70,3 +70,7 @@ stop:
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
+
+# Remove the environment too: the folder .venv links to (under ~/.cache/medsilo), then the link.
+uninstall: clean
+	if [ -L $(VENV) ]; then rm -rf "$$(readlink -f $(VENV))" && rm -f $(VENV); else rm -rf $(VENV); fi
