@@ -1,14 +1,14 @@
 """A ``flwr run`` under a Flower home and SuperLink ports of its own, for the benchmarks.
 
 The local SuperLink that ``flwr run .`` starts outlives the command, so every process of the
-home is found by its ``FLWR_HOME`` and stopped by PID afterwards. A sampler sums the RSS of
+home is found by its ``FLWR_HOME`` and stopped by PID afterwards, with the integration tests'
+own helpers (``tests/integration/flower_env.py``). A sampler sums the RSS of
 those processes (SuperLink, simulation, Ray and its actors).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -19,37 +19,9 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-
-def free_port() -> int:
-    """A TCP port nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def home_processes(home: Path) -> list[psutil.Process]:
-    """Every process (but this one) started under Flower home ``home``."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.pid != os.getpid() and proc.environ().get("FLWR_HOME") == str(home):
-                found.append(proc)
-        except (psutil.Error, OSError):
-            continue
-    return found
-
-
-def stop_home(home: Path) -> None:
-    """Kill, by PID, every process of Flower home ``home`` and wait for them."""
-    procs = home_processes(home)
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(procs, timeout=10)
+from flower_env import BIN, free_port, processes_of, stop_all  # noqa: E402  (the tests' own process handling)
 
 
 class PeakRss(threading.Thread):
@@ -62,7 +34,7 @@ class PeakRss(threading.Thread):
     def run(self) -> None:
         while not self.done.is_set():
             total = 0
-            for proc in home_processes(self.home):
+            for proc in processes_of(self.home):
                 try:
                     total += proc.memory_info().rss
                 except psutil.Error:
@@ -111,5 +83,5 @@ def flwr_run(
     if sample_rss:
         sampler.done.set()
         sampler.join()
-    stop_home(home)
+    stop_all(home)
     return FlowerRun(wall_s=wall, output=output, peak_rss=sampler.peak, timed_out=timed_out)
