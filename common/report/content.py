@@ -116,22 +116,16 @@ def _split_key(report: Mapping[str, Any], key: str) -> list[Any]:
     return key.split(".")
 
 
+def _balanced_loss_n(report: Mapping[str, Any]) -> tuple[str | Cell, ...]:
+    """The end both headlines share: balanced accuracy, loss and the number of test images."""
+    value = partial(report_cell, report)
+    return (", balanced accuracy ", value("balanced_accuracy"), ", loss ", value("loss"), ", on ", value("n"),
+            " test images.")
+
+
 def headline(report: Mapping[str, Any]) -> Paragraph:
     """Accuracy, balanced accuracy, loss and the number of test images, in one sentence."""
-    value = partial(report_cell, report)
-    return Paragraph(
-        (
-            "Accuracy ",
-            value("accuracy"),
-            ", balanced accuracy ",
-            value("balanced_accuracy"),
-            ", loss ",
-            value("loss"),
-            ", on ",
-            value("n"),
-            " test images.",
-        )
-    )
+    return Paragraph(("Accuracy ", report_cell(report, "accuracy"), *_balanced_loss_n(report)))
 
 
 def metrics_table(report: Mapping[str, Any]) -> Table:
@@ -168,13 +162,7 @@ def multilabel_headline(report: Mapping[str, Any]) -> Paragraph:
             value("accuracy"),
             ", every label right (subset accuracy) ",
             value("subset_accuracy"),
-            ", balanced accuracy ",
-            value("balanced_accuracy"),
-            ", loss ",
-            value("loss"),
-            ", on ",
-            value("n"),
-            " test images.",
+            *_balanced_loss_n(report),
         )
     )
 
