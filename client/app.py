@@ -25,6 +25,7 @@ from common.he.keys import HEContext
 from common.inference import predict, resolve_device
 from common.logs import use_flower_logging
 from common.models import ModelSpec, build_from_spec, state_dict_to_cpu
+from common.precision import Precision, cpu_bf16_flags, resolve_precision
 from common.tasks import label_accuracy
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class _Setup:
     model: torch.nn.Module
     ctx: HEContext | None
     device: torch.device
+    precision: Precision
     decrypt_seconds: float
 
 
@@ -46,6 +48,21 @@ class _Setup:
 def _model(spec: ModelSpec) -> torch.nn.Module:
     """The run's architecture, built once per process; each message loads its weights into it."""
     return build_from_spec(spec)
+
+
+@lru_cache(maxsize=64)
+def _precision(preference: str, device: torch.device, *, dp: bool, node: str) -> Precision:
+    """The precision this node trains and scores in, logged once per node and process.
+
+    DP-SGD always trains in float32: see ``common.privacy.dpsgd.train_private``.
+    """
+    chosen = resolve_precision(preference, device)
+    where = "CUDA" if device.type == "cuda" else f"CPU, native bf16 flags: {', '.join(cpu_bf16_flags()) or 'none'}"
+    if dp and chosen.name != "fp32":
+        log.info("%s: precision %r resolves to %s on %s; DP-SGD trains in fp32", node, preference, chosen.name, where)
+    else:
+        log.info("%s: precision %r: training in %s (%s)", node, preference, chosen.name, where)
+    return chosen
 
 
 def _setup(msg: Message, context: Context) -> _Setup:
@@ -58,7 +75,9 @@ def _setup(msg: Message, context: Context) -> _Setup:
         msg.content[rk.ARRAYS], layout=ParamLayout.of(model.state_dict()), ctx=ctx, workers=cfg.he_workers
     )
     model.load_state_dict(state, strict=True)
-    return _Setup(cfg, model, ctx, resolve_device(cfg.device), seconds)
+    device = resolve_device(cfg.device)
+    node = node_identity(cfg, context.node_config).name
+    return _Setup(cfg, model, ctx, device, _precision(cfg.precision, device, dp=cfg.dp_enabled, node=node), seconds)
 
 
 @app.query(rk.DESCRIBE)
@@ -114,6 +133,7 @@ def train(msg: Message, context: Context) -> Message:
             seed=seed,
             server_round=server_round,
             optimizer_state=kept,
+            precision=setup.precision,
         )
     diverged = non_finite_reason(result.loss, setup.model)
     if diverged is not None:
@@ -148,7 +168,9 @@ def train(msg: Message, context: Context) -> Message:
             **privacy,
         }
     )
-    info = ConfigRecord({"name": site.name, rk.CLASS_COUNTS: site.train.class_counts()})
+    info = ConfigRecord(
+        {"name": site.name, rk.CLASS_COUNTS: site.train.class_counts(), rk.PRECISION: result.precision}
+    )
     content = RecordDict({rk.ARRAYS: arrays, rk.METRICS: metrics, rk.HOSPITAL: info})
     return Message(content=content, reply_to=msg)
 
@@ -161,7 +183,14 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics = MetricRecord({rk.NUM_EXAMPLES: 0, rk.EVAL_LOSS: 0.0, rk.EVAL_ACCURACY: 0.0})
     if len(site.val):
         transform = build_transform(preset_for(setup.cfg), train=False)
-        probs, loss = predict(setup.model, site.val, transform, batch_size=setup.cfg.batch_size, device=setup.device)
+        probs, loss = predict(
+            setup.model,
+            site.val,
+            transform,
+            batch_size=setup.cfg.batch_size,
+            device=setup.device,
+            precision=setup.precision,
+        )
         thresholds = setup.cfg.thresholds if setup.cfg.multilabel else None
         accuracy = label_accuracy(site.val.labels.numpy(), probs, thresholds)
         metrics = MetricRecord({rk.NUM_EXAMPLES: len(site.val), rk.EVAL_LOSS: loss, rk.EVAL_ACCURACY: accuracy})
@@ -184,7 +213,9 @@ def evaluate_central(msg: Message, context: Context) -> Message:
         return _decline(msg, "evaluator", reason)
     test = central_test_set(setup.cfg, context.node_config)
     transform = build_transform(preset_for(setup.cfg), train=False)
-    probs, loss = predict(setup.model, test, transform, batch_size=setup.cfg.batch_size, device=setup.device)
+    probs, loss = predict(
+        setup.model, test, transform, batch_size=setup.cfg.batch_size, device=setup.device, precision=setup.precision
+    )
     predictions = ArrayRecord(
         {"probabilities": Array(np.ascontiguousarray(probs)), "labels": Array(test.labels.numpy().astype(np.int64))}
     )

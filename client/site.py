@@ -77,6 +77,17 @@ def _split(cfg: RunConfig, images: ImageSet, mine: list[int], seed: int) -> tupl
     return split_train_val(mine, val_fraction=cfg.local_val_fraction, seed=seed)
 
 
+def _decoding(cfg: RunConfig) -> dict[str, object]:
+    """How this run decodes a class-folder tree: its classes, channels, size and decoded-cache bound."""
+    preset = preset_for(cfg)
+    return {
+        "classes": cfg.class_names,
+        "channels": preset.channels,
+        "size": cfg.image_size,
+        "cache_mb": cfg.decoded_cache_mb,
+    }
+
+
 @lru_cache(maxsize=2)
 def _all_partitions(cfg: RunConfig, num: int) -> tuple[ImageSet, list[list[int]]]:
     """The training images and every hospital's indices, computed once per process.
@@ -99,9 +110,8 @@ def _all_partitions(cfg: RunConfig, num: int) -> tuple[ImageSet, list[list[int]]
 
 @lru_cache(maxsize=64)
 def _partition(cfg: RunConfig, pid: int, num: int) -> HospitalData:
-    preset = preset_for(cfg)
     root = resolve_path(cfg.data_root)
-    kwargs = {"classes": cfg.class_names, "channels": preset.channels, "size": cfg.image_size}
+    kwargs = _decoding(cfg)
     if cfg.partitioner == "natural" and not cfg.multilabel:
         sites = sorted(p.name for p in (root / "train").iterdir() if p.is_dir()) if (root / "train").is_dir() else []
         if len(sites) != num:
@@ -134,9 +144,8 @@ def _own_folder(cfg: RunConfig, node: NodeConfig) -> HospitalData:
     if cfg.multilabel:
         images = load_run_split(cfg, root, "train")
     else:
-        preset = preset_for(cfg)
         folder = resolve_train_folder(root)
-        images = load_folder(folder, classes=cfg.class_names, channels=preset.channels, size=cfg.image_size, root=root)
+        images = load_folder(folder, root=root, **_decoding(cfg))  # type: ignore[arg-type]
     if len(images) == 0:
         expected = "DATA/labels.csv with train rows" if cfg.multilabel else "DATA/train/<class>/* or DATA/<class>/*"
         raise ConfigError(
@@ -160,8 +169,7 @@ def hospital_data(cfg: RunConfig, node_config: Mapping[str, object]) -> Hospital
 def central_test_set(cfg: RunConfig, node_config: Mapping[str, object]) -> ImageSet:
     """The central test set: the deployed evaluator's ``data-path``, else ``data-root/test`` (simulation)."""
     identity = node_identity(cfg, node_config)
-    preset = preset_for(cfg)
-    kwargs = {"classes": cfg.class_names, "channels": preset.channels, "size": cfg.image_size}
+    kwargs = _decoding(cfg)
     if identity.node.deployed:
         root = _own_root(identity.node)
         if cfg.multilabel:

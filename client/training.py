@@ -13,8 +13,9 @@ from torch import nn
 
 from common.config import RunConfig
 from common.data import ImageSet, build_transform
-from common.inference import autocast, loader
+from common.inference import loader
 from common.optimizers import build_optimizer
+from common.precision import Precision, channels_last, resolve_precision
 from common.presets import DatasetPreset
 from common.tasks import hits, task_loss
 
@@ -44,6 +45,7 @@ class TrainResult:
     accuracy: float
     seconds: float
     optimizer_state: dict[str, Any] | None = None
+    precision: str = "fp32"
 
 
 def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -128,21 +130,61 @@ def train_local(
     seed: int,
     server_round: int = 1,
     optimizer_state: dict[str, Any] | None = None,
+    precision: Precision | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for one round: ``cfg.local_steps`` batches, or ``cfg.local_epochs`` epochs if 0.
 
     ``seed`` fixes the shuffling and the augmentation, so a round is reproducible.
     ``optimizer_state`` (this hospital's from its previous round, with ``optimizer-state =
-    "keep"``) continues the optimizer's moments; the result carries the new state.
+    "keep"``) continues the optimizer's moments; the result carries the new state. The
+    forward pass runs under ``precision`` (default: ``cfg.precision`` on ``device``) in
+    channels_last layout; the weights, the loss and the optimizer stay float32.
     """
     if len(images) == 0:
         raise ValueError("this hospital has no training images")
     start = time.perf_counter()
     torch.manual_seed(seed)
+    precision = precision or resolve_precision(cfg.precision, device)
     model.to(device).train()
+    with channels_last(model):
+        loss, accuracy, state = _train_steps(
+            model,
+            images,
+            cfg=cfg,
+            preset=preset,
+            device=device,
+            seed=seed,
+            server_round=server_round,
+            optimizer_state=optimizer_state,
+            precision=precision,
+        )
+    return TrainResult(
+        num_examples=len(images),
+        loss=loss,
+        accuracy=accuracy,
+        seconds=time.perf_counter() - start,
+        optimizer_state=state if cfg.optimizer_state == "keep" else None,
+        precision=precision.name,
+    )
+
+
+def _train_steps(
+    model: nn.Module,
+    images: ImageSet,
+    *,
+    cfg: RunConfig,
+    preset: DatasetPreset,
+    device: torch.device,
+    seed: int,
+    server_round: int,
+    optimizer_state: dict[str, Any] | None,
+    precision: Precision,
+) -> tuple[float, float, dict[str, Any]]:
+    """The round's optimizer steps: the mean training loss and accuracy, and the optimizer's state."""
     optimizer = make_optimizer(model, cfg)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
+    scaler = precision.grad_scaler()
     batches = loader(
         images,
         build_transform(preset, train=True),
@@ -165,19 +207,25 @@ def train_local(
     seen, loss_sum, correct, done, passes = 0, 0.0, 0.0, 0, 0
     while done < steps_per_round:  # whole passes over the shard, the last one cut at steps_per_round
         for x, y in batches:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
             for group in optimizer.param_groups:
                 group["lr"] = cfg.learning_rate * lr_factor(cfg, step=step, steps_per_round=steps_per_round)
             optimizer.zero_grad(set_to_none=True)
-            with autocast(device):
+            with precision.autocast():
                 output = model(x)
             logits, aux = _outputs(output)
             loss = task_loss(logits.float() + prior, y, weight=weight)
             if aux is not None:  # InceptionV3's auxiliary classifier, weighted 0.4 as in Szegedy et al. (2016)
                 loss = loss + AUX_LOSS_WEIGHT * task_loss(aux.float() + prior, y, weight=weight)
             objective = loss + 0.5 * mu * _proximal_term(model, anchor) if mu > 0 else loss
-            objective.backward()
-            optimizer.step()
+            if scaler is None:
+                objective.backward()
+                optimizer.step()
+            else:  # fp16: scale the loss so small gradients do not underflow; skip a step that overflowed
+                scaler.scale(objective).backward()
+                scaler.step(optimizer)
+                scaler.update()
             step, done = step + 1, done + 1
             seen += len(y)
             loss_sum += float(loss.detach()) * len(y)
@@ -188,10 +236,4 @@ def train_local(
         log.info(
             "pass %d: %d/%d steps, %d images, loss %.4f", passes, done, steps_per_round, seen, loss_sum / max(seen, 1)
         )
-    return TrainResult(
-        num_examples=len(images),
-        loss=loss_sum / max(seen, 1),
-        accuracy=correct / max(seen, 1),
-        seconds=time.perf_counter() - start,
-        optimizer_state=optimizer.state_dict() if cfg.optimizer_state == "keep" else None,
-    )
+    return loss_sum / max(seen, 1), correct / max(seen, 1), optimizer.state_dict()

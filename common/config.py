@@ -122,6 +122,8 @@ class RunConfig(BaseModel):
     model: Annotated[str, _one_of(ARCHITECTURES)] = "resnet18"
     pretrained_weights: str = ""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    decoded_cache_mb: Int = Field(4096, ge=0)
     he_enabled: Annotated[bool, Field(strict=True)] = False
     he_keys_dir: str = ""
     he_secret_context: str = ""
@@ -157,6 +159,12 @@ class RunConfig(BaseModel):
         minimum = MIN_IMAGE_SIZE.get(self.model, 32)
         if self.image_size < minimum:
             raise _KeyConflict("image-size", f"image-size >= {minimum} for model {self.model!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _precision_fits_device(self) -> RunConfig:
+        if self.precision == "fp16" and self.device == "cpu":
+            raise _KeyConflict("precision", "'auto', 'fp32' or 'bf16' on device 'cpu' (fp16 autocast is for GPUs)")
         return self
 
     @model_validator(mode="after")

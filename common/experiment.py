@@ -38,7 +38,7 @@ def model_spec(cfg: RunConfig) -> ModelSpec:
 def load_run_split(cfg: RunConfig, root: str | Path, split: str) -> ImageSet:
     """``split`` of a data root as the run reads it: class folders, an ``.npz``, or (multi-label) ``labels.csv``."""
     preset = preset_for(cfg)
-    kwargs = {"channels": preset.channels, "size": cfg.image_size}
+    kwargs = {"channels": preset.channels, "size": cfg.image_size, "cache_mb": cfg.decoded_cache_mb}
     if cfg.multilabel:
         return load_labels_csv(root, split, labels=cfg.class_names, **kwargs)
     return load_split(root, split, classes=cfg.class_names, **kwargs)

@@ -16,6 +16,7 @@ __all__ = [
     "HOSPITAL",
     "SKIPPED_IMAGES",
     "CLASS_COUNTS",
+    "PRECISION",
     "ROLE",
     "DATA_SOURCE",
     "HE_KEYS_DIR",
@@ -50,6 +51,8 @@ EVAL_ACCURACY = "eval-accuracy"
 HOSPITAL = "hospital"
 SKIPPED_IMAGES = "skipped-images"
 CLASS_COUNTS = "class-counts"
+PRECISION = "precision"
+"""The precision a hospital trained in this round (``fp32``, ``bf16``, ``fp16``)."""
 
 # Encrypted FedAvg
 ROLE = "role"

@@ -24,6 +24,7 @@ from common.data import ImageSet, build_transform
 from common.experiment import load_run_split, model_spec, preset_for, resolve_path
 from common.inference import predict, resolve_device
 from common.models import ModelSpec, build_from_spec
+from common.precision import resolve_precision
 from common.tasks import evaluation_report
 from server.history import RunHistory
 from server.run_directory import RunDirectory
@@ -79,6 +80,7 @@ class LocalScorer:
         preset = preset_for(cfg)
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
         self.transform = build_transform(preset, train=False)
         self.test: ImageSet = load_run_split(cfg, resolve_path(cfg.data_root), "test")
         if len(self.test) == 0:
@@ -88,7 +90,14 @@ class LocalScorer:
 
     def __call__(self, arrays: ArrayRecord) -> Scored:
         self.model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
-        probs, loss = predict(self.model, self.test, self.transform, batch_size=self.cfg.batch_size, device=self.device)
+        probs, loss = predict(
+            self.model,
+            self.test,
+            self.transform,
+            batch_size=self.cfg.batch_size,
+            device=self.device,
+            precision=self.precision,
+        )
         return Scored(self.test.paths, self.test.labels.numpy(), probs, loss, len(self.test.skipped))
 
 

@@ -263,6 +263,7 @@ class MedsiloFedAvg(FedAvg):
                 "train_seconds": metrics.get(rk.TRAIN_SECONDS),
                 "skipped_images": metrics.get(rk.SKIPPED_IMAGES),
                 "class_counts": list(counts) if counts is not None else None,
+                "precision": info.get(rk.PRECISION) if info is not None else None,
                 "bytes_sent": sent_bytes,
                 "bytes_received": self._sent_bytes,
                 "encrypt_seconds": metrics.get(rk.ENCRYPT_SECONDS),

@@ -2,8 +2,10 @@
 
 Images are decoded, converted to the preset's channels and resized once per process,
 then held as one ``uint8`` tensor ``(N, C, S, S)``. Training epochs and rounds reuse it
-and only apply the (cheap) tensor augmentation. An unreadable or truncated file is
-skipped and counted, never fatal.
+and only apply the (cheap) tensor augmentation. A split larger than the decoded cache
+(``decoded-cache-mb``) is held as :class:`DecodedOnRead` instead: its files are decoded
+again on every read, the same pixels, with bounded memory. An unreadable or truncated file
+is skipped and counted, never fatal.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 __all__ = [
+    "DECODED_CACHE_MB",
     "IMAGE_SUFFIXES",
+    "DecodedOnRead",
     "ImageSet",
     "TensorImageDataset",
+    "decode_files",
     "decode_image",
     "load_folder",
     "load_npz",
@@ -34,6 +39,34 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+DECODED_CACHE_MB = 4096
+"""The default bound, in MiB, on one decoded split held in memory (``decoded-cache-mb``)."""
+
+
+class DecodedOnRead:
+    """Images decoded from their files at every read: a split too large for the decoded cache.
+
+    Indexed like the ``uint8 (N, C, S, S)`` tensor it stands for: an integer gives one
+    ``(C, S, S)`` image, decoded now; a sequence of indices gives the subset, still undecoded.
+    """
+
+    def __init__(self, files: Sequence[str], *, channels: int, size: int) -> None:
+        self.files = tuple(files)
+        self.channels, self.size = channels, size
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(N, C, S, S)``, as the decoded tensor would have."""
+        return (len(self.files), self.channels, self.size, self.size)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int | Sequence[int] | torch.Tensor) -> torch.Tensor | DecodedOnRead:
+        if isinstance(index, int) or (isinstance(index, torch.Tensor) and index.ndim == 0):
+            return decode_image(self.files[int(index)], channels=self.channels, size=self.size)
+        positions = index.tolist() if isinstance(index, torch.Tensor) else list(index)
+        return DecodedOnRead([self.files[i] for i in positions], channels=self.channels, size=self.size)
 
 
 @dataclass(frozen=True)
@@ -41,7 +74,8 @@ class ImageSet:
     """Decoded images of one split.
 
     Attributes:
-        images: ``uint8`` tensor ``(N, C, S, S)``.
+        images: ``uint8`` tensor ``(N, C, S, S)``, or (a split over the decoded cache) the
+            same images as :class:`DecodedOnRead`.
         labels: ``int64`` tensor ``(N,)`` of indices into ``classes``, or (multi-label)
             ``(N, L)`` of 0/1 flags, one column per entry of ``classes``.
         paths: the source of each image, relative to the data root.
@@ -50,7 +84,7 @@ class ImageSet:
         groups: each image's patient, when the source names them (a labels CSV); else empty.
     """
 
-    images: torch.Tensor
+    images: torch.Tensor | DecodedOnRead
     labels: torch.Tensor
     paths: tuple[str, ...]
     classes: tuple[str, ...]
@@ -100,7 +134,7 @@ class TensorImageDataset(Dataset[tuple[torch.Tensor, int | torch.Tensor]]):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         label = self.images.labels[index]
         target = label.float() if self.images.multilabel else int(label)
-        return self.transform(self.images.images[index]), target
+        return self.transform(self.images.images[index]), target  # type: ignore[arg-type]
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -132,6 +166,41 @@ def decode_image(path: str | Path, *, channels: int, size: int) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
+def decode_files(
+    files: Sequence[Path], *, channels: int, size: int, cache_mb: int, name: str
+) -> tuple[torch.Tensor | DecodedOnRead, list[int], list[tuple[int, str]]]:
+    """Decode every file once: the pixels, the readable files' positions, the others' ``(position, reason)``.
+
+    The pixels are one ``uint8 (N, C, S, S)`` tensor of the readable files when all of
+    ``files`` fit in ``cache_mb`` MiB; otherwise a :class:`DecodedOnRead` over them (each
+    file is still decoded once here, so unreadable ones are found and counted up front) and
+    one log line naming ``name`` says so.
+    """
+    needed = len(files) * channels * size * size
+    keep = needed <= cache_mb * 2**20
+    if not keep:
+        log.info(
+            "%s: %d images at %d px need %.0f MiB, over decoded-cache-mb = %d: decoding them again every epoch",
+            name, len(files), size, needed / 2**20, cache_mb,
+        )
+    decoded: list[torch.Tensor] = []
+    readable: list[int] = []
+    unreadable: list[tuple[int, str]] = []
+    for position, path in enumerate(files):
+        try:
+            image = decode_image(path, channels=channels, size=size)
+        except OSError as err:
+            unreadable.append((position, f"unreadable: {err}"))
+            continue
+        readable.append(position)
+        if keep:
+            decoded.append(image)
+    if not keep:
+        return DecodedOnRead([str(files[i]) for i in readable], channels=channels, size=size), readable, unreadable
+    pixels = torch.stack(decoded) if decoded else torch.empty((0, channels, size, size), dtype=torch.uint8)
+    return pixels, readable, unreadable
+
+
 def _class_dirs(folder: Path, classes: Sequence[str]) -> list[tuple[int, Path]]:
     if not folder.is_dir():
         raise ValueError(f"data folder {str(folder)!r} does not exist; expected <folder>/<class>/<images>")
@@ -155,45 +224,56 @@ def _tree_stamp(folder: Path) -> tuple[tuple[str, int], ...]:
 
 @lru_cache(maxsize=8)
 def _load_folder_cached(
-    folder: str, root: str, classes: tuple[str, ...], channels: int, size: int, stamp: tuple[tuple[str, int], ...]
+    folder: str,
+    root: str,
+    classes: tuple[str, ...],
+    channels: int,
+    size: int,
+    cache_mb: int,
+    stamp: tuple[tuple[str, int], ...],
 ) -> ImageSet:
-    images: list[torch.Tensor] = []
+    files: list[Path] = []
     labels: list[int] = []
-    paths: list[str] = []
     skipped: list[tuple[str, str]] = []
     for label, class_dir in _class_dirs(Path(folder), classes):
         for path in sorted(class_dir.rglob("*")):
             if not path.is_file() or path.name.startswith("."):
                 continue
-            rel = str(path.relative_to(root))
             if path.suffix.lower() not in IMAGE_SUFFIXES:
-                skipped.append((rel, "not an image file"))
+                skipped.append((str(path.relative_to(root)), "not an image file"))
                 continue
-            try:
-                images.append(decode_image(path, channels=channels, size=size))
-            except OSError as err:
-                skipped.append((rel, f"unreadable: {err}"))
-                continue
+            files.append(path)
             labels.append(label)
-            paths.append(rel)
+    pixels, readable, unreadable = decode_files(files, channels=channels, size=size, cache_mb=cache_mb, name=folder)
+    skipped += [(str(files[i].relative_to(root)), reason) for i, reason in unreadable]
     if skipped:
         log.warning("%s: skipped %d unreadable or non-image file(s)", folder, len(skipped))
-    stacked = torch.stack(images) if images else torch.empty((0, channels, size, size), dtype=torch.uint8)
-    return ImageSet(stacked, torch.tensor(labels, dtype=torch.long), tuple(paths), classes, tuple(skipped))
+    paths = tuple(str(files[i].relative_to(root)) for i in readable)
+    kept = torch.tensor([labels[i] for i in readable], dtype=torch.long)
+    return ImageSet(pixels, kept, paths, classes, tuple(skipped))
 
 
 def load_folder(
-    folder: str | Path, *, classes: Sequence[str], channels: int, size: int, root: str | Path | None = None
+    folder: str | Path,
+    *,
+    classes: Sequence[str],
+    channels: int,
+    size: int,
+    root: str | Path | None = None,
+    cache_mb: int = DECODED_CACHE_MB,
 ) -> ImageSet:
     """Load ``folder/<class>/*`` with labels from the fixed ``classes`` list.
 
     A class missing from the folder simply has no images; its label index is unchanged.
     A folder named after no class in ``classes`` raises ``ValueError``. Paths are stored
-    relative to ``root`` (default: the parent of ``folder``).
+    relative to ``root`` (default: the parent of ``folder``). A folder whose decoded images
+    exceed ``cache_mb`` MiB is decoded per read (:class:`DecodedOnRead`).
     """
     folder = Path(folder).resolve()
     root_path = Path(root).resolve() if root is not None else folder.parent
-    return _load_folder_cached(str(folder), str(root_path), tuple(classes), channels, size, _tree_stamp(folder))
+    return _load_folder_cached(
+        str(folder), str(root_path), tuple(classes), channels, size, cache_mb, _tree_stamp(folder)
+    )
 
 
 def load_npz(path: str | Path, split: str, *, classes: Sequence[str], channels: int, size: int) -> ImageSet:
@@ -224,8 +304,13 @@ def load_npz(path: str | Path, split: str, *, classes: Sequence[str], channels: 
     return ImageSet(stacked, torch.as_tensor(raw_labels, dtype=torch.long), paths, tuple(classes))
 
 
-def load_split(root: str | Path, split: str, *, classes: Sequence[str], channels: int, size: int) -> ImageSet:
-    """Load ``split`` (``train`` or ``test``) of a data root: an ImageFolder tree or an ``.npz``."""
+def load_split(
+    root: str | Path, split: str, *, classes: Sequence[str], channels: int, size: int, cache_mb: int = DECODED_CACHE_MB
+) -> ImageSet:
+    """Load ``split`` (``train`` or ``test``) of a data root: an ImageFolder tree or an ``.npz``.
+
+    An ``.npz`` is held decoded whatever its size (its pixels are in memory already).
+    """
     root = Path(root)
     if root.suffix == ".npz":
         if not root.is_file():
@@ -233,7 +318,7 @@ def load_split(root: str | Path, split: str, *, classes: Sequence[str], channels
         return load_npz(root, split, classes=classes, channels=channels, size=size)
     if not root.is_dir():
         raise ValueError(f"data-root {str(root)!r} does not exist; expected a folder with train/ and test/")
-    return load_folder(root / split, classes=classes, channels=channels, size=size, root=root)
+    return load_folder(root / split, classes=classes, channels=channels, size=size, root=root, cache_mb=cache_mb)
 
 
 def resolve_test_folder(path: str | Path) -> Path:

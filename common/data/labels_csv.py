@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from common.data.images import ImageSet, decode_image
+from common.data.images import DECODED_CACHE_MB, ImageSet, decode_files
 
 __all__ = ["LABELS_CSV", "REQUIRED_COLUMNS", "load_labels_csv"]
 
@@ -52,38 +52,40 @@ def _flags(csv_path: Path, line: int, row: dict[str, str], labels: Sequence[str]
 
 
 @lru_cache(maxsize=8)
-def _load(csv_path: str, split: str, labels: tuple[str, ...], channels: int, size: int, stamp: int) -> ImageSet:
+def _load(
+    csv_path: str, split: str, labels: tuple[str, ...], channels: int, size: int, cache_mb: int, stamp: int
+) -> ImageSet:
     path = Path(csv_path)
     root = path.parent
-    images: list[torch.Tensor] = []
-    targets: list[list[int]] = []
-    paths: list[str] = []
-    patients: list[str] = []
-    skipped: list[tuple[str, str]] = []
+    rows: list[tuple[str, list[int], str]] = []
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
         _header(path, list(reader.fieldnames or []), labels)
         for line, row in enumerate(reader, start=2):
-            if row["split"].strip() != split:
-                continue
-            flags = _flags(path, line, row, labels)
-            rel = row["path"].strip()
-            try:
-                images.append(decode_image(root / rel, channels=channels, size=size))
-            except OSError as err:
-                skipped.append((rel, f"unreadable: {err}"))
-                continue
-            targets.append(flags)
-            paths.append(rel)
-            patients.append(row["patient_id"].strip())
+            if row["split"].strip() == split:
+                rows.append((row["path"].strip(), _flags(path, line, row, labels), row["patient_id"].strip()))
+    files = [root / rel for rel, _, _ in rows]
+    pixels, readable, unreadable = decode_files(
+        files, channels=channels, size=size, cache_mb=cache_mb, name=f"{path} ({split})"
+    )
+    skipped = tuple((rows[i][0], reason) for i, reason in unreadable)
     if skipped:
         log.warning("%s (%s): skipped %d unreadable image(s)", path, split, len(skipped))
-    stacked = torch.stack(images) if images else torch.empty((0, channels, size, size), dtype=torch.uint8)
+    targets = [rows[i][1] for i in readable]
     label_matrix = torch.tensor(targets, dtype=torch.long).reshape(len(targets), len(labels))
-    return ImageSet(stacked, label_matrix, tuple(paths), labels, tuple(skipped), groups=tuple(patients))
+    paths = tuple(rows[i][0] for i in readable)
+    return ImageSet(pixels, label_matrix, paths, labels, skipped, groups=tuple(rows[i][2] for i in readable))
 
 
-def load_labels_csv(root: str | Path, split: str, *, labels: Sequence[str], channels: int, size: int) -> ImageSet:
+def load_labels_csv(
+    root: str | Path,
+    split: str,
+    *,
+    labels: Sequence[str],
+    channels: int,
+    size: int,
+    cache_mb: int = DECODED_CACHE_MB,
+) -> ImageSet:
     """The ``split`` rows of ``root/labels.csv``: ``labels`` is an ``(N, L)`` 0/1 matrix, ``groups`` the patients.
 
     Raises:
@@ -96,4 +98,4 @@ def load_labels_csv(root: str | Path, split: str, *, labels: Sequence[str], chan
             f"data-root {str(root)!r} has no {LABELS_CSV}; expected a multi-label folder with "
             f"{LABELS_CSV} ({', '.join(REQUIRED_COLUMNS)}, <labels>) and the images it names"
         )
-    return _load(str(csv_path), split, tuple(labels), channels, size, csv_path.stat().st_mtime_ns)
+    return _load(str(csv_path), split, tuple(labels), channels, size, cache_mb, csv_path.stat().st_mtime_ns)

@@ -39,6 +39,8 @@ DEFAULTS = {
     "model": "resnet18",
     "pretrained-weights": "",
     "device": "auto",
+    "precision": "auto",
+    "decoded-cache-mb": 4096,
     "he-enabled": False,
     "he-keys-dir": "",
     "he-secret-context": "",
