@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU path, measured in one go (about 8 minutes on one datacentre GPU):
-#   1. train_throughput.py for ResNet-18 and DenseNet-121 at 224 px, batch 64, plain and DP;
-#   2. a 2-round `flwr run` with device='cuda' (4 hospitals, ResNet-18, synthetic 64 px data);
+#   1. train_throughput.py for ResNet-18 and DenseNet-121 at 224 px, batch 64, plain and DP, and ResNet-18
+#      in fp32 against precision = "auto" (bf16 on GPUs that have it, else fp16 with a gradient scaler);
+#   2. a 2-round `flwr run` with device='cuda' precision='auto' (4 hospitals, ResNet-18, synthetic 64 px
+#      data), recording the precision each hospital trained in;
 # everything in one JSON file (default benchmarks/results/gpu_check.json).
 # Without a CUDA GPU it writes {"gpu": false, "note": ...}, says so, and exits 0 (CI runs it).
 # GPU_CHECK_ON_CPU=1 runs the same steps on the CPU at a toy size, to test this script without a GPU.
@@ -39,7 +41,7 @@ PYEOF
 trap cleanup EXIT
 echo "gpu_check: $GPU"
 "$PY" benchmarks/train_throughput.py --models "$MODELS" --size "$SIZE" --batch "$BATCH" --steps "$STEPS" --repeats 2 \
-  --device "$DEVICE" --out "$WORK/throughput.json"
+  --precision-size "$SIZE" --device "$DEVICE" --out "$WORK/throughput.json"
 "$(dirname "$PY")/medsilo" data synth --modality brain-mri --out "$WORK/data" --train-per-class "$PER_CLASS" \
   --test-per-class 8 --size 64 >/dev/null
 PORTS=($("$PY" -c 'import socket
@@ -52,7 +54,7 @@ export FLWR_HOME="$WORK/flwr" FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK
 mkdir -p "$FLWR_HOME"
 START=$(date +%s.%N)
 flwr run . --stream --federation-config "num-supernodes=4 client-resources-num-cpus=1 client-resources-num-gpus=$GPUS" \
-  --run-config "device='$DEVICE' model='resnet18' image-size=64 num-server-rounds=2 local-epochs=1 \
+  --run-config "device='$DEVICE' precision='auto' model='resnet18' image-size=64 num-server-rounds=2 local-epochs=1 \
 data-root='$WORK/data' output-dir='$WORK/runs' run-name='gpu' min-train-nodes=4" > "$WORK/flwr.log" 2>&1 || true
 END=$(date +%s.%N)
 "$PY" - "$WORK" "$OUT" "$GPU" "$START" "$END" <<'PYEOF'
@@ -65,6 +67,7 @@ if report.is_file():
     run["central_accuracy"] = json.loads(report.read_text())["accuracy"]
     history = json.loads((work / "runs" / "gpu" / "history.json").read_text())
     run["train_s_per_round"] = [r["timings"].get("train_s") for r in history["rounds"][1:]]
+    run["precision"] = sorted({str(h.get("precision")) for r in history["rounds"][1:] for h in r["hospitals"].values()})
 else:
     run["log_tail"] = (work / "flwr.log").read_text()[-3000:]
 result = {"gpu": True, "device": gpu, "train_throughput": json.loads((work / "throughput.json").read_text()),

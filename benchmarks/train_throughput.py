@@ -227,7 +227,7 @@ def main() -> None:
                         help="cnn3 at 32 px, batch 16, 4 steps, 2 repeats; epochs on a small synthetic set")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     torch.set_num_threads(args.threads)
     epoch_model = "resnet18"
     if args.quick:

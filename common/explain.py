@@ -7,6 +7,7 @@ adds are removed again, and the model's gradients are left as they were.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch import nn
 from common.data.images import decode_image
 from common.data.transforms import normalize
 from common.models import ModelSpec
+from common.precision import Precision
 from common.tasks import probabilities
 
 __all__ = ["class_probabilities", "gradcam", "load_image", "overlay", "target_layer"]
@@ -109,9 +111,23 @@ def class_probabilities(model: nn.Module, spec: ModelSpec, image: torch.Tensor) 
     return probabilities(logits.double(), multilabel=spec.multilabel)[0].cpu().numpy()
 
 
-def gradcam(model: nn.Module, spec: ModelSpec, image: torch.Tensor, target_class: int | None = None) -> np.ndarray:
+def _float_outputs(module: nn.Module) -> torch.utils.hooks.RemovableHandle:
+    """A forward hook handing ``module``'s output on in float32 (Grad-CAM reads it with numpy, which has no bf16)."""
+    return module.register_forward_hook(lambda _module, _inputs, output: output.float())
+
+
+def gradcam(
+    model: nn.Module,
+    spec: ModelSpec,
+    image: torch.Tensor,
+    target_class: int | None = None,
+    *,
+    precision: Precision | None = None,
+) -> np.ndarray:
     """Grad-CAM heat map ``float32 (S, S)`` in [0, 1] of ``target_class`` (default: the predicted class).
 
+    The forward and backward passes run under ``precision`` (default float32; a report passes
+    its run's); the target layer's activations, their gradients and the heat map are float32.
     Works inside ``torch.no_grad()`` too; the model ends in eval mode, otherwise unchanged.
     """
     if target_class is not None and not 0 <= target_class < len(spec.classes):
@@ -122,12 +138,16 @@ def gradcam(model: nn.Module, spec: ModelSpec, image: torch.Tensor, target_class
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:  # gradients flow to the input only: the model's .grad stays untouched
         p.requires_grad_(False)
+    lowered = precision is not None and precision.name != "fp32"
+    handles = [_float_outputs(layer), _float_outputs(model)] if lowered else []  # before GradCAM's own hooks
     cam = GradCAM(model=model.eval(), target_layers=[layer])
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), precision.autocast() if precision is not None else contextlib.nullcontext():
             heat = cam(input_tensor=batch, targets=targets)[0]
     finally:
         cam.activations_and_grads.release()
+        for handle in handles:
+            handle.remove()
         for p in params:
             p.requires_grad_(True)
     return np.clip(heat, 0.0, 1.0).astype(np.float32)

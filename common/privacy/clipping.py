@@ -103,10 +103,10 @@ class BookKeepingClipper:
         if torch.is_grad_enabled() and layer.training:
             if layer in self._inputs:
                 raise NotImplementedError(f"{type(layer).__name__} ran twice in one forward pass (shared weights)")
-            self._inputs[layer] = inputs[0].detach()
+            self._inputs[layer] = inputs[0].detach().float()  # under autocast a layer's input may be bf16
 
     def _keep_grad_output(self, layer: nn.Module, _grad_input: object, grad_output: tuple[Tensor, ...]) -> None:
-        self._grads[layer] = grad_output[0].detach()
+        self._grads[layer] = grad_output[0].detach().float()
 
     def remove(self) -> None:
         """Remove the hooks; the model is an ordinary model again."""

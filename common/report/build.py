@@ -57,7 +57,10 @@ def _gradcam(
         if not data_root:
             return _left_out(GRADCAM_TITLE, "the test images' folder is unknown (no config.json); pass --images")
         images_root = resolve_path(str(data_root))
-    return gradcam_section(*model, images_root, inputs.predictions, out, per_class=GRADCAM_PER_CLASS)
+    precision = str((inputs.config or {}).get("precision", "fp32"))  # runs from before the key trained in fp32
+    return gradcam_section(
+        *model, images_root, inputs.predictions, out, per_class=GRADCAM_PER_CLASS, precision=precision
+    )
 
 
 def _steps(

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from common.config import ConfigError
 from common.explain import class_probabilities, gradcam, load_image, overlay
 from common.models import ModelSpec, load_model_dir
+from common.precision import Precision, resolve_precision
 from common.report.content import Block, Cell, Figure, Note, Paragraph, Section, Table
 from common.report.figures import new_figure, save
 from common.report.inputs import Predictions
@@ -74,8 +76,22 @@ class _Explained:
     probability: float
 
 
+def _precision(name: str, model: nn.Module) -> Precision:
+    """The run's precision on the device the report is drawn on (an fp16 GPU run drawn on a CPU: ``auto``)."""
+    device = next(model.parameters()).device
+    try:
+        return resolve_precision(name, device)
+    except ConfigError:
+        return resolve_precision("auto", device)
+
+
 def _explain(
-    model: nn.Module, spec: ModelSpec, examples: Sequence[Example], paths: Sequence[str], images_root: Path
+    model: nn.Module,
+    spec: ModelSpec,
+    examples: Sequence[Example],
+    paths: Sequence[str],
+    images_root: Path,
+    precision: Precision,
 ) -> list[_Explained]:
     """Grad-CAM of the predicted class for every example whose image is found and readable."""
     explained = []
@@ -89,7 +105,7 @@ def _explain(
             continue
         probs = class_probabilities(model, spec, image)
         predicted = int(probs.argmax())
-        heat = overlay(image, gradcam(model, spec, image, target_class=predicted))
+        heat = overlay(image, gradcam(model, spec, image, target_class=predicted, precision=precision))
         explained.append(_Explained(example, heat, predicted, float(probs[predicted])))
     return explained
 
@@ -116,11 +132,21 @@ def _grid(explained: Sequence[_Explained], classes: Sequence[str], path: Path, *
 
 
 def gradcam_section(
-    model: nn.Module, spec: ModelSpec, images_root: Path, predictions: Predictions, out: Path, *, per_class: int
+    model: nn.Module,
+    spec: ModelSpec,
+    images_root: Path,
+    predictions: Predictions,
+    out: Path,
+    *,
+    per_class: int,
+    precision: str = "fp32",
 ) -> Section:
-    """Grad-CAM of the predicted class over test images, labelled true / predicted / probability."""
+    """Grad-CAM of the predicted class over test images, labelled true / predicted / probability.
+
+    ``precision`` is the run's ``precision`` key: the heat maps are computed as the run evaluated.
+    """
     examples = select_examples(predictions.y_true, predictions.probabilities, per_class=per_class)
-    explained = _explain(model, spec, examples, predictions.paths, images_root)
+    explained = _explain(model, spec, examples, predictions.paths, images_root, _precision(precision, model))
     if not explained:
         reason = f"none of the {len(examples)} selected test images was readable under {images_root}"
         return Section(TITLE, (Note(f"Left out: {reason}."),))

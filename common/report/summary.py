@@ -81,6 +81,7 @@ def run_summary(
         "model": f"{config.get('model')} at {config.get('image-size')} px",
         "local training": f"{_local_work(config)}, {config.get('optimizer')} "
         f"lr {config.get('learning-rate')}, batch {config.get('batch-size')}",
+        "precision": _precision(config, rounds),
         "privacy": privacy_summary(config, rounds),
         "encryption": "CKKS encrypted FedAvg (TenSEAL)" if he_enabled(config) else "HE off",
         "central test set": f"{report['n']} images, {fmt(_central_skipped(rounds))} unreadable or skipped",
@@ -114,6 +115,22 @@ def _local_work(config: Mapping[str, Any]) -> str:
     """What one hospital trains per round: ``local-steps`` batches, else ``local-epochs`` epochs."""
     steps = config.get("local-steps")
     return f"{steps} step(s) per round" if steps else f"{config.get('local-epochs')} epoch(s) per round"
+
+
+def _precision(config: Mapping[str, Any], rounds: Rounds) -> str:
+    """The ``precision`` key and what each hospital trained in (its latest round), e.g. ``auto: bf16 (hospital-0)``."""
+    chosen: dict[str, str] = {}
+    for record in rounds:
+        for name, hospital in record.get("hospitals", {}).items():
+            if hospital.get("precision"):
+                chosen[name] = str(hospital["precision"])
+    setting = str(config.get("precision", "fp32 (the run predates the precision key)"))
+    if not chosen:
+        return setting
+    by_precision: dict[str, list[str]] = {}
+    for name in sorted(chosen):
+        by_precision.setdefault(chosen[name], []).append(name)
+    return f"{setting}: " + "; ".join(f"{p} ({', '.join(names)})" for p, names in sorted(by_precision.items()))
 
 
 def _central_skipped(rounds: Rounds) -> int | None:

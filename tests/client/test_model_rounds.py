@@ -26,6 +26,7 @@ from common.data.synth import write_synthetic_multilabel, write_synthetic_tree
 from common.experiment import initial_model, preset_for
 from common.inference import predict
 from common.models import state_dict_to_cpu
+from common.precision import Precision
 from common.privacy.dpsgd import train_private
 from server.history import RunHistory
 from server.server_steps import make_strategy
@@ -103,7 +104,8 @@ def _federated_round(cfg: RunConfig, train: ImageSet, test: ImageSet, *, dp: boo
             expected = sum(w * s[name] for w, s in zip(weights, states, strict=True)) / sum(weights)
             np.testing.assert_allclose(tensor.numpy(), expected, rtol=1e-5, atol=1e-6, err_msg=name)
     model.load_state_dict(merged)
-    probs, loss = predict(model, test, build_transform(preset_for(cfg), train=False), batch_size=8)
+    exact = Precision("fp32", "cpu")  # scored in float32: compared below with a float32 forward pass
+    probs, loss = predict(model, test, build_transform(preset_for(cfg), train=False), batch_size=8, precision=exact)
     return {"probabilities": probs, "loss": loss, "model": model}
 
 

@@ -17,6 +17,7 @@ from common.data import build_transform, load_split
 from common.data.synth import write_synthetic_tree
 from common.experiment import initial_model, preset_for
 from common.inference import predict
+from common.precision import Precision
 
 CPU = torch.device("cpu")
 
@@ -183,3 +184,45 @@ def test_balanced_class_weights_change_the_training_loss(images) -> None:  # typ
         result = train_local(initial_model(cfg), skewed, cfg=cfg, preset=preset_for(cfg), device=CPU, seed=1)
         losses[mode] = result.loss
     assert math.isfinite(losses["balanced"]) and losses["balanced"] != losses["none"]
+
+
+# ---------------------------------------------------------------- precision
+
+
+def _first_step(images, precision: Precision):  # type: ignore[no-untyped-def]
+    cfg = _cfg(**{"local-steps": 1, "seed": 5})
+    model = initial_model(cfg)
+    result = train_local(model, images, cfg=cfg, preset=preset_for(cfg), device=CPU, seed=2, precision=precision)
+    return model, result
+
+
+def test_bf16_training_matches_fp32_to_bf16_rounding_and_keeps_float32_weights(images) -> None:  # type: ignore[no-untyped-def]
+    reference_model, reference = _first_step(images, Precision("fp32", "cpu"))
+    model, result = _first_step(images, Precision("bf16", "cpu"))
+    assert (reference.precision, result.precision) == ("fp32", "bf16")
+    assert result.loss == pytest.approx(reference.loss, rel=2e-2)  # the same batch, 8 bits of mantissa
+    state = model.state_dict()
+    assert all(t.dtype == reference_model.state_dict()[k].dtype for k, t in state.items())  # float32 stays float32
+    assert all(t.is_contiguous() for t in state.values())  # what ArrayRecord, safetensors and HE read
+    initial = initial_model(_cfg(**{"local-steps": 1, "seed": 5})).state_dict()
+    assert any(not torch.equal(initial[k], t) for k, t in state.items())  # it did train
+
+
+def test_fp16_trains_through_the_gradient_scaler(images) -> None:  # type: ignore[no-untyped-def]
+    reference_model, reference = _first_step(images, Precision("fp32", "cpu"))
+    model, result = _first_step(images, Precision("fp16", "cpu"))  # built directly: resolve refuses fp16 on a CPU
+    assert result.precision == "fp16" and result.loss == pytest.approx(reference.loss, rel=1e-2)
+    weights = [k for k, t in model.state_dict().items() if t.is_floating_point()]
+    assert all(torch.isfinite(model.state_dict()[k]).all() for k in weights)
+    assert all(model.state_dict()[k].dtype == torch.float32 for k in weights)
+
+
+def test_evaluation_under_bf16_is_close_to_fp32_with_float32_outputs(images) -> None:  # type: ignore[no-untyped-def]
+    cfg = _cfg()
+    model = initial_model(cfg)
+    transform = build_transform(preset_for(cfg), train=False)
+    exact, exact_loss = predict(model, images, transform, device=CPU, precision=Precision("fp32", "cpu"))
+    probs, loss = predict(model, images, transform, device=CPU, precision=Precision("bf16", "cpu"))
+    assert probs.dtype == np.float64 and np.allclose(probs.sum(axis=1), 1.0)
+    assert np.abs(probs - exact).max() < 0.02 and loss == pytest.approx(exact_loss, rel=2e-2)
+    assert all(t.is_contiguous() for t in model.state_dict().values())

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from common.data.synth import TEXTURES, synth_image
 from common.explain import class_probabilities, gradcam, load_image, overlay, target_layer
 from common.models import MODELS, ModelSpec, build_from_spec
+from common.precision import Precision
 
 SIZE = 32  # the trained cnn3
 CLASSES = ("stripes", "solid")
@@ -121,6 +122,18 @@ def test_gradcam_matches_a_hand_written_reference(trained_cnn3):
     for target in (0, 1):
         expected = _reference_cam(model, model.features[-2], _normalised(image, spec), target)
         np.testing.assert_allclose(gradcam(model, spec, image, target), expected, atol=2e-3)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_gradcam_under_a_lower_precision_is_close_to_the_float32_reference(trained_cnn3, precision: str):
+    model, spec = trained_cnn3
+    hooks, state = _hook_count(model), {k: v.clone() for k, v in model.state_dict().items()}
+    image, disc = _evidence(1, size=SIZE, channels=1, rng=np.random.default_rng(4))
+    expected = _reference_cam(model, model.features[-2], _normalised(image, spec), 1)
+    cam = gradcam(model, spec, image, precision=Precision(precision, "cpu"))  # the predicted class, found in bf16
+    assert cam.dtype == np.float32 and cam.shape == (SIZE, SIZE)
+    assert np.abs(cam - expected).max() < 0.05 and cam[disc].mean() > 2 * cam[~disc].mean()
+    _assert_untouched(model, hooks, state)  # our float32 hooks are gone too
 
 
 def test_gradcam_defaults_to_the_predicted_class(trained_cnn3):

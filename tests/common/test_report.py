@@ -24,6 +24,7 @@ from common.models import ModelSpec, build_from_spec, save_model_dir
 from common.report import build_report
 from common.report.figures import row_normalised
 from common.report.gradcam import select_examples
+from common.report.summary import run_summary
 from common.run_files import write_json, write_predictions_csv
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
@@ -327,3 +328,14 @@ def test_cli_evaluate_writes_the_same_report(run_dir: Path, tmp_path: Path) -> N
     page = read_page(out)
     report = json.loads((out / "report.json").read_text())
     assert float(page.keyed["accuracy"][0]) == report["accuracy"]
+
+
+def test_run_summary_shows_the_precision_setting_and_what_each_hospital_trained_in() -> None:
+    history = _history()
+    history["rounds"][1]["hospitals"]["hospital-0"]["precision"] = "bf16"
+    history["rounds"][1]["hospitals"]["hospital-1"]["precision"] = "fp32"
+    history["rounds"][2]["hospitals"]["hospital-0"]["precision"] = "bf16"
+    report = classification_report(*_predictions(), CLASSES, loss=0.9)
+    summary = run_summary({"precision": "auto"}, history, report)
+    assert summary["precision"] == "auto: bf16 (hospital-0); fp32 (hospital-1)"
+    assert run_summary({}, {"rounds": []}, report)["precision"] == "fp32 (the run predates the precision key)"

@@ -163,3 +163,15 @@ def test_an_error_the_superlink_reports_is_charged_to_the_hospital_it_was_sent_t
     strategy.aggregate_train(1, [_reply(3, _train_content(1.0, 10, name="a")), unavailable])
     failures = history.round(1)["failures"]
     assert [(f["node_id"], f["reason"]) for f in failures] == [(4, "error reply: Node Unavailable")]
+
+
+def test_each_hospitals_precision_is_recorded_in_the_history(tmp_path: Path) -> None:
+    history = RunHistory(tmp_path / "history.json")
+    strategy = MedsiloFedAvg(history=history, min_train_nodes=1, min_available_nodes=1)
+    strategy._sent = _arrays(0.0)
+    fast, plain = _train_content(1.0, 10, name="a"), _train_content(2.0, 10, name="b")
+    fast["hospital"]["precision"] = "bf16"
+    plain["hospital"]["precision"] = "fp32"
+    strategy.aggregate_train(1, [_reply(11, fast), _reply(12, plain), _reply(13, _train_content(3.0, 5, name="old"))])
+    hospitals = history.round(1)["hospitals"]
+    assert {name: h["precision"] for name, h in hospitals.items()} == {"a": "bf16", "b": "fp32", "old": None}
