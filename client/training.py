@@ -137,8 +137,8 @@ def train_local(
     ``seed`` fixes the shuffling and the augmentation, so a round is reproducible.
     ``optimizer_state`` (this hospital's from its previous round, with ``optimizer-state =
     "keep"``) continues the optimizer's moments; the result carries the new state. The
-    forward pass runs under ``precision`` (default: ``cfg.precision`` on ``device``) in
-    channels_last layout; the weights, the loss and the optimizer stay float32.
+    forward pass runs under ``precision`` (default: ``cfg.precision`` on ``device``), in
+    channels_last layout where that is faster; the weights, the loss and the optimizer stay float32.
     """
     if len(images) == 0:
         raise ValueError("this hospital has no training images")
@@ -146,7 +146,7 @@ def train_local(
     torch.manual_seed(seed)
     precision = precision or resolve_precision(cfg.precision, device)
     model.to(device).train()
-    with channels_last(model):
+    with channels_last(model, enabled=precision.channels_last(cfg.image_size)):
         loss, accuracy, state = _train_steps(
             model,
             images,
@@ -185,6 +185,7 @@ def _train_steps(
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     scaler = precision.grad_scaler()
+    layout = precision.memory_format(cfg.image_size)
     batches = loader(
         images,
         build_transform(preset, train=True),
@@ -207,7 +208,7 @@ def _train_steps(
     seen, loss_sum, correct, done, passes = 0, 0.0, 0.0, 0, 0
     while done < steps_per_round:  # whole passes over the shard, the last one cut at steps_per_round
         for x, y in batches:
-            x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
+            x = x.to(device, non_blocking=True, memory_format=layout)
             y = y.to(device, non_blocking=True)
             for group in optimizer.param_groups:
                 group["lr"] = cfg.learning_rate * lr_factor(cfg, step=step, steps_per_round=steps_per_round)

@@ -66,8 +66,8 @@ def predict(
     """Class probabilities ``(N, K)`` and the mean cross-entropy over ``images``.
 
     Multi-label images get a sigmoid per label and the mean binary cross-entropy instead.
-    The model runs under ``precision`` (default: ``"auto"`` for the device) in channels_last
-    layout; the loss and probabilities are computed in float32.
+    The model runs under ``precision`` (default: ``"auto"`` for the device), in channels_last
+    layout where that is faster; the loss and probabilities are computed in float32.
 
     ``on_batch`` is called with each batch's size once it is scored (for progress bars).
     """
@@ -76,9 +76,10 @@ def predict(
     model = model.to(device).eval()
     chunks: list[np.ndarray] = []
     loss_sum = 0.0
-    with channels_last(model):
+    size = int(images.images.shape[-1])
+    with channels_last(model, enabled=precision.channels_last(size)):
         for x, y in loader(images, transform, batch_size=batch_size, device=device):
-            x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
+            x = x.to(device, non_blocking=True, memory_format=precision.memory_format(size))
             y = y.to(device, non_blocking=True)
             with precision.autocast():
                 logits = model(x)

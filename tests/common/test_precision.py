@@ -124,3 +124,25 @@ def test_channels_last_inside_contiguous_after_with_the_same_parameters() -> Non
         assert not model[0].weight.is_contiguous()
     assert all(p is q for p, q in zip(before, model.parameters(), strict=True))  # an optimizer keeps stepping them
     assert all(t.is_contiguous() for t in model.state_dict().values())
+
+
+@pytest.mark.parametrize(
+    ("precision", "size", "expected"),
+    [
+        (Precision("bf16", "cpu"), 48, True),  # faster under autocast at every size
+        (Precision("fp32", "cpu"), 48, False),  # float32 on a CPU: slower below the crossover
+        (Precision("fp32", "cpu"), 96, False),
+        (Precision("fp32", "cpu"), 128, True),
+        (Precision("fp32", "cuda"), 48, True),
+        (Precision("fp16", "cuda"), 32, True),
+    ],
+)
+def test_channels_last_where_it_is_faster(precision: Precision, size: int, expected: bool) -> None:
+    assert precision.channels_last(size) is expected
+    assert precision.memory_format(size) == (torch.channels_last if expected else torch.contiguous_format)
+
+
+def test_channels_last_disabled_leaves_the_model_alone() -> None:
+    model = torch.nn.Conv2d(3, 4, 3)
+    with channels_last(model, enabled=False):
+        assert model.weight.is_contiguous()
