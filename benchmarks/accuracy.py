@@ -12,9 +12,16 @@ Settings, per dataset, all from the same seed, model, augmentation and epochs of
 - ``best-iid`` / ``best-dirichlet``: the best configuration found (``BEST``).
 
 Central accuracy is recorded after every epoch of data (every round, or every
-``--rounds-per-epoch`` rounds when the best configuration trains shorter rounds). Hyperparameters are
-chosen with ``--validation`` (15 % of ``train/`` held out, stratified, seeded); ``test/`` is
-scored only once they are fixed.
+``--rounds-per-epoch`` rounds when the best configuration trains shorter rounds), on ``test/``
+and on its near-twin-clean part (``last2_mean_clean``: the test images with no duplicate or
+near-twin in ``train/``, by ``medsilo data check``'s audit); chest X-ray adds the PNEUMONIA
+``sensitivity`` and NORMAL ``specificity``. Hyperparameters are chosen with ``--validation``
+(15 % of ``train/`` held out, stratified, seeded); ``test/`` is scored only once they are fixed.
+
+It runs in pieces: each (dataset, setting, seed) is written to its own file under
+``results/accuracy/`` (``accuracy-validation/``, ``accuracy-quick/``) with the request that
+made it, the commit and the seconds taken, and ``accuracy.json`` is assembled from the pieces.
+A rerun skips every setting whose piece was made by the same request.
 
     python benchmarks/accuracy.py --data-dir DATA          # brain-mri and chest-xray, 128 px
     python benchmarks/accuracy.py --data-dir DATA --validation --settings best-iid --set lr-schedule=cosine
@@ -40,10 +47,13 @@ from flwr.supercore.task_identity import TaskIdentity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from accuracy_store import assemble, load_piece, piece_path, write_piece  # noqa: E402
+
 from client.training import train_local  # noqa: E402
 from common import records as rk  # noqa: E402
 from common.config import RunConfig, parse_run_config  # noqa: E402
 from common.data import ImageSet, build_transform, load_split  # noqa: E402
+from common.data.check import check_data_root  # noqa: E402
 from common.data.partition import partition_indices  # noqa: E402
 from common.data.synth import write_synthetic_tree  # noqa: E402
 from common.experiment import initial_model, preset_for  # noqa: E402
@@ -91,13 +101,25 @@ class _Grid:
         return self.nodes
 
 
-def _score(model: torch.nn.Module, images: ImageSet, cfg: RunConfig) -> dict[str, float]:
+def _score(model: torch.nn.Module, images: ImageSet, cfg: RunConfig) -> dict[str, Any]:
     probs, loss = predict(
         model, images, build_transform(preset_for(cfg), train=False), batch_size=64, device=resolve_device(cfg.device)
     )
     report = classification_report(images.labels.numpy(), probs, images.classes, loss=loss)
     return {"accuracy": report["accuracy"], "balanced_accuracy": report["balanced_accuracy"],
-            "macro_f1": report["macro"]["f1"]}
+            "macro_f1": report["macro"]["f1"], "recall": {c: report["per_class"][c]["recall"] for c in images.classes},
+            "predicted": probs.argmax(axis=1)}
+
+
+def _score_sets(model: torch.nn.Module, sets: dict[str, ImageSet], cfg: RunConfig) -> dict[str, Any]:
+    """The scores on the evaluation set, and its accuracy on the near-twin-clean subset (``clean_accuracy``)."""
+    scores = _score(model, sets["evaluation"], cfg)
+    predicted = scores.pop("predicted")
+    clean = sets.get("clean_index")
+    if clean is not None and len(clean):
+        labels = sets["evaluation"].labels.numpy()
+        scores["clean_accuracy"] = float((predicted[clean] == labels[clean]).mean())
+    return scores
 
 
 def _split_validation(train: ImageSet, *, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
@@ -111,8 +133,8 @@ def _split_validation(train: ImageSet, *, fraction: float, seed: int) -> tuple[I
 
 
 def _train_rounds(
-    cfg: RunConfig, shards: list[ImageSet], evaluation: ImageSet, rounds: int, score_every: int = 1
-) -> list[dict[str, float]]:
+    cfg: RunConfig, shards: list[ImageSet], evaluation: dict[str, Any], rounds: int, score_every: int = 1
+) -> list[dict[str, Any]]:
     """``rounds`` rounds of medsilo's federated training; the central metrics after every ``score_every``."""
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1  # what a ServerApp process has
     model = initial_model(cfg)
@@ -146,84 +168,124 @@ def _train_rounds(
             if server_round % score_every:
                 continue
             model.cpu().load_state_dict({k: torch.from_numpy(a.numpy().copy()) for k, a in arrays.items()})
-            curve.append(_score(model, evaluation, cfg))
+            curve.append(_score_sets(model, evaluation, cfg))
             logging.info("round %d/%d: accuracy %.4f", server_round, rounds, curve[-1]["accuracy"])
     return curve
 
 
-def _summary(curve: list[dict[str, float]], epochs: int, **extra: Any) -> dict[str, Any]:
+def _summary(curve: list[dict[str, Any]], epochs: int, **extra: Any) -> dict[str, Any]:
     last = curve[-1]
-    return {
+    summary = {
         "final": last["accuracy"],
         "last2_mean": statistics.fmean(c["accuracy"] for c in curve[-2:]),
         "balanced_accuracy": last["balanced_accuracy"],
         "macro_f1": last["macro_f1"],
         "epochs": epochs,
         "per_round": [round(c["accuracy"], 4) for c in curve],
+        "recall_last2_mean": {k: statistics.fmean(c["recall"][k] for c in curve[-2:]) for k in last["recall"]},
         **extra,
     }
+    if "clean_accuracy" in last:
+        summary["last2_mean_clean"] = statistics.fmean(c["clean_accuracy"] for c in curve[-2:])
+        summary["per_round_clean"] = [round(c["clean_accuracy"], 4) for c in curve]
+    if set(last["recall"]) == {"NORMAL", "PNEUMONIA"}:  # chest X-ray: the clinical pair, mean of the last 2
+        summary["sensitivity"] = summary["recall_last2_mean"]["PNEUMONIA"]
+        summary["specificity"] = summary["recall_last2_mean"]["NORMAL"]
+    return summary
+
+
+def _clean_index(root: Path, test: ImageSet, folder: Path, dataset: str) -> np.ndarray:
+    """Positions of the test images with no duplicate or near-twin in ``train/`` (``medsilo data check``'s groups).
+
+    The audit of the whole root is cached in ``folder/<dataset>-near-twins.json``.
+    """
+    cache = folder / f"{dataset}-near-twins.json"
+    if cache.is_file():
+        across = json.loads(cache.read_text())["across"]
+    else:
+        audit = check_data_root(root)
+        across = audit["near_twins"]["across"] + audit["duplicates_across"]
+        folder.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"root": root.name, "across": across}, indent=1))
+    twinned = {path for group in across for path in group}
+    return np.array([i for i, path in enumerate(test.paths) if path not in twinned], dtype=np.int64)
+
+
+def _setting_config(
+    setting: str, *, base: dict[str, Any], overrides: dict[str, Any], epochs: int, rounds_per_epoch: int,
+    train_size: int,
+) -> tuple[RunConfig, int]:
+    """The run config of one setting, and its rounds per epoch of data."""
+    partitioner = "iid" if setting.endswith("iid") else "dirichlet"
+    keys = {**base, "partitioner": partitioner}
+    if setting.startswith("best"):
+        keys.update(BEST)
+        keys.update(overrides)
+    if setting in ("centralised", "local-only"):
+        return parse_run_config({**keys, "optimizer-state": "keep", "num-server-rounds": epochs}), 1
+    per_epoch = rounds_per_epoch if setting.startswith("best") else 1
+    if per_epoch > 1:  # the same data per epoch in more, shorter rounds
+        keys["local-steps"] = max(1, round(train_size / (HOSPITALS * keys["batch-size"] * per_epoch)))
+    return parse_run_config({**keys, "num-server-rounds": epochs * per_epoch}), per_epoch
+
+
+def _run_setting(
+    setting: str, cfg: RunConfig, per_epoch: int, *, train: ImageSet, evaluation: dict[str, Any], epochs: int
+) -> dict[str, dict[str, Any]]:
+    """Train one setting; ``{name: summary}`` (``local-only`` reports a mean and a worst hospital)."""
+    parts = partition_indices(train.labels.tolist(), num_partitions=HOSPITALS, partitioner=cfg.partitioner,
+                              alpha=cfg.dirichlet_alpha, seed=cfg.seed)
+    if setting == "centralised":
+        return {setting: _summary(_train_rounds(cfg, [train], evaluation, epochs), epochs)}
+    if setting == "local-only":
+        finals = [_summary(_train_rounds(cfg, [train.subset(p)], evaluation, epochs), epochs) for p in parts]
+        worst = min(finals, key=lambda r: r["last2_mean"])
+        mean_curve = [float(np.mean(c)) for c in zip(*(r["per_round"] for r in finals), strict=True)]
+        averaged = ("final", "last2_mean", "balanced_accuracy", "macro_f1", "last2_mean_clean")
+        mean: dict[str, Any] = {key: float(np.mean([r[key] for r in finals])) for key in averaged if key in worst}
+        mean.update(epochs=epochs, per_round=[round(v, 4) for v in mean_curve], hospitals=[len(p) for p in parts])
+        return {"local-only-mean": mean, "local-only-worst": worst}
+    curve = _train_rounds(cfg, [train.subset(p) for p in parts], evaluation, epochs * per_epoch, score_every=per_epoch)
+    result = _summary(curve, epochs, rounds=epochs * per_epoch)
+    if setting.startswith("best"):
+        result["config"] = " ".join(f"{k}={v!r}" for k, v in cfg.to_run_config().items() if k in {*BEST, "local-steps"})
+    return {setting: result}
 
 
 def run_dataset(
     root: Path, dataset: str, *, settings: list[str], epochs: int, overrides: dict[str, Any], validation: bool,
-    base: dict[str, Any], write: Any, rounds_per_epoch: int = 1,
+    base: dict[str, Any], folder: Path, rounds_per_epoch: int = 1,
 ) -> None:
-    """Every requested setting on one dataset; ``write(setting, result)`` after each."""
-    cfg0 = parse_run_config({**base, "dataset": dataset, "data-root": str(root)})
+    """Every requested setting on one dataset, each written as its own piece; a piece with the same request is kept."""
+    base = {**base, "dataset": dataset, "data-root": str(root)}
+    cfg0 = parse_run_config(base)
     preset = preset_for(cfg0)
     kwargs = {"classes": cfg0.class_names, "channels": preset.channels, "size": cfg0.image_size}
     train, test = load_split(root, "train", **kwargs), load_split(root, "test", **kwargs)
-    evaluation = test
+    evaluation: dict[str, Any] = {"evaluation": test}
     if validation:
-        train, evaluation = _split_validation(train, fraction=0.15, seed=cfg0.seed)
-    labels = train.labels.tolist()
+        train, evaluation["evaluation"] = _split_validation(train, fraction=0.15, seed=cfg0.seed)
+    else:
+        evaluation["clean_index"] = _clean_index(root, test, folder, dataset)
     for setting in settings:
+        cfg, per_epoch = _setting_config(setting, base=base, overrides=overrides, epochs=epochs,
+                                         rounds_per_epoch=rounds_per_epoch, train_size=len(train))
+        keys = {k: v for k, v in cfg.to_run_config().items() if k != "data-root"}
+        request = {"keys": keys, "data": root.name, "epochs": epochs, "rounds_per_epoch": per_epoch,
+                   "scored_on": "validation (15% of train/)" if validation else "test/", "hospitals": HOSPITALS}
+        path = piece_path(folder, dataset, setting, cfg.seed)
+        results = load_piece(path, request)
+        if results is not None:
+            print(f"{dataset:12s} {setting:18s} kept ({path.name}: same request)", flush=True)
+            continue
         start = time.perf_counter()
-        partitioner = "iid" if setting.endswith("iid") else "dirichlet"
-        keys = {**base, "dataset": dataset, "data-root": str(root), "partitioner": partitioner}
-        if setting.startswith("best"):
-            keys.update(BEST)
-            keys.update(overrides)
-        parts = partition_indices(labels, num_partitions=HOSPITALS, partitioner=partitioner,
-                                  alpha=cfg0.dirichlet_alpha, seed=cfg0.seed)
-        if setting == "centralised":
-            cfg = parse_run_config({**keys, "optimizer-state": "keep", "num-server-rounds": epochs})
-            results = {setting: _summary(_train_rounds(cfg, [train], evaluation, epochs), epochs)}
-        elif setting == "local-only":
-            cfg = parse_run_config({**keys, "optimizer-state": "keep", "num-server-rounds": epochs})
-            finals = [_summary(_train_rounds(cfg, [train.subset(p)], evaluation, epochs), epochs) for p in parts]
-            worst = min(finals, key=lambda r: r["last2_mean"])
-            mean_curve = [float(np.mean(c)) for c in zip(*(r["per_round"] for r in finals), strict=True)]
-            results = {
-                "local-only-mean": {
-                    "final": float(np.mean([r["final"] for r in finals])),
-                    "last2_mean": float(np.mean([r["last2_mean"] for r in finals])),
-                    "balanced_accuracy": float(np.mean([r["balanced_accuracy"] for r in finals])),
-                    "macro_f1": float(np.mean([r["macro_f1"] for r in finals])),
-                    "epochs": epochs,
-                    "per_round": [round(v, 4) for v in mean_curve],
-                    "hospitals": [len(p) for p in parts],
-                },
-                "local-only-worst": worst,
-            }
-        else:
-            per_epoch = rounds_per_epoch if setting.startswith("best") else 1
-            if per_epoch > 1:  # the same data per epoch in more, shorter rounds
-                keys["local-steps"] = max(1, round(len(train) / (HOSPITALS * cfg0.batch_size * per_epoch)))
-            cfg = parse_run_config({**keys, "num-server-rounds": epochs * per_epoch})
-            shards = [train.subset(p) for p in parts]
-            curve = _train_rounds(cfg, shards, evaluation, epochs * per_epoch, score_every=per_epoch)
-            results = {setting: _summary(curve, epochs, rounds=epochs * per_epoch)}
-            if setting.startswith("best"):
-                results[setting]["config"] = " ".join(
-                    f"{k}={v!r}" for k, v in {**BEST, **overrides, "local-steps": cfg.local_steps}.items()
-                    if k != "local-steps" or v
-                )
+        results = _run_setting(setting, cfg, per_epoch, train=train, evaluation=evaluation, epochs=epochs)
         for name, result in results.items():
             result["seconds"] = round(time.perf_counter() - start, 1)
-            write(name, result)
-            print(f"{dataset:12s} {name:18s} last2 {result['last2_mean']:.4f} final {result['final']:.4f} "
+            clean = f" clean {result['last2_mean_clean']:.4f}" if "last2_mean_clean" in result else ""
+            print(f"{dataset:12s} {name:18s} last2 {result['last2_mean']:.4f}{clean} final {result['final']:.4f} "
                   f"per round {result['per_round']}", flush=True)
+        write_piece(path, request, results)
 
 
 def main() -> None:
@@ -239,7 +301,7 @@ def main() -> None:
     parser.add_argument("--base", action="append", default=[], help="override a key of every setting: key=value")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="synthetic data, cnn3 at 32 px: under 5 minutes")
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", type=Path, help="the folder of pieces (default results/accuracy[-validation|-quick])")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -264,20 +326,13 @@ def main() -> None:
                 parser.error("--data-dir is required (or --quick)")
             roots = {name: args.data_dir / name for name in args.datasets.split(",")}
         name = "accuracy-quick" if args.quick else "accuracy-validation" if args.validation else "accuracy"
-        out = args.out or RESULTS / f"{name}.json"
-        results: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
-
-        def write_for(dataset: str) -> Any:
-            def write(setting: str, result: dict[str, Any]) -> None:
-                results.setdefault(dataset, {})[setting] = result
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text(json.dumps(results, indent=2, allow_nan=False))
-            return write
-
+        folder = args.out or RESULTS / name
         for dataset, root in roots.items():
             run_dataset(root, dataset, settings=args.settings.split(","), epochs=epochs, overrides=overrides,
-                        validation=args.validation, base=base, write=write_for(dataset),
+                        validation=args.validation, base=base, folder=folder,
                         rounds_per_epoch=args.rounds_per_epoch)
+    out = folder.parent / f"{folder.name}.json"
+    results = assemble(folder, out)
     for dataset, rows in results.items():
         central = rows.get("centralised", {}).get("last2_mean")
         for setting, row in rows.items():

@@ -44,6 +44,8 @@ class PrivateTrainResult:
         noise_multiplier: Gaussian noise std / clipping norm.
         max_grad_norm: per-sample gradient clipping norm.
         optimizer_state: the optimizer's state after the round, when asked to keep it.
+        precision: always ``"fp32"``: under bf16 autocast the clipping is not exact (see
+            ``benchmarks/dp_precision.py``), so DP-SGD never runs under autocast.
     """
 
     num_examples: int
@@ -55,6 +57,7 @@ class PrivateTrainResult:
     noise_multiplier: float
     max_grad_norm: float
     optimizer_state: dict[str, Any] | None = None
+    precision: str = "fp32"
 
 
 def _strip_opacus(model: nn.Module) -> None:
@@ -179,9 +182,11 @@ def train_private(
     ``model`` must come from :func:`make_dp_compatible`. Opacus wraps it for the round;
     afterwards its hooks and per-parameter attributes are removed, so the caller's model
     object holds the trained weights under its original state-dict keys (no ``_module.``).
-    Training runs in float32 (no autocast: per-sample gradients are computed in full
-    precision). ``seed`` fixes the Poisson sampling, the augmentation and the noise, which
-    makes a round reproducible; that is for experiments, not a secure noise source.
+    Training runs in float32 whatever the run's ``precision``: under bf16 autocast the
+    per-example norms are off by up to about 1% and an example can add more than the
+    clipping bound, which breaks the sensitivity the accountant assumes. ``seed`` fixes the
+    Poisson sampling, the augmentation and the noise, which makes a round reproducible; that
+    is for experiments, not a secure noise source.
 
     Args:
         model: the DP-compatible model, trained in place.

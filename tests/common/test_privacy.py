@@ -348,8 +348,10 @@ def test_train_private_reports_the_round_and_keeps_plain_keys() -> None:
         "noise_multiplier",
         "max_grad_norm",
         "optimizer_state",
+        "precision",
     }
     assert result.optimizer_state is None  # not asked to keep it
+    assert result.precision == "fp32"  # DP-SGD never runs under autocast
     assert (result.num_examples, result.steps, result.sample_rate) == (10, 6, pytest.approx(1 / 3))
     assert (result.noise_multiplier, result.max_grad_norm) == (1.0, 1.0)
     assert result.loss > 0 and 0 <= result.accuracy <= 1 and result.seconds > 0

@@ -180,9 +180,12 @@ class SimulatedRun:
 SIMULATION = (
     "model='cnn3' image-size=32 local-steps=2 batch-size=16 optimizer='sgd' learning-rate=0.003 min-train-nodes=3 "
     "min-evaluate-nodes=3 seed=11 optimizer-state='keep' loss='logit-adjusted' lr-schedule='constant' "
-    "lr-warmup-rounds=1"
+    "lr-warmup-rounds=1 precision='fp32'"
 )
 """The shared run's config, less data-root, output-dir, run-name and num-server-rounds (3).
+
+float32: the encrypted, resumed run is compared with it to 1e-5, and bf16 autocast would carry
+CKKS's 1e-9 rounding past that over three rounds (2e-5 measured on an AMX CPU).
 
 The accuracy benchmark's best configuration (FedAvg, kept optimiser state, logit adjustment,
 short rounds of 2 batches), with SGD + momentum at a small learning rate for Adam. Training
@@ -211,3 +214,10 @@ def simulated_run(tmp_path_factory: pytest.TempPathFactory, flower: Flower) -> S
             cwd=root,
         )
     return SimulatedRun(data_root, out / "whole", proc.stdout + proc.stderr, flower.superlink_port)
+
+
+def native_bf16_or_fp32() -> str:
+    """What ``precision = "auto"`` must pick on this CPU, read from /proc/cpuinfo's flags."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split()) if cpuinfo.is_file() else set()
+    return "bf16" if "avx512_bf16" in flags or {"amx_bf16", "amx_tile"} <= flags else "fp32"

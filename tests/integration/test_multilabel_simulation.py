@@ -55,6 +55,7 @@ def test_a_multilabel_run_under_he_and_dp_reports_per_label_metrics(flower: Flow
     for record in history["rounds"][1:]:
         for hospital in record["hospitals"].values():
             assert 0 < hospital["epsilon"] <= 8.0 and hospital["encrypt_seconds"] > 0
+            assert hospital["precision"] == "fp32"  # DP-SGD never runs under autocast
     assert (run / "model" / "encrypted.json").is_file() and not (run / "model" / "model.safetensors").exists()
     markdown = (run / "report.md").read_text()
     assert "Central evaluation, per label" in markdown and (run / "figures" / "roc_curves.png").is_file()

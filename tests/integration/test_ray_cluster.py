@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from flower_env import BIN, flower_environment, free_port
+from flower_env import BIN, flower_environment, free_port, native_bf16_or_fp32
 
 from common.data.synth import write_synthetic_tree
 
@@ -58,5 +58,8 @@ def _run_on_cluster(flower_app: Path, tmp_path: Path, data: Path, ray_dir: Path)
             cwd=tmp_path,
         )
         assert json.loads((out / "on-ray" / "report.json").read_text())["n"] == 8
+        history = json.loads((out / "on-ray" / "history.json").read_text())
+        trained_in = {h["precision"] for r in history["rounds"][1:] for h in r["hospitals"].values()}
+        assert trained_in == {native_bf16_or_fp32()}  # precision "auto" (the default) on this CPU
         drivers = list(ray_dir.glob("session_*/logs/python-core-driver-*.log"))
         assert drivers, "the simulation did not connect to the running cluster"

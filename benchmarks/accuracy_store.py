@@ -1,0 +1,55 @@
+"""The accuracy benchmark's results in pieces: one file per (dataset, setting, seed), assembled into one JSON.
+
+Each piece holds the request that produced it (the resolved run-config keys, epochs, rounds
+per epoch and what was scored), its provenance (commit, date, machine), the per-epoch curve
+and the seconds it took. A rerun skips every setting whose piece holds the same request, so a
+long benchmark can be stopped and resumed, and each piece committed as it lands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from provenance import provenance
+
+__all__ = ["assemble", "load_piece", "piece_path", "write_piece"]
+
+
+def piece_path(folder: Path, dataset: str, setting: str, seed: int) -> Path:
+    """``folder/<dataset>--<setting>--seed<seed>.json``."""
+    return folder / f"{dataset}--{setting}--seed{seed}.json"
+
+
+def load_piece(path: Path, request: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """The stored results of ``path`` when it was made by the same ``request``; else ``None`` (run it)."""
+    if not path.is_file():
+        return None
+    piece = json.loads(path.read_text())
+    return piece["results"] if piece.get("request") == request else None
+
+
+def write_piece(path: Path, request: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:
+    """Write one setting's results (``{name: summary}``: one setting may report several names)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**provenance(), "request": request, "results": results}, indent=2, allow_nan=False))
+    tmp.replace(path)
+
+
+def assemble(folder: Path, out: Path) -> dict[str, dict[str, Any]]:
+    """``{dataset: {name: summary}}`` from every piece in ``folder`` (seed 0 first), written to ``out``."""
+    assembled: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.glob("*--*--seed*.json"), key=lambda p: (p.name.split("--seed")[0], _seed(p))):
+        piece = json.loads(path.read_text())
+        dataset = piece["request"]["keys"]["dataset"]
+        for name, result in piece["results"].items():
+            key = name if piece["request"]["keys"]["seed"] == 0 else f"{name}-seed{piece['request']['keys']['seed']}"
+            assembled.setdefault(dataset, {})[key] = {**result, "commit": piece["commit"], "date": piece["date"]}
+    out.write_text(json.dumps(assembled, indent=2, allow_nan=False))
+    return assembled
+
+
+def _seed(path: Path) -> int:
+    return int(path.stem.rsplit("--seed", 1)[1])
