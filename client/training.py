@@ -1,4 +1,4 @@
-"""Local training of one hospital's model (CUDA + bf16 AMP when a GPU exists)."""
+"""Local training of one hospital's model, under the run's precision (bf16 autocast where the hardware has it)."""
 
 from __future__ import annotations
 
