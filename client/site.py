@@ -22,7 +22,7 @@ from common.data import (
 )
 from common.data.partition import partition_by_group, split_train_val_by_group
 from common.experiment import load_run_split, preset_for, resolve_path
-from common.node_config import NodeConfig, parse_node_config
+from common.node_config import MISSING_STATE_DIR, NodeConfig, parse_node_config
 
 __all__ = ["HospitalData", "NodeIdentity", "central_test_set", "hospital_data", "node_identity", "state_dir"]
 
@@ -181,14 +181,17 @@ def central_test_set(cfg: RunConfig, node_config: Mapping[str, object]) -> Image
 def state_dir(node_config: Mapping[str, object], config: ConfigRecord, hospital: str) -> Path:
     """This hospital's state folder for this run: its privacy ledger and kept optimizer state.
 
-    ``<state-dir>/<run name>`` when the node config sets ``state-dir`` (deployment), else
-    ``<run dir>/state/<hospital>`` (simulation). A resumed run keeps its run directory, so
-    its ledger continues; a new run starts its own.
+    ``<state-dir>/<run name>`` when the node config sets ``state-dir`` (deployment, where it
+    is required: a :class:`ConfigError` without it), else ``<run dir>/state/<hospital>``
+    (simulation). A resumed run keeps its run directory, so its ledger continues; a new run
+    starts its own.
     """
     if rk.RUN_DIR not in config:
         raise ValueError(f"train message: '{rk.RUN_DIR}' is missing; expected the run directory from the server")
     run_dir = Path(str(config[rk.RUN_DIR]))
-    configured = parse_node_config(node_config).state_dir
-    if configured:
-        return Path(str(configured)) / run_dir.name
+    node = parse_node_config(node_config)
+    if node.state_dir:
+        return Path(str(node.state_dir)) / run_dir.name
+    if node.deployed:  # the run directory is the server's path: a hospital never writes under it
+        raise ConfigError(MISSING_STATE_DIR)
     return run_dir / "state" / hospital

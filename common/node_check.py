@@ -18,7 +18,7 @@ from flwr.common.config import parse_config_args
 
 from common.config import ConfigError
 from common.data import load_folder, resolve_test_folder, resolve_train_folder
-from common.node_config import NodeConfig, parse_node_config
+from common.node_config import MISSING_STATE_DIR, NodeConfig, parse_node_config
 
 __all__ = ["NodeReport", "check_node", "parse_node_config_string"]
 
@@ -63,6 +63,8 @@ def _check_secret_key(node: NodeConfig) -> None:
 
 def _check_state_dir(node: NodeConfig) -> None:
     if not node.state_dir:
+        if node.role == "hospital":
+            raise ConfigError(MISSING_STATE_DIR)
         return
     existing = Path(node.state_dir)
     while not existing.exists():
@@ -80,7 +82,7 @@ def check_node(values: Mapping[str, Any], *, classes: Sequence[str], channels: i
     Raises:
         ConfigError: one line for the first problem: a bad key or value, a missing or empty data
             folder, a class folder with no readable image, a secret key others can read, or a
-            state folder this node cannot write.
+            hospital without a state folder it can write.
     """
     node = parse_node_config(values)
     if not node.deployed:

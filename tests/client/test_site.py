@@ -6,10 +6,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from flwr.app import ConfigRecord
 
 from client import site
-from client.site import central_test_set, hospital_data, node_identity
-from common.config import parse_run_config
+from client.site import central_test_set, hospital_data, node_identity, state_dir
+from common.config import ConfigError, parse_run_config
 from common.data.partition import partition_indices
 from common.data.synth import write_synthetic_tree
 
@@ -115,3 +116,14 @@ def test_a_deployed_hospital_without_images_is_one_clear_error(tmp_path: Path) -
     cfg = parse_run_config({"image-size": 32})
     with pytest.raises(ValueError, match="'data-path' = .* holds no readable images"):
         hospital_data(cfg, {"role": "hospital", "data-path": str(tmp_path)})
+
+
+def test_a_deployed_hospital_without_state_dir_never_writes_under_the_servers_run_path(tmp_path: Path) -> None:
+    config = ConfigRecord({"run-dir": "/server/runs/brain-mri-1"})
+    deployed = {"role": "hospital", "data-path": str(tmp_path), "hospital-name": "hospital-a"}
+    with pytest.raises(ConfigError, match=r"^node config: 'state-dir' is missing; expected a folder this hospital"):
+        state_dir(deployed, config, "hospital-a")
+    own = state_dir({**deployed, "state-dir": str(tmp_path / "state")}, config, "hospital-a")
+    assert own == tmp_path / "state" / "brain-mri-1"
+    simulated = {"partition-id": 0, "num-partitions": 4}
+    assert state_dir(simulated, config, "hospital-0") == Path("/server/runs/brain-mri-1/state/hospital-0")

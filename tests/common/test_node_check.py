@@ -99,3 +99,12 @@ def test_an_unparsable_node_config_and_a_missing_role_are_one_line(node: dict[st
     assert "does not parse" in _one_line_error(_check("role=hospital"))
     line = _one_line_error(_check(f"data-path='{node['data']}'"))
     assert "'role'" in line and "missing" in line
+
+
+def test_a_hospital_without_a_state_folder_is_one_line(node: dict[str, Path]) -> None:
+    line = _one_line_error(_check(_config(node, **{"state-dir": ""})))
+    assert line == "error: node config: 'state-dir' is missing; expected a folder this hospital may write for its " \
+        "optimizer state (optimizer-state = 'keep', the default) and its DP ledgers: it never writes under another " \
+        "party's path"
+    evaluator = _check(_config(node, role="evaluator", **{"state-dir": "", "hospital-name": ""}))
+    assert "state-dir" not in evaluator.output  # the evaluator keeps no training state

@@ -211,7 +211,8 @@ def test_the_entrypoint_starts_flower_with_the_same_arguments(tmp_path: Path) ->
         source = next((REPO / "data" / "samples" / "brain-mri" / "train" / name).iterdir())
         (data / name).mkdir(parents=True)
         (data / name / source.name).write_bytes(source.read_bytes())
-    args = ["--superlink=x:9092", "--node-config", f"role='hospital' data-path='{data}' hospital-name='a'"]
+    node = f"role='hospital' data-path='{data}' state-dir='{tmp_path / 'state'}' hospital-name='a'"
+    args = ["--superlink=x:9092", "--node-config", node]
     result, record = _run_entrypoint(tmp_path, *args)
     assert result.returncode == 0, result.stderr
     assert record.read_text().splitlines() == args
