@@ -34,6 +34,7 @@ from typing import Any
 
 import opacus
 import torch
+from provenance import result_path
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
@@ -42,7 +43,6 @@ from common.models import build_model
 from common.privacy.compat import make_dp_compatible
 from common.privacy.dpsgd import GRAD_SAMPLE_MODES, make_private
 
-RESULTS = Path(__file__).parent / "results" / "dp_overhead.json"
 NUM_CLASSES = 4
 MAX_GRAD_NORM = 0.1  # small enough that clipping bites on every example of a fresh model
 CHECK_BATCH = 8
@@ -119,9 +119,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default 32 (16 with --quick)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per mode; default 10 (3 with --quick)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
+    parser.add_argument("--out", type=Path, help="default results/dp_overhead.json (--quick: dp_overhead-quick.json)")
     parser.add_argument("--modes", default=",".join(GRAD_SAMPLE_MODES), help="comma-separated grad-sample modes")
     args = parser.parse_args()
+    args.out = result_path("dp_overhead", quick=args.quick, out=args.out)
     size = args.image_size or (32 if args.quick else 64)
     batch = args.batch_size or (16 if args.quick else 32)
     steps = args.steps or (3 if args.quick else 10)

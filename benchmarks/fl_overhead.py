@@ -38,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flower_home import ROOT, flwr_run  # noqa: E402
+from provenance import result_path  # noqa: E402
 
 from client.training import train_local  # noqa: E402
 from common.config import RunConfig, parse_run_config  # noqa: E402
@@ -47,7 +48,6 @@ from common.experiment import initial_model, load_run_split, preset_for  # noqa:
 from common.inference import predict, resolve_device  # noqa: E402
 from common.tasks import evaluation_report  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results" / "fl_overhead.json"
 WORKLOAD_KEYS = ("dataset", "model", "size", "batch", "hospitals", "rounds", "epochs", "seed")
 
 
@@ -159,8 +159,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds for the federated run")
     parser.add_argument("--quick", action="store_true", help="synthetic 32 px data, cnn3, 2 rounds of 1 epoch")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, help="default results/fl_overhead.json (--quick: fl_overhead-quick.json)")
     args = parser.parse_args()
+    args.out = result_path("fl_overhead", quick=args.quick, out=args.out)
     work = Path(tempfile.mkdtemp(prefix="medsilo-overhead-"))
     try:
         data = args.data_dir.resolve()

@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from he_server_probe import reply, strategy  # noqa: E402
+from provenance import result_path  # noqa: E402
 
 from client.crypto import decode_global, encrypt_update  # noqa: E402
 from client.training import train_local  # noqa: E402
@@ -52,7 +53,6 @@ from server.history import RunHistory  # noqa: E402
 from server.roster import NodeRoster  # noqa: E402
 from server.strategy import MedsiloFedAvg  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "results" / "he_overhead.json"
 GIB = 1024**3
 
 
@@ -185,6 +185,7 @@ def round_pair(cfg: RunConfig, shards: list[ImageSet], secret, public, workers: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="cnn3, and no full-data workload")
+    parser.add_argument("--out", type=Path, help="default results/he_overhead.json (--quick: he_overhead-quick.json)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encryption processes per hospital")
     parser.add_argument("--data-dir", type=Path, help="holds brain-mri/ (the full workload; skipped without it)")
     args = parser.parse_args()
@@ -224,9 +225,10 @@ def main() -> None:
                 + f" of {cfg.batch_size}, {arch}, CPU",
             }
             print(f"{name}: HE round {he_s:.1f} s / plaintext round {plain_s:.1f} s = {he_s / plain_s:.3f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
-    print(f"wrote {RESULTS}")
+    out = result_path("he_overhead", quick=args.quick, out=args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

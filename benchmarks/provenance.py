@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["provenance"]
+__all__ = ["provenance", "result_path"]
 
 
 def _cpu_model() -> str:
@@ -39,3 +39,11 @@ def provenance() -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": _commit(),
     }
+
+
+def result_path(name: str, *, quick: bool, out: Path | None = None) -> Path:
+    """Where a benchmark writes: ``out`` if given, else ``results/<name>.json``, or ``<name>-quick.json`` for a
+    ``--quick`` run, which never overwrites the full results."""
+    if out is not None:
+        return out
+    return Path(__file__).parent / "results" / f"{name}{'-quick' if quick else ''}.json"

@@ -28,10 +28,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flower_home import flwr_run  # noqa: E402
+from provenance import result_path  # noqa: E402
 
 from common.data.synth import write_synthetic_tree  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results" / "scale.json"
 IMAGES_PER_HOSPITAL = 8
 
 
@@ -79,8 +79,9 @@ def main() -> None:
     parser.add_argument("--hospitals", default="10,100,1000")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per simulation")
     parser.add_argument("--quick", action="store_true", help="10 hospitals only")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, help="default results/scale.json (--quick: scale-quick.json)")
     args = parser.parse_args()
+    args.out = result_path("scale", quick=args.quick, out=args.out)
     counts = [10] if args.quick else [int(n) for n in args.hospitals.split(",")]
     work = Path(tempfile.mkdtemp(prefix="medsilo-scale-"))
     runs = []

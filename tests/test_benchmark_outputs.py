@@ -1,0 +1,28 @@
+"""A benchmark's --quick run never overwrites the full results the README quotes."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from provenance import result_path  # noqa: E402
+
+
+def test_quick_results_go_to_their_own_file(tmp_path: Path) -> None:
+    assert result_path("scale", quick=False) == BENCHMARKS / "results" / "scale.json"
+    assert result_path("scale", quick=True) == BENCHMARKS / "results" / "scale-quick.json"
+    assert result_path("scale", quick=True, out=tmp_path / "x.json") == tmp_path / "x.json"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.py") if "--quick" in p.read_text()))
+def test_every_benchmark_with_a_quick_mode_picks_a_quick_file(script: str) -> None:
+    source = (BENCHMARKS / script).read_text()
+    writes_results = re.search(r"results\" / \"\w+\.json\"", source)
+    assert "quick=args.quick" in source or "-quick" in source, f"{script}: --quick may overwrite the full results"
+    assert writes_results is None, f"{script}: writes a fixed results file ({writes_results.group(0)})"
