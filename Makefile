@@ -49,11 +49,15 @@ system-deps:
 	fi; \
 	if [ -n "$$missing" ]; then echo "system-deps: missing $${missing% }: the tests that need them will be skipped"; fi
 
+# `flwr run --stream` exits 0 whatever the run did; `medsilo outcome` reads how the run ended (the record its
+# ServerApp writes under runs/.outcomes/) and fails, with the run's own error line last, unless it completed.
 run: install
+	@mkdir -p runs
 	flwr run . --federation-config "num-supernodes=$(HOSPITALS) client-resources-num-cpus=1" --stream \
 		--run-config "data-root='$(CURDIR)/data/samples/brain-mri' output-dir='$(CURDIR)/runs' $(DEMO_CONFIG)" \
-		--run-config "$(RUN_CONFIG)"
+		--run-config "$(RUN_CONFIG)" 2>&1 | tee runs/.last-flwr-run.log
 	@echo "The local SuperLink keeps running for 'flwr ls' and 'flwr log'; 'make stop' ends it."
+	@$(BIN)/medsilo outcome --log runs/.last-flwr-run.log --output-dir '$(CURDIR)/runs'
 
 test: install
 	$(BIN)/python -m pytest

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from common.cli_outcome import outcome
 from common.presets import PRESETS
 from common.run_files import write_json, write_predictions_csv
 
@@ -33,6 +34,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(model_app, name="model")
 node_app = typer.Typer(help="A deployed SuperNode's node config.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
+app.command("outcome")(outcome)
 console = Console(soft_wrap=True)
 
 

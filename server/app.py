@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
@@ -13,6 +14,7 @@ from common.experiment import initial_model, model_spec, resolve_path
 from common.he.codec import ParamLayout
 from common.logs import use_flower_logging
 from common.models import state_dict_to_cpu
+from common.run_outcome import Outcome, write_outcome
 from server.central import CentralEvaluator, EvaluatorNodeScorer, LocalScorer, Scorer
 from server.early_stopping import EarlyStopping
 from server.encrypted_strategy import EncryptedFedAvg
@@ -103,8 +105,26 @@ def _start(cfg: RunConfig, run_id: int) -> tuple[RunDirectory, RunHistory, Resum
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Validate the config, run FedAvg with central evaluation, write the run directory."""
+    """Run the federation; record how it ended in ``<output-dir>/.outcomes/<run id>.json`` for scripts."""
     use_flower_logging()
+    output_dir = resolve_path(str(context.run_config.get("output-dir", "runs")))
+    try:
+        status, line, run_dir = _run(grid, context)
+    except Exception as err:
+        _record(output_dir, context.run_id, "failed", f"{type(err).__name__}: {err}".splitlines()[0], None)
+        raise
+    _record(output_dir, context.run_id, status, line, run_dir)
+
+
+def _record(output_dir: Path, run_id: int, status: Outcome, line: str, run_dir: Path | None) -> None:
+    try:
+        write_outcome(output_dir, run_id, status=status, line=line, run_dir=run_dir)
+    except OSError as err:  # the run itself is not lost for it
+        log.warning("could not record the run's outcome under %s: %s", output_dir, err)
+
+
+def _run(grid: Grid, context: Context) -> tuple[Outcome, str, Path | None]:
+    """Validate the config, run FedAvg with central evaluation, write the run directory; how it ended."""
     try:
         cfg = parse_run_config(context.run_config)
         refuse_secret_keys(cfg)
@@ -112,7 +132,7 @@ def main(grid: Grid, context: Context) -> None:
         run_dir, history, point = _start(cfg, context.run_id)
     except ConfigError as err:
         log.error("%s", err)  # returning (not exiting) lets Flower ship this line to `flwr run` and `flwr log`
-        return
+        return "failed", str(err), None
     state = state_dict_to_cpu(initial_model(cfg))
     first_round = point.last_round + 1 if point is not None else 1
     log.info(
@@ -144,14 +164,12 @@ def main(grid: Grid, context: Context) -> None:
     except RunStopped as err:
         history.stop(str(err))
         history.flush()
-        log.error(
-            "run stopped: %s. The last completed round's checkpoint is in %s; continue it with "
-            "--run-config \"resume-from='%s'\" once enough hospitals are back",
-            err,
-            run_dir.path / "checkpoints",
-            run_dir.path,
+        line = (
+            f"run stopped: {err}. The last completed round's checkpoint is in {run_dir.path / 'checkpoints'}; "
+            f"continue it with --run-config \"resume-from='{run_dir.path}'\" once enough hospitals are back"
         )
-        return
+        log.error("%s", line)
+        return "stopped", line, run_dir.path
     final, arrays = evaluator.latest, evaluator.latest_arrays
     if stopping is not None:
         history.early_stopping = stopping.to_json()
@@ -169,4 +187,6 @@ def main(grid: Grid, context: Context) -> None:
         y_true=final.scored.y_true,
         probabilities=final.scored.probabilities,
     )
-    log.info("central accuracy %.4f after %.1f s; report: %s", final.report["accuracy"], history.duration_s, html)
+    line = f"central accuracy {final.report['accuracy']:.4f} after {history.duration_s:.1f} s; report: {html}"
+    log.info("%s", line)
+    return "completed", line, run_dir.path
