@@ -21,7 +21,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 # `flwr run` starts `flower-superlink`, which must be on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install system-deps run test test-fast lint stop clean uninstall
+.PHONY: install system-deps run test test-fast lint docs stop clean uninstall
 
 $(VENV)/.installed: pyproject.toml
 	test -e $(VENV) || { rm -f $(VENV); mkdir -p "$(VENV_STORE)" && ln -s "$(VENV_STORE)" $(VENV) || true; }
@@ -68,6 +68,10 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check .
+
+# The docs site, built offline into site/ (strict: a warning or a broken link fails it).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 stop:
 	-pkill -f "flower-superlin[k] .*--port 39091" && echo "local SuperLink stopped"

@@ -1,0 +1,127 @@
+"""The run-config reference, generated from :class:`RunConfig`: every key's type, default, allowed values and meaning.
+
+The docs site's reference page is this table (``docs/hooks.py`` inserts it at build time), so a
+key added to ``RunConfig`` without a line in :data:`MEANINGS` fails the docs test.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+from pydantic.fields import FieldInfo
+
+from common.architectures import ARCHITECTURES
+from common.config import STRATEGIES, RunConfig
+from common.presets import PRESETS
+
+__all__ = ["MEANINGS", "reference_rows", "reference_table"]
+
+MEANINGS: dict[str, str] = {
+    "num-server-rounds": "federated rounds",
+    "fraction-train": "share of the hospitals sampled to train each round",
+    "fraction-evaluate": "share of the hospitals sampled to score their local hold-out each round (0: none)",
+    "min-train-nodes": "fewest hospitals a round trains on; fewer valid replies stop the run (resumable)",
+    "min-evaluate-nodes": "fewest hospitals a round's local evaluation needs",
+    "local-epochs": "epochs each hospital trains per round (when `local-steps` is 0)",
+    "local-steps": "batches each hospital trains per round (0: `local-epochs` whole epochs; refused with DP)",
+    "batch-size": "local batch size (under DP: the expected Poisson batch)",
+    "learning-rate": "local learning rate (the peak of the schedule)",
+    "optimizer": "local optimizer",
+    "momentum": "SGD's momentum",
+    "weight-decay": "the optimizer's weight decay",
+    "dataset": "preset: class list, channels, normalisation and augmentation",
+    "classes": "comma-separated class list overriding the preset's ('' keeps the preset's)",
+    "data-root": "`ROOT/{train,test}/<class>/` tree, a MedMNIST `.npz`, or (multi-label) a folder with `labels.csv`",
+    "image-size": "training size in pixels (square)",
+    "partitioner": "how a simulation splits `data-root` across hospitals (`natural`: `ROOT/train/<hospital>/`)",
+    "dirichlet-alpha": "label skew of the `dirichlet` partitioner (smaller: more skewed)",
+    "local-val-fraction": "share of each hospital's shard held out for its local evaluation",
+    "model": "the architecture (torchvision's where it has one)",
+    "pretrained-weights": "local `.safetensors`/`.pt` starting weights; nothing is downloaded",
+    "device": "`auto`: CUDA when present",
+    "precision": "`auto`: bf16 autocast where the hardware has native bf16, fp16 with a scaler on older GPUs, "
+    "else float32 (fp16 is refused on a CPU; DP-SGD always trains in float32)",
+    "decoded-cache-mb": "bound on one decoded split kept in memory per process; a larger one is decoded per read",
+    "he-enabled": "encrypted FedAvg (CKKS): the server only adds ciphertexts",
+    "he-keys-dir": "the server's keys folder, holding `public.ctx` only ('': a key pair made for this simulation)",
+    "he-secret-context": "simulation with explicit keys: the `secret.ctx` simulated hospitals and evaluator load",
+    "he-workers": "encryption worker processes per hospital",
+    "dp-enabled": "sample-level DP-SGD at every hospital (Opacus, Poisson sampling)",
+    "dp-target-epsilon": "ε each hospital may spend over the whole run; a round that would exceed it is declined",
+    "dp-delta": "δ of the guarantee (0: min(1e-5, 1/(10 n)) per hospital)",
+    "dp-max-grad-norm": "per-example clipping bound C",
+    "dp-noise-multiplier": "σ; 0: planned once from `dp-target-epsilon` over the whole run",
+    "seed": "seeds the initial weights, the split and local shuffling and augmentation",
+    "output-dir": "where run directories are written",
+    "run-name": "the run directory's name ('': dataset, UTC time and run id)",
+    "round-timeout": "seconds a round waits for replies before it goes on without the missing hospitals",
+    "resume-from": "a run directory whose last checkpoint this run continues",
+    "strategy": "the server step, one of Flower's own strategies (under HE only `fedavg` and `fedprox`)",
+    "server-learning-rate": "server learning rate of FedAvgM, FedAdam, FedYogi and FedAdagrad",
+    "server-momentum": "FedAvgM's server momentum",
+    "proximal-mu": "FedProx's μ: each hospital adds (μ/2)‖w − w_global‖² to its loss",
+    "optimizer-state": "`keep`: each hospital keeps its optimizer's state across rounds in its state folder",
+    "lr-schedule": "the local learning rate over the whole run, after the warm-up",
+    "lr-step-rounds": "`step` schedule: the rounds after which the learning rate is multiplied by `lr-step-factor`",
+    "lr-step-factor": "`step` schedule: the factor",
+    "class-weights": "`balanced`: each hospital weights its loss by its own shard's class counts (refused under DP)",
+    "lr-warmup-rounds": "rounds of linear learning-rate warm-up",
+    "norm-layer": "`batch` (BatchNorm, statistics averaged) or `group` (GroupNorm, the variant DP builds)",
+    "loss": "`logit-adjusted`: each hospital trains on logits plus the log of its own class frequencies",
+    "task": "`multiclass` or `multilabel`, as the preset says (`auto`; a contradicting value is an error)",
+    "label-threshold": "multi-label decision threshold: one for all labels, or a comma-separated one per label",
+    "early-stopping-patience": "stop after this many rounds without a lower validation loss, keeping the best (0: off)",
+}
+
+
+_REGISTRIES: dict[str, tuple[str, ...]] = {
+    "dataset": tuple(PRESETS),
+    "model": tuple(ARCHITECTURES),
+    "strategy": STRATEGIES,
+}
+"""Keys checked against a registry rather than a ``Literal``."""
+
+
+def _allowed(key: str, field: FieldInfo) -> str:
+    """The values a key takes: its choices, or its range."""
+    choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else ()
+    choices = choices or _REGISTRIES.get(key, ())
+    if choices:
+        return ", ".join(f"`{c}`" for c in choices)
+    bounds = []
+    for meta in field.metadata:
+        for attr, symbol in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+            value = getattr(meta, attr, None)
+            if value is not None:
+                bounds.append(f"{symbol} {value}")
+    return ", ".join(bounds)
+
+
+def _type(field: FieldInfo) -> str:
+    annotation: Any = field.annotation
+    if typing.get_origin(annotation) is typing.Literal:
+        return "string"
+    return {int: "integer", float: "number", bool: "boolean", str: "string"}.get(annotation, str(annotation))
+
+
+def reference_rows() -> list[tuple[str, str, str, str, str]]:
+    """``(key, type, default, allowed values, meaning)`` for every run-config key, in ``RunConfig``'s order.
+
+    Raises:
+        KeyError: a key without a line in :data:`MEANINGS`.
+    """
+    rows = []
+    for name, field in RunConfig.model_fields.items():
+        key = field.alias or name
+        default = field.default
+        shown = "`''`" if default == "" else f"`{str(default).lower() if isinstance(default, bool) else default}`"
+        rows.append((key, _type(field), shown, _allowed(key, field), MEANINGS[key]))
+    return rows
+
+
+def reference_table() -> str:
+    """The reference as one Markdown table."""
+    lines = ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+    lines += [f"| `{k}` | {t} | {d} | {a} | {m} |" for k, t, d, a, m in reference_rows()]
+    return "\n".join(lines) + "\n"
