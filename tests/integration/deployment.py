@@ -1,11 +1,11 @@
-"""A consortium on loopback, set up by running the README's "Deploy across hospitals" steps as written.
+"""A consortium on loopback, set up by running the deployment guide's steps as written.
 
-The section's ```bash blocks are extracted from README.md and run in order in a fresh copy of
-the checkout; only the values of its step 0 variables are the tests' own (a free port, folders
-under a temporary directory, a tiny model). ``flower-superlink`` and ``flower-supernode`` lines
-run in the background, as the terminals or services the README gives them. Every process is
-started with the consortium's own ``FLWR_HOME`` and stopped by PID (``flower_env.stop_all``),
-even when a test fails.
+The ```bash blocks of ``docs/how-to/deploy.md`` ("Deploy across hospitals") are extracted and
+run in order in a fresh copy of the checkout; only the values of its step 0 variables are the
+tests' own (a free port, folders under a temporary directory, a tiny model). The
+``flower-superlink`` and ``flower-supernode`` lines run in the background, as the terminals or
+services the guide gives them. Every process is started with the consortium's own ``FLWR_HOME``
+and stopped by PID (``flower_env.stop_all``), even when a test fails.
 """
 
 from __future__ import annotations
@@ -32,15 +32,16 @@ FLOWER_ENV = {
 }
 HOSPITALS = ("hospital-a", "hospital-b")
 NODES = (*HOSPITALS, "evaluator")
-SECTION = "## Deploy across hospitals"
+GUIDE = REPO / "docs" / "how-to" / "deploy.md"
+SECTION = "# Deploy across hospitals"
 LONG_RUNNING = ("flower-superlink", "flower-supernode")
 READY = {"flower-superlink": "Uvicorn running on https://", "flower-supernode": "SuperNode ID:"}
 TINY = "model='cnn3' image-size=32 local-epochs=1 fraction-evaluate=0.0"
 
 
 def readme_blocks() -> list[str]:
-    """The ```bash blocks of the README's deployment section, in order."""
-    section = (REPO / "README.md").read_text().split(SECTION, 1)[1].split("\n## ", 1)[0]
+    """The ```bash blocks of the deployment guide, in order."""
+    section = GUIDE.read_text().split(SECTION, 1)[1]
     return re.findall(r"```bash\n(.*?)```", section, re.S)
 
 
