@@ -17,6 +17,7 @@ from common.config import ConfigError, parse_run_config
 from common.he.codec import ParamLayout, decrypt_chunks, encrypt_vector
 from common.he.keys import create_key_pair, load_public_context, load_secret_context
 from common.he.payload import EncryptedPayload
+from common.run_outcome import read_outcome
 from server.app import main as server_main
 from server.encrypted_strategy import EncryptedFedAvg
 from server.history import RunHistory
@@ -189,7 +190,8 @@ def test_a_simulation_with_the_secret_in_the_servers_keys_folder_stops_before_an
     messages = [r.getMessage() for r in records]
     assert len(messages) == 1 and records[0].levelno == logging.ERROR, messages
     assert "holds 'secret.ctx'" in messages[0] and "move secret.ctx" in messages[0] and "\n" not in messages[0]
-    assert not (tmp_path / "runs").exists()
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [".outcomes"]  # no run directory: only how it ended
+    assert read_outcome(tmp_path / "runs", 1) == {"run_id": 1, "status": "failed", "line": messages[0], "run_dir": ""}
 
 
 def test_an_old_public_key_stops_the_run_before_anything_runs(tmp_path: Path) -> None:
