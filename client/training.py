@@ -147,94 +147,66 @@ def train_local(
     precision = precision or resolve_precision(cfg.precision, device)
     model.to(device).train()
     with channels_last(model, enabled=precision.channels_last(cfg.image_size)):
-        loss, accuracy, state = _train_steps(
-            model,
+        optimizer = make_optimizer(model, cfg)
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
+        scaler = precision.grad_scaler()
+        layout = precision.memory_format(cfg.image_size)
+        batches = loader(
             images,
-            cfg=cfg,
-            preset=preset,
+            build_transform(preset, train=True),
+            batch_size=cfg.batch_size,
             device=device,
+            shuffle=True,
+            drop_last=len(images) > cfg.batch_size,
             seed=seed,
-            server_round=server_round,
-            optimizer_state=optimizer_state,
-            precision=precision,
         )
+        steps_per_round = cfg.local_steps or cfg.local_epochs * len(batches)
+        step = (server_round - 1) * steps_per_round
+        mu = cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0
+        anchor = [p.detach().clone() for p in model.parameters() if p.requires_grad] if mu > 0 else []
+        prior = (  # logit adjustment (Menon et al., ICLR 2021): train on logits + log p_local(y)
+            class_log_prior(images.labels, len(cfg.class_names)).to(device) if cfg.loss == "logit-adjusted" else 0.0
+        )
+        weight = None  # "balanced": each hospital balances its own shard, it never sees the others' counts
+        if cfg.class_weights == "balanced":
+            weight = balanced_class_weights(images.labels, len(cfg.class_names)).to(device)
+        seen, loss_sum, correct, done, passes = 0, 0.0, 0.0, 0, 0
+        while done < steps_per_round:  # whole passes over the shard, the last one cut at steps_per_round
+            for x, y in batches:
+                x = x.to(device, non_blocking=True, memory_format=layout)
+                y = y.to(device, non_blocking=True)
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.learning_rate * lr_factor(cfg, step=step, steps_per_round=steps_per_round)
+                optimizer.zero_grad(set_to_none=True)
+                with precision.autocast():
+                    output = model(x)
+                logits, aux = _outputs(output)
+                loss = task_loss(logits.float() + prior, y, weight=weight)
+                if aux is not None:  # InceptionV3's auxiliary classifier, weighted 0.4 as in Szegedy et al. (2016)
+                    loss = loss + AUX_LOSS_WEIGHT * task_loss(aux.float() + prior, y, weight=weight)
+                objective = loss + 0.5 * mu * _proximal_term(model, anchor) if mu > 0 else loss
+                if scaler is None:
+                    objective.backward()
+                    optimizer.step()
+                else:  # fp16: scale the loss so small gradients do not underflow; skip a step that overflowed
+                    scaler.scale(objective).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                step, done = step + 1, done + 1
+                seen += len(y)
+                loss_sum += float(loss.detach()) * len(y)
+                correct += hits(logits.detach(), y)
+                if done == steps_per_round:
+                    break
+            passes += 1
+            mean_loss = loss_sum / max(seen, 1)
+            log.info("pass %d: %d/%d steps, %d images, loss %.4f", passes, done, steps_per_round, seen, mean_loss)
     return TrainResult(
         num_examples=len(images),
-        loss=loss,
-        accuracy=accuracy,
+        loss=loss_sum / max(seen, 1),
+        accuracy=correct / max(seen, 1),
         seconds=time.perf_counter() - start,
-        optimizer_state=state if cfg.optimizer_state == "keep" else None,
+        optimizer_state=optimizer.state_dict() if cfg.optimizer_state == "keep" else None,
         precision=precision.name,
     )
-
-
-def _train_steps(
-    model: nn.Module,
-    images: ImageSet,
-    *,
-    cfg: RunConfig,
-    preset: DatasetPreset,
-    device: torch.device,
-    seed: int,
-    server_round: int,
-    optimizer_state: dict[str, Any] | None,
-    precision: Precision,
-) -> tuple[float, float, dict[str, Any]]:
-    """The round's optimizer steps: the mean training loss and accuracy, and the optimizer's state."""
-    optimizer = make_optimizer(model, cfg)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
-    scaler = precision.grad_scaler()
-    layout = precision.memory_format(cfg.image_size)
-    batches = loader(
-        images,
-        build_transform(preset, train=True),
-        batch_size=cfg.batch_size,
-        device=device,
-        shuffle=True,
-        drop_last=len(images) > cfg.batch_size,
-        seed=seed,
-    )
-    steps_per_round = cfg.local_steps or cfg.local_epochs * len(batches)
-    step = (server_round - 1) * steps_per_round
-    mu = cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0
-    anchor = [p.detach().clone() for p in model.parameters() if p.requires_grad] if mu > 0 else []
-    prior = (  # logit adjustment (Menon et al., ICLR 2021): train on logits + log p_local(y)
-        class_log_prior(images.labels, len(cfg.class_names)).to(device) if cfg.loss == "logit-adjusted" else 0.0
-    )
-    weight = None  # "balanced": each hospital balances its own shard, it never sees the others' counts
-    if cfg.class_weights == "balanced":
-        weight = balanced_class_weights(images.labels, len(cfg.class_names)).to(device)
-    seen, loss_sum, correct, done, passes = 0, 0.0, 0.0, 0, 0
-    while done < steps_per_round:  # whole passes over the shard, the last one cut at steps_per_round
-        for x, y in batches:
-            x = x.to(device, non_blocking=True, memory_format=layout)
-            y = y.to(device, non_blocking=True)
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.learning_rate * lr_factor(cfg, step=step, steps_per_round=steps_per_round)
-            optimizer.zero_grad(set_to_none=True)
-            with precision.autocast():
-                output = model(x)
-            logits, aux = _outputs(output)
-            loss = task_loss(logits.float() + prior, y, weight=weight)
-            if aux is not None:  # InceptionV3's auxiliary classifier, weighted 0.4 as in Szegedy et al. (2016)
-                loss = loss + AUX_LOSS_WEIGHT * task_loss(aux.float() + prior, y, weight=weight)
-            objective = loss + 0.5 * mu * _proximal_term(model, anchor) if mu > 0 else loss
-            if scaler is None:
-                objective.backward()
-                optimizer.step()
-            else:  # fp16: scale the loss so small gradients do not underflow; skip a step that overflowed
-                scaler.scale(objective).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            step, done = step + 1, done + 1
-            seen += len(y)
-            loss_sum += float(loss.detach()) * len(y)
-            correct += hits(logits.detach(), y)
-            if done == steps_per_round:
-                break
-        passes += 1
-        log.info(
-            "pass %d: %d/%d steps, %d images, loss %.4f", passes, done, steps_per_round, seen, loss_sum / max(seen, 1)
-        )
-    return loss_sum / max(seen, 1), correct / max(seen, 1), optimizer.state_dict()

@@ -142,7 +142,7 @@ def gradcam(
     handles = [_float_outputs(layer), _float_outputs(model)] if lowered else []  # before GradCAM's own hooks
     cam = GradCAM(model=model.eval(), target_layers=[layer])
     try:
-        with torch.enable_grad(), precision.autocast() if precision is not None else contextlib.nullcontext():
+        with torch.enable_grad(), precision.autocast() if lowered else contextlib.nullcontext():  # type: ignore[union-attr]
             heat = cam(input_tensor=batch, targets=targets)[0]
     finally:
         cam.activations_and_grads.release()
