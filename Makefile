@@ -6,10 +6,11 @@ BIN := $(abspath $(VENV))/bin
 # under the app folder before it packs the app, and a venv's 50,000 files cost each run about 5 s.
 VENV_STORE ?= $(HOME)/.cache/medsilo/venv-$(shell printf '%s' '$(CURDIR)' | cksum | cut -d' ' -f1)
 HOSPITALS ?= 4
-# The default run: ResNet-18 at 48 px, kept Adam state, logit-adjusted loss, 6 rounds of 8 batches per hospital (about 6
-# epochs of the sample), chosen on a validation split of the sample's train/ (see README). One CPU per simulated
-# hospital, so two train at once on a 2-core machine.
-DEMO_CONFIG := image-size=48 num-server-rounds=6 local-steps=8 optimizer-state='keep' loss='logit-adjusted'
+# The default run: the run-config defaults (kept Adam state, logit-adjusted loss, warm-up then cosine decay) on
+# the shipped sample, ResNet-18 at 48 px in 6 rounds of 8 batches per hospital (about 6 epochs of the sample), a
+# length chosen on a validation split of the sample's train/ (see README). One CPU per simulated hospital, so two
+# train at once on a 2-core machine.
+DEMO_CONFIG := image-size=48 num-server-rounds=6 local-steps=8 lr-warmup-rounds=1
 # Your own keys, e.g. RUN_CONFIG="num-server-rounds=20"; they override DEMO_CONFIG.
 RUN_CONFIG ?=
 

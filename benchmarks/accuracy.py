@@ -9,10 +9,11 @@ Settings, per dataset, all from the same seed, model, augmentation and epochs of
 - ``fedavg-iid`` / ``fedavg-dirichlet``: the defaults of a plain FedAvg run (fresh Adam
   each round, constant learning rate, BatchNorm averaged);
 - ``local-only-mean`` / ``local-only-worst``: each hospital alone (Dirichlet split);
-- ``best-iid`` / ``best-dirichlet``: the best configuration found (``BEST``).
+- ``best-iid`` / ``best-dirichlet``: the best configuration found, which is what ``flwr run .``
+  runs by default (``BEST``: the run-config defaults of ``BEST_KEYS``).
 
-Central accuracy is recorded after every epoch of data (every round, or every
-``--rounds-per-epoch`` rounds when the best configuration trains shorter rounds), on ``test/``
+Central accuracy is recorded after every epoch of data (every round, or every ``1 / local-epochs``
+rounds when the best configuration trains a fraction of an epoch per round), on ``test/``
 and on its near-twin-clean part (``last2_mean_clean``: the test images with no duplicate or
 near-twin in ``train/``, by ``medsilo data check``'s audit); chest X-ray adds the PNEUMONIA
 ``sensitivity`` and NORMAL ``specificity``. Hyperparameters are chosen with ``--validation``
@@ -24,7 +25,7 @@ made it, the commit and the seconds taken, and ``accuracy.json`` is assembled fr
 A rerun skips every setting whose piece was made by the same request.
 
     python benchmarks/accuracy.py --data-dir DATA          # brain-mri and chest-xray, 128 px
-    python benchmarks/accuracy.py --data-dir DATA --validation --settings best-iid --set lr-schedule=cosine
+    python benchmarks/accuracy.py --data-dir DATA --validation --settings best-iid --set "norm-layer='group'"
     python benchmarks/accuracy.py --quick                  # synthetic data, under 5 minutes
 """
 
@@ -83,11 +84,15 @@ BASE = {
     "loss": "cross-entropy",
     "lr-schedule": "constant",
     "lr-warmup-rounds": 0,
+    "server-learning-rate": 1.0,
+    "server-momentum": 0.0,
+    "proximal-mu": 0.0,
+    "norm-layer": "batch",
 }
-BEST = {"optimizer-state": "keep", "loss": "logit-adjusted"}
-"""The best federated configuration found on the validation split (run-config keys)."""
-BEST_ROUNDS_PER_EPOCH = 4
-"""Rounds per epoch of data for the best configuration (each hospital's ``local-steps`` follow from it)."""
+BEST_KEYS = ("optimizer-state", "loss", "local-epochs", "lr-schedule", "lr-warmup-rounds", "strategy",
+             "server-learning-rate", "server-momentum", "proximal-mu", "norm-layer")
+BEST = {key: value for key, value in RunConfig().to_run_config().items() if key in BEST_KEYS}
+"""The best federated configuration, chosen on the validation split: the run-config defaults of these keys."""
 SETTINGS = ("centralised", "fedavg-iid", "fedavg-dirichlet", "local-only", "best-iid", "best-dirichlet")
 
 
@@ -212,10 +217,9 @@ def _clean_index(root: Path, test: ImageSet, folder: Path, dataset: str) -> np.n
 
 
 def _setting_config(
-    setting: str, *, base: dict[str, Any], overrides: dict[str, Any], epochs: int, rounds_per_epoch: int,
-    train_size: int,
+    setting: str, *, base: dict[str, Any], overrides: dict[str, Any], epochs: int
 ) -> tuple[RunConfig, int]:
-    """The run config of one setting, and its rounds per epoch of data."""
+    """The run config of one setting, and its rounds per epoch of data (``1 / local-epochs``)."""
     partitioner = "iid" if setting.endswith("iid") else "dirichlet"
     keys = {**base, "partitioner": partitioner}
     if setting.startswith("best"):
@@ -223,9 +227,9 @@ def _setting_config(
         keys.update(overrides)
     if setting in ("centralised", "local-only"):
         return parse_run_config({**keys, "optimizer-state": "keep", "num-server-rounds": epochs}), 1
-    per_epoch = rounds_per_epoch if setting.startswith("best") else 1
-    if per_epoch > 1:  # the same data per epoch in more, shorter rounds
-        keys["local-steps"] = max(1, round(train_size / (HOSPITALS * keys["batch-size"] * per_epoch)))
+    per_epoch = round(1 / keys["local-epochs"]) if keys["local-epochs"] < 1 else 1
+    if keys["local-epochs"] * per_epoch != 1 and keys["local-epochs"] < 1:
+        raise SystemExit(f"local-epochs = {keys['local-epochs']} is not 1/k; the curve is scored per epoch of data")
     return parse_run_config({**keys, "num-server-rounds": epochs * per_epoch}), per_epoch
 
 
@@ -248,13 +252,13 @@ def _run_setting(
     curve = _train_rounds(cfg, [train.subset(p) for p in parts], evaluation, epochs * per_epoch, score_every=per_epoch)
     result = _summary(curve, epochs, rounds=epochs * per_epoch)
     if setting.startswith("best"):
-        result["config"] = " ".join(f"{k}={v!r}" for k, v in cfg.to_run_config().items() if k in {*BEST, "local-steps"})
+        result["config"] = " ".join(f"{k}={v!r}" for k, v in cfg.to_run_config().items() if k in BEST)
     return {setting: result}
 
 
 def run_dataset(
     root: Path, dataset: str, *, settings: list[str], epochs: int, overrides: dict[str, Any], validation: bool,
-    base: dict[str, Any], folder: Path, rounds_per_epoch: int = 1,
+    base: dict[str, Any], folder: Path,
 ) -> None:
     """Every requested setting on one dataset, each written as its own piece; a piece with the same request is kept."""
     base = {**base, "dataset": dataset, "data-root": str(root)}
@@ -268,8 +272,7 @@ def run_dataset(
     else:
         evaluation["clean_index"] = _clean_index(root, test, folder, dataset)
     for setting in settings:
-        cfg, per_epoch = _setting_config(setting, base=base, overrides=overrides, epochs=epochs,
-                                         rounds_per_epoch=rounds_per_epoch, train_size=len(train))
+        cfg, per_epoch = _setting_config(setting, base=base, overrides=overrides, epochs=epochs)
         keys = {k: v for k, v in cfg.to_run_config().items() if k != "data-root"}
         request = {"keys": keys, "data": root.name, "epochs": epochs, "rounds_per_epoch": per_epoch,
                    "scored_on": "validation (15% of train/)" if validation else "test/", "hospitals": HOSPITALS}
@@ -294,8 +297,6 @@ def main() -> None:
     parser.add_argument("--datasets", default="brain-mri,chest-xray")
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--epochs", type=int, default=6, help="epochs of data (rounds of 1 local epoch)")
-    parser.add_argument("--rounds-per-epoch", type=int, default=BEST_ROUNDS_PER_EPOCH,
-                        help="rounds per epoch of data for the best-* settings (local-steps set to match)")
     parser.add_argument("--validation", action="store_true", help="score a held-out 15%% of train/, not test/")
     parser.add_argument("--set", action="append", default=[], help="override a BEST key: key=value (TOML value)")
     parser.add_argument("--base", action="append", default=[], help="override a key of every setting: key=value")
@@ -329,8 +330,7 @@ def main() -> None:
         folder = args.out or RESULTS / name
         for dataset, root in roots.items():
             run_dataset(root, dataset, settings=args.settings.split(","), epochs=epochs, overrides=overrides,
-                        validation=args.validation, base=base, folder=folder,
-                        rounds_per_epoch=args.rounds_per_epoch)
+                        validation=args.validation, base=base, folder=folder)
     out = folder.parent / f"{folder.name}.json"
     results = assemble(folder, out)
     for dataset, rows in results.items():

@@ -117,7 +117,7 @@ def train_within_budget(
         device=device,
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
-        log_prior=class_log_prior(images.labels, len(cfg.class_names)) if cfg.loss == "logit-adjusted" else None,
+        log_prior=class_log_prior(images.labels, len(cfg.class_names)) if cfg.logit_adjusted else None,
         optimizer_state=optimizer_state,
         keep_optimizer_state=cfg.optimizer_state == "keep",
     )

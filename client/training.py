@@ -132,7 +132,9 @@ def train_local(
     optimizer_state: dict[str, Any] | None = None,
     precision: Precision | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place for one round: ``cfg.local_steps`` batches, or ``cfg.local_epochs`` epochs if 0.
+    """Train ``model`` in place for one round: ``cfg.local_steps`` batches, else ``cfg.local_epochs`` epochs.
+
+    A fraction of an epoch (``local-epochs = 0.25``) is that share of the shard's batches, at least one.
 
     ``seed`` fixes the shuffling and the augmentation, so a round is reproducible.
     ``optimizer_state`` (this hospital's from its previous round, with ``optimizer-state =
@@ -161,12 +163,12 @@ def train_local(
             drop_last=len(images) > cfg.batch_size,
             seed=seed,
         )
-        steps_per_round = cfg.local_steps or cfg.local_epochs * len(batches)
+        steps_per_round = cfg.local_steps or max(1, round(cfg.local_epochs * len(batches)))
         step = (server_round - 1) * steps_per_round
         mu = cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0
         anchor = [p.detach().clone() for p in model.parameters() if p.requires_grad] if mu > 0 else []
         prior = (  # logit adjustment (Menon et al., ICLR 2021): train on logits + log p_local(y)
-            class_log_prior(images.labels, len(cfg.class_names)).to(device) if cfg.loss == "logit-adjusted" else 0.0
+            class_log_prior(images.labels, len(cfg.class_names)).to(device) if cfg.logit_adjusted else 0.0
         )
         weight = None  # "balanced": each hospital balances its own shard, it never sees the others' counts
         if cfg.class_weights == "balanced":

@@ -100,12 +100,12 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True)
 
-    num_server_rounds: Int = Field(3, ge=1)
+    num_server_rounds: Int = Field(20, ge=1)
     fraction_train: Float = Field(1.0, gt=0.0, le=1.0)
     fraction_evaluate: Float = Field(1.0, ge=0.0, le=1.0)
     min_train_nodes: Int = Field(2, ge=1)
     min_evaluate_nodes: Int = Field(2, ge=0)
-    local_epochs: Int = Field(2, ge=1)
+    local_epochs: Float = Field(0.25, gt=0.0, le=1000.0)
     local_steps: Int = Field(0, ge=0, le=1_000_000)
     batch_size: Int = Field(32, ge=1, le=4096)
     learning_rate: Float = Field(1e-3, gt=0.0, le=10.0)
@@ -142,14 +142,14 @@ class RunConfig(BaseModel):
     server_learning_rate: Float = Field(1.0, gt=0.0, le=100.0)
     server_momentum: Float = Field(0.0, ge=0.0, lt=1.0)
     proximal_mu: Float = Field(0.0, ge=0.0, le=100.0)
-    optimizer_state: Literal["reset", "keep"] = "reset"
-    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
+    optimizer_state: Literal["reset", "keep"] = "keep"
+    lr_schedule: Literal["constant", "cosine", "step"] = "cosine"
     lr_step_rounds: Annotated[str, AfterValidator(_rounds)] = ""
     lr_step_factor: Float = Field(0.1, gt=0.0, le=1.0)
     class_weights: Literal["none", "balanced"] = "none"
-    lr_warmup_rounds: Int = Field(0, ge=0)
+    lr_warmup_rounds: Int = Field(4, ge=0)
     norm_layer: Literal["batch", "group"] = "batch"
-    loss: Literal["cross-entropy", "logit-adjusted"] = "cross-entropy"
+    loss: Literal["auto", "cross-entropy", "logit-adjusted"] = "auto"
     task: Literal["auto", "multiclass", "multilabel"] = "auto"
     label_threshold: Annotated[str, AfterValidator(_thresholds)] = "0.5"
     early_stopping_patience: Int = Field(0, ge=0)
@@ -201,9 +201,12 @@ class RunConfig(BaseModel):
             if self.label_threshold != "0.5":
                 raise _KeyConflict("label-threshold", "'0.5' unless task is 'multilabel' (argmax picks one class)")
             return self
-        if self.loss != "cross-entropy" or self.class_weights != "none":
-            key = "loss" if self.loss != "cross-entropy" else "class-weights"
-            raise _KeyConflict(key, "the default under task 'multilabel' (it trains on BCE with logits)")
+        if self.loss == "logit-adjusted":
+            raise _KeyConflict(
+                "loss", "'auto' or 'cross-entropy' under task 'multilabel' (it trains on BCE with logits)"
+            )
+        if self.class_weights != "none":
+            raise _KeyConflict("class-weights", "'none' under task 'multilabel' (it trains on BCE with logits)")
         if len(self.label_threshold.split(",")) not in (1, len(self.class_names)):
             raise _KeyConflict("label-threshold", f"one threshold, or one per label ({len(self.class_names)})")
         return self
@@ -231,6 +234,15 @@ class RunConfig(BaseModel):
         if self.classes:
             return tuple(c.strip() for c in self.classes.split(","))
         return PRESETS[self.dataset].classes
+
+    @property
+    def logit_adjusted(self) -> bool:
+        """Whether hospitals train on logits plus the log of their own class frequencies.
+
+        ``loss = "auto"`` is logit adjustment for one-class-per-image tasks (it corrects each
+        hospital's label skew) and BCE for multi-label ones.
+        """
+        return self.loss == "logit-adjusted" or (self.loss == "auto" and not self.multilabel)
 
     @property
     def multilabel(self) -> bool:

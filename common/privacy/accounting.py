@@ -258,17 +258,20 @@ def fits_budget(
     return epsilon <= target_epsilon * (1 + 1e-9), epsilon
 
 
-def poisson_schedule(*, num_examples: int, batch_size: int, epochs: int = 1) -> tuple[float, int]:
+def poisson_schedule(*, num_examples: int, batch_size: int, epochs: float = 1) -> tuple[float, int]:
     """The sample rate and number of steps :func:`train_private` uses for ``epochs`` epochs.
 
     As Opacus' ``DPDataLoader``: ``steps_per_epoch = ceil(num_examples / batch_size)`` and
     ``sample_rate = 1 / steps_per_epoch`` (each example is in each step with this probability).
+    A fraction of an epoch is that share of the steps, at least one.
 
     Returns:
-        ``(sample_rate, steps)`` with ``steps = epochs * steps_per_epoch``.
+        ``(sample_rate, steps)`` with ``steps = max(1, round(epochs * steps_per_epoch))``.
     """
-    for name, value in (("num_examples", num_examples), ("batch_size", batch_size), ("epochs", epochs)):
+    for name, value in (("num_examples", num_examples), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} = {value!r} is invalid; expected an integer >= 1")
+    if not is_finite_number(epochs) or epochs <= 0:
+        raise ValueError(f"epochs = {epochs!r} is invalid; expected a finite number > 0")
     per_epoch = math.ceil(num_examples / batch_size)
-    return 1.0 / per_epoch, epochs * per_epoch
+    return 1.0 / per_epoch, max(1, round(epochs * per_epoch))

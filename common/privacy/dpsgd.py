@@ -163,7 +163,7 @@ def train_private(
     *,
     transform: Callable[[Tensor], Tensor],
     batch_size: int,
-    epochs: int,
+    epochs: float,
     lr: float,
     optimizer_name: str,
     noise_multiplier: float,
@@ -193,7 +193,7 @@ def train_private(
         images: this hospital's training images.
         transform: the training transform (augmentation + normalisation).
         batch_size: expected Poisson batch size; see :func:`poisson_schedule`.
-        epochs: local epochs of ``ceil(len(images) / batch_size)`` steps each.
+        epochs: local epochs of ``ceil(len(images) / batch_size)`` steps each (a fraction: that share, at least one).
         lr: learning rate.
         optimizer_name: ``sgd``, ``adam`` or ``adamw``.
         noise_multiplier: Gaussian noise std relative to ``max_grad_norm`` (0 disables noise: not private).
@@ -248,7 +248,7 @@ def train_private(
             raise RuntimeError(f"Opacus samples at rate {private.batches.sample_rate}; expected {sample_rate}")
         with warnings.catch_warnings():  # torch: "the first layer's input needs no gradient", once per step
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            for _ in range(epochs):
+            while steps < planned_steps:  # whole passes of Poisson batches, the last one cut at planned_steps
                 for x, y in private.batches:
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     result = private.step(x, y)
@@ -258,6 +258,8 @@ def train_private(
                         seen += len(y)
                         loss_sum += float(loss.detach()) * len(y)
                         correct += hits(logits.detach(), y)
+                    if steps == planned_steps:
+                        break
     finally:
         private.close()
         _strip_opacus(model)

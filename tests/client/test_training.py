@@ -32,7 +32,9 @@ def images(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
 
 
 def _cfg(**keys: object):  # type: ignore[no-untyped-def]
-    return parse_run_config({"model": "cnn3", "image-size": 32, "batch-size": 8, "local-epochs": 1, **keys})
+    """A tiny config at a constant learning rate (the tests that schedule it say so)."""
+    plain = {"lr-schedule": "constant", "lr-warmup-rounds": 0}
+    return parse_run_config({"model": "cnn3", "image-size": 32, "batch-size": 8, "local-epochs": 1, **plain, **keys})
 
 
 def test_warm_up_then_cosine_to_zero() -> None:
@@ -52,6 +54,14 @@ def test_local_steps_train_exactly_that_many_batches(images, steps: int) -> None
     result = _train(initial_model(cfg), images, cfg, 1)
     assert result.optimizer_state is not None and int(result.optimizer_state["state"][0]["step"]) == steps
     assert result.num_examples == len(images) == 24
+
+
+@pytest.mark.parametrize(("epochs", "steps"), [(0.25, 1), (0.5, 2), (1.0, 3), (1.5, 4), (0.01, 1)])
+def test_a_fraction_of_an_epoch_trains_that_share_of_the_batches(images, epochs: float, steps: int) -> None:  # type: ignore[no-untyped-def]
+    """24 images in batches of 8 are 3 batches an epoch: round(epochs x 3) of them, at least one."""
+    cfg = _cfg(**{"local-epochs": epochs, "optimizer-state": "keep"})
+    result = _train(initial_model(cfg), images, cfg, 1)
+    assert int(result.optimizer_state["state"][0]["step"]) == steps
 
 
 def test_a_round_of_local_steps_carries_the_schedule_on(images) -> None:  # type: ignore[no-untyped-def]

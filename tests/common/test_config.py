@@ -17,12 +17,12 @@ PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 # The documented defaults, written out by hand (not read from the model).
 DEFAULTS = {
-    "num-server-rounds": 3,
+    "num-server-rounds": 20,
     "fraction-train": 1.0,
     "fraction-evaluate": 1.0,
     "min-train-nodes": 2,
     "min-evaluate-nodes": 2,
-    "local-epochs": 2,
+    "local-epochs": 0.25,
     "local-steps": 0,
     "batch-size": 32,
     "learning-rate": 1e-3,
@@ -59,14 +59,14 @@ DEFAULTS = {
     "server-learning-rate": 1.0,
     "server-momentum": 0.0,
     "proximal-mu": 0.0,
-    "optimizer-state": "reset",
-    "lr-schedule": "constant",
+    "optimizer-state": "keep",
+    "lr-schedule": "cosine",
     "lr-step-rounds": "",
     "lr-step-factor": 0.1,
     "class-weights": "none",
-    "lr-warmup-rounds": 0,
+    "lr-warmup-rounds": 4,
     "norm-layer": "batch",
-    "loss": "cross-entropy",
+    "loss": "auto",
     "task": "auto",
     "label-threshold": "0.5",
     "early-stopping-patience": 0,
@@ -170,12 +170,12 @@ def test_string_for_int_is_rejected(key, value):
     _assert_names(_error({key: value}), key, value, "an integer")
 
 
-@pytest.mark.parametrize("key", ["batch-size", "local-epochs", "seed"])
+@pytest.mark.parametrize("key", ["batch-size", "seed"])
 def test_bool_for_int_is_rejected(key):
     _assert_names(_error({key: True}), key, True, "not a boolean")
 
 
-@pytest.mark.parametrize("key", ["learning-rate", "momentum"])
+@pytest.mark.parametrize("key", ["learning-rate", "momentum", "local-epochs"])
 def test_bool_for_float_is_rejected(key):
     _assert_names(_error({key: False}), key, False, "not a boolean")
 
@@ -248,7 +248,10 @@ def test_non_finite_float_is_rejected(key):
         ("norm-layer", "layer", "one of 'batch' or 'group'"),
         ("local-steps", -1, "a value >= 0"),
         ("local-steps", 2.5, "an integer"),
-        ("loss", "focal", "one of 'cross-entropy' or 'logit-adjusted'"),
+        ("loss", "focal", "one of 'auto', 'cross-entropy' or 'logit-adjusted'"),
+        ("local-epochs", 0, "a value > 0"),
+        ("local-epochs", -0.25, "a value > 0"),
+        ("local-epochs", 1001, "a value <= 1000"),
     ],
 )
 def test_out_of_range_is_rejected(key, value, expected):

@@ -157,7 +157,8 @@ BASE = {"dataset": "nih-chestxray", "task": "multilabel"}
     ("keys", "message"),
     [
         ({"task": "multiclass"}, "'task' = 'multiclass' is invalid; expected 'multilabel' for dataset 'nih-chestxray'"),
-        ({"loss": "logit-adjusted"}, "'loss' = 'logit-adjusted' is invalid; expected the default under task"),
+        ({"loss": "logit-adjusted"}, "'loss' = 'logit-adjusted' is invalid; expected 'auto' or 'cross-entropy' under"),
+        ({"class-weights": "balanced"}, "'class-weights' = 'balanced' is invalid; expected 'none' under task"),
         ({"label-threshold": "0.5,0.5"}, "expected one threshold, or one per label (14)"),
         ({"label-threshold": "1.5"}, "'label-threshold' = '1.5' is invalid; expected a probability in (0, 1)"),
     ],
@@ -176,6 +177,14 @@ def test_task_multilabel_needs_a_multilabel_dataset() -> None:
     cfg = parse_run_config({**BASE, "label-threshold": ",".join(["0.3"] * 14)})
     assert cfg.multilabel and cfg.thresholds == (0.3,) * 14
     assert parse_run_config(BASE).thresholds == (0.5,) * 14
+
+
+@pytest.mark.parametrize(("keys", "adjusted"), [
+    ({}, True), ({"loss": "cross-entropy"}, False), ({"loss": "logit-adjusted"}, True),
+    (BASE, False), ({**BASE, "loss": "cross-entropy"}, False),
+])
+def test_loss_auto_adjusts_logits_for_one_class_per_image_only(keys: dict[str, object], adjusted: bool) -> None:
+    assert parse_run_config(keys).logit_adjusted is adjusted
 
 
 def test_medsilo_evaluate_scores_a_multilabel_model_per_label(ml_root: Path, tmp_path: Path) -> None:

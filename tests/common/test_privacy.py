@@ -176,8 +176,14 @@ def test_fits_budget_declines_the_round_that_would_exceed_the_target() -> None:
 def test_poisson_schedule() -> None:
     assert poisson_schedule(num_examples=100, batch_size=32, epochs=2) == (0.25, 8)
     assert poisson_schedule(num_examples=10, batch_size=64) == (1.0, 1)
+    # a fraction of an epoch is that share of the steps, at least one: 1000 examples are 32 steps an epoch
+    assert poisson_schedule(num_examples=1000, batch_size=32, epochs=0.25) == (1 / 32, 8)
+    assert poisson_schedule(num_examples=100, batch_size=32, epochs=0.01) == (0.25, 1)
     with pytest.raises(ValueError, match="batch_size"):
         poisson_schedule(num_examples=10, batch_size=0)
+    for bad in (0, -1.0, float("nan"), True):
+        with pytest.raises(ValueError, match=r"^epochs = .* is invalid; expected a finite number > 0$"):
+            poisson_schedule(num_examples=10, batch_size=4, epochs=bad)
 
 
 # --------------------------------------------------------------------------- persistence
@@ -358,6 +364,13 @@ def test_train_private_reports_the_round_and_keeps_plain_keys() -> None:
     assert list(model.state_dict()) == keys  # no "_module." prefix
     assert not any(k.startswith("_module") for k in keys)
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # trained in place
+
+
+def test_train_private_takes_a_fraction_of_an_epoch() -> None:
+    """Half an epoch of 10 images in batches of 4 is 2 of the epoch's 3 Poisson steps; 1.5 epochs is 4 or 5 (round)."""
+    model = make_dp_compatible(build_model("cnn3", num_classes=4, in_channels=1, seed=0))
+    assert train_private(model, _images(10), **(TRAIN | {"epochs": 0.5})).steps == 2
+    assert train_private(model, _images(10), **(TRAIN | {"epochs": 1.5})).steps == round(1.5 * 3)
     for module in model.modules():  # Opacus' hooks and per-parameter attributes are gone
         assert not module._forward_hooks and not module._backward_hooks
     for p in model.parameters():
