@@ -39,14 +39,18 @@ def write_piece(path: Path, request: dict[str, Any], results: dict[str, dict[str
 
 
 def assemble(folder: Path, out: Path) -> dict[str, dict[str, Any]]:
-    """``{dataset: {name: summary}}`` from every piece in ``folder`` (seed 0 first), written to ``out``."""
+    """``{dataset: {name: summary}}`` from every piece in ``folder`` (seed 0 first), written to ``out``.
+
+    Each summary carries its piece's ``commit``, ``date`` and ``machine``: the results page names them per row.
+    """
     assembled: dict[str, dict[str, Any]] = {}
     for path in sorted(folder.glob("*--*--seed*.json"), key=lambda p: (p.name.split("--seed")[0], _seed(p))):
         piece = json.loads(path.read_text())
         dataset = piece["request"]["keys"]["dataset"]
+        made = {key: piece[key] for key in ("commit", "date", "machine")}
         for name, result in piece["results"].items():
             key = name if piece["request"]["keys"]["seed"] == 0 else f"{name}-seed{piece['request']['keys']['seed']}"
-            assembled.setdefault(dataset, {})[key] = {**result, "commit": piece["commit"], "date": piece["date"]}
+            assembled.setdefault(dataset, {})[key] = {**result, **made}
     out.write_text(json.dumps(assembled, indent=2, allow_nan=False))
     return assembled
 

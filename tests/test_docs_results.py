@@ -1,0 +1,113 @@
+"""The Results page: every table generated from its benchmark's JSON, with the JSON's provenance; no typed figure."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mkdocs.exceptions import PluginError
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+BENCHMARKS = ("train_throughput", "he_overhead", "fl_overhead", "scale", "accuracy", "dp_utility")
+
+
+@pytest.fixture(scope="module")
+def sections(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The built Results page, split at each generated section's opening (``From benchmarks/results/<name>.json:``)."""
+    out = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    page = html.unescape((out / "results" / "index.html").read_text())
+    parts = re.split(r"<code>benchmarks/results/([\w-]+)\.json</code>: ", page)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def _json(name: str) -> Any:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def _short(commit: str) -> str:
+    return commit.split("+")[0][:7]
+
+
+def _headline(name: str, data: Any) -> list[str]:
+    """Table cells the page must hold, formatted here from the JSON."""
+    if name == "train_throughput":
+        return [f"<td>{data['speedup']:.2f}</td>", f"<td>{data['fp32_img_s']:.1f}</td>"]
+    if name == "he_overhead":
+        return [f"<td>{data['bytes_per_param_up']:.2f}</td>", f"<td>{data['round_time_ratio_full']:.2f}</td>"]
+    if name == "fl_overhead":
+        return [f"<td>{data['wall_ratio']:.2f}</td>", f"<td>{data['federated']['wall_s']:.1f}</td>"]
+    if name == "scale":
+        return [f"<td>{run['s_per_hospital_round']:.4f}</td>" for run in data["runs"]]
+    if name == "dp_utility":
+        return [f"<td>{row['accuracy']:.4f}</td>" for row in data["results"].values()]
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name", [n for n in BENCHMARKS if n != "accuracy"])
+def test_each_table_carries_its_json_figures_and_provenance(sections: dict[str, str], name: str) -> None:
+    data = _json(name)
+    section = sections[name]
+    for cell in _headline(name, data):
+        assert cell in section, f"{name}: {cell} not on the page"
+    opening = section.split("</p>", 1)[0]
+    recorded = {"machine": data.get("machine"), "date": (data.get("date") or "")[:10] or None,
+                "commit": _short(data["commit"]) if data.get("commit") else None}  # fmt: skip
+    for key, shown in recorded.items():
+        if shown is None:  # not in the JSON: the page says so instead of guessing
+            assert re.search(rf"does not record its [a-z, ]*\b{key}\b", opening), f"{name}: {opening}"
+        else:
+            assert shown in opening, f"{name}: {key} {shown!r} not in {opening!r}"
+
+
+def test_every_accuracy_row_names_its_own_machine_date_and_commit(sections: dict[str, str]) -> None:
+    for name in ("accuracy", "accuracy-validation"):
+        rows = re.findall(r"<tr>.*?</tr>", sections[name], flags=re.S)
+        for dataset, settings in _json(name).items():
+            assert f"<code>{dataset}</code>" in sections[name]
+            for setting, result in settings.items():
+                row = next((r for r in rows if f"<td><code>{setting}</code></td>" in r), "")
+                for cell in (f"{result['last2_mean']:.4f}", result["machine"], result["date"][:10],
+                             _short(result["commit"])):  # fmt: skip
+                    assert f"<td>{cell}</td>" in row, f"{name} {dataset} {setting}: {cell} not in its row"
+                if "last2_mean_clean" in result:
+                    assert f"<td>{result['last2_mean_clean']:.4f}</td>" in row
+
+
+def test_the_page_has_every_benchmark_marker_and_no_hand_typed_figure() -> None:
+    source = (ROOT / "docs" / "results.md").read_text()
+    for name in BENCHMARKS:
+        assert f"<!-- generated: results/{name} -->" in source
+    prose = re.sub(r"<!--.*?-->", "", source, flags=re.S)
+    typed = re.findall(r"\d+\.\d+|\d+ ?%|\d+ ?(?:s|ms|min|minutes|hours|GiB|MiB|px|pt|points|img/s)\b", prose)
+    assert not typed, f"docs/results.md types figures by hand: {typed}"
+
+
+def test_a_missing_json_fails_the_build_naming_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "docs"))
+    import results_hook
+
+    with pytest.raises(PluginError, match=r"benchmarks/results/no-such-benchmark\.json does not exist"):
+        results_hook.on_page_markdown("<!-- generated: results/no-such-benchmark -->")
+
+
+def test_missing_keys_and_rows_show_as_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "docs"))
+    import results_tables
+
+    for name in results_tables.BUILDERS:
+        for data in ({}, [], {"runs": [{}], "results": {"x": {}}, "models": {"m": {}}}, {"d": {"centralised": {}}}):
+            assert "—" in results_tables.section(name, data), name
