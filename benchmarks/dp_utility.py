@@ -21,6 +21,9 @@ import psutil
 
 from common.privacy.utility import compare_runs, comparison_note, plot
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import provenance  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "dp_utility.json"
 FIGURE = REPO / "benchmarks" / "results" / "dp_utility.png"
@@ -121,7 +124,8 @@ def main() -> None:
             }
             for r in rows
         }
-    output = {"data_root": str(args.data_root), "hospitals": args.hospitals, "config": args.config, "results": results}
+    output = {**provenance(), "data_root": str(args.data_root), "hospitals": args.hospitals, "config": args.config,
+              "results": results}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(output, indent=2))
     print(f"wrote {RESULTS} and {FIGURE}")

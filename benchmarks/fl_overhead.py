@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flower_home import ROOT, flwr_run  # noqa: E402
-from provenance import result_path  # noqa: E402
+from provenance import provenance, result_path  # noqa: E402
 
 from client.training import train_local  # noqa: E402
 from common.config import RunConfig, parse_run_config  # noqa: E402
@@ -183,7 +183,7 @@ def main() -> None:
         "centralised": central,
         "federated": fed,
         "workload": {k: getattr(args, k) for k in WORKLOAD_KEYS} | {"data": str(args.data_dir), "quick": args.quick},
-        "cpus": os.cpu_count(),
+        **provenance(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

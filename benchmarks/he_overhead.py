@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from he_server_probe import reply, strategy  # noqa: E402
-from provenance import result_path  # noqa: E402
+from provenance import provenance, result_path  # noqa: E402
 
 from client.crypto import decode_global, encrypt_update  # noqa: E402
 from client.training import train_local  # noqa: E402
@@ -227,7 +227,7 @@ def main() -> None:
             print(f"{name}: HE round {he_s:.1f} s / plaintext round {plain_s:.1f} s = {he_s / plain_s:.3f}")
     out = result_path("he_overhead", quick=args.quick, out=args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out.write_text(json.dumps({**provenance(), **result}, indent=2))
     print(f"wrote {out}")
 
 

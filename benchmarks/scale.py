@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flower_home import flwr_run  # noqa: E402
-from provenance import result_path  # noqa: E402
+from provenance import provenance, result_path  # noqa: E402
 
 from common.data.synth import write_synthetic_tree  # noqa: E402
 
@@ -95,7 +95,7 @@ def main() -> None:
                 flush=True,
             )
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps({"runs": runs}, indent=2))
+            args.out.write_text(json.dumps({**provenance(), "runs": runs}, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     done = {r["hospitals"]: r for r in runs if r["completed"]}
