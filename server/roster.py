@@ -63,11 +63,10 @@ class NodeRoster:
         while len(list(grid.get_node_ids())) < needed:
             if time.monotonic() > deadline:
                 connected = len(list(grid.get_node_ids()))
-                what = "encrypted FedAvg needs at least min-train-nodes + 1" if evaluator else "min-train-nodes is"
-                raise RuntimeError(
-                    f"only {connected} SuperNode(s) connected after {timeout:.0f}s; {what} = {needed}"
-                    + (" (the hospitals and one evaluator)" if evaluator else "")
-                )
+                what = f"min-train-nodes is {needed}"
+                if evaluator:
+                    what = f"encrypted FedAvg needs at least min-train-nodes + 1 = {needed} (the hospitals and one evaluator)"
+                raise RuntimeError(f"only {connected} SuperNode(s) connected after {timeout:.0f}s; {what}")
             time.sleep(1.0)
         node_ids = sorted(grid.get_node_ids())
         query = [

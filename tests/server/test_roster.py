@@ -67,6 +67,8 @@ def test_roster_explains_a_bad_node_count(roles: dict[int, tuple[str, int]], mat
         NodeRoster.discover(_FakeGrid(roles), min_hospitals=1, timeout=5)
     with pytest.raises(RuntimeError, match="needs at least min-train-nodes \\+ 1 = 5"):
         NodeRoster.discover(_FakeGrid(roles), min_hospitals=4, timeout=1)
+    with pytest.raises(RuntimeError, match=r"^only 3 SuperNode\(s\) connected after 1s; min-train-nodes is 4$"):
+        NodeRoster.discover(_FakeGrid(roles), min_hospitals=4, timeout=1, evaluator=False)
 
 
 def _deployment_with_a_bad_node() -> NodeRoster:
