@@ -65,7 +65,8 @@ class NodeRoster:
                 connected = len(list(grid.get_node_ids()))
                 what = f"min-train-nodes is {needed}"
                 if evaluator:
-                    what = f"encrypted FedAvg needs at least min-train-nodes + 1 = {needed} (the hospitals and one evaluator)"
+                    what = (f"encrypted FedAvg needs at least min-train-nodes + 1 = {needed} "
+                            "(the hospitals and one evaluator)")
                 raise RuntimeError(f"only {connected} SuperNode(s) connected after {timeout:.0f}s; {what}")
             time.sleep(1.0)
         node_ids = sorted(grid.get_node_ids())

@@ -65,7 +65,7 @@ def test_roster_finds_hospitals_and_the_evaluator() -> None:
 def test_roster_explains_a_bad_node_count(roles: dict[int, tuple[str, int]], match: str) -> None:
     with pytest.raises(RuntimeError, match=match):
         NodeRoster.discover(_FakeGrid(roles), min_hospitals=1, timeout=5)
-    with pytest.raises(RuntimeError, match="needs at least min-train-nodes \\+ 1 = 5"):
+    with pytest.raises(RuntimeError, match=r"min-train-nodes \+ 1 = 5 \(the hospitals and one evaluator\)$"):
         NodeRoster.discover(_FakeGrid(roles), min_hospitals=4, timeout=1)
     with pytest.raises(RuntimeError, match=r"^only 3 SuperNode\(s\) connected after 1s; min-train-nodes is 4$"):
         NodeRoster.discover(_FakeGrid(roles), min_hospitals=4, timeout=1, evaluator=False)
