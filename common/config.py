@@ -25,8 +25,8 @@ from common.presets import PRESETS
 
 __all__ = ["STRATEGIES", "WEIGHTED_SUM_STRATEGIES", "ConfigError", "RunConfig", "parse_run_config", "validate_keys"]
 
-STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
-"""The server steps (Flower's strategies of the same names)."""
+STRATEGIES = ("auto", "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+"""The server steps (Flower's strategies of the same names); ``auto`` is FedAvgM, or FedAvg under HE."""
 WEIGHTED_SUM_STRATEGIES = ("fedavg", "fedprox")
 """The server steps that are a weighted sum of the updates, hence possible on ciphertexts."""
 
@@ -138,9 +138,9 @@ class RunConfig(BaseModel):
     run_name: str = ""
     round_timeout: Float = Field(600.0, gt=0.0, le=86400.0)
     resume_from: str = ""
-    strategy: Annotated[str, _one_of(dict.fromkeys(STRATEGIES))] = "fedavg"
+    strategy: Annotated[str, _one_of(dict.fromkeys(STRATEGIES))] = "auto"
     server_learning_rate: Float = Field(1.0, gt=0.0, le=100.0)
-    server_momentum: Float = Field(0.0, ge=0.0, lt=1.0)
+    server_momentum: Float = Field(0.5, ge=0.0, lt=1.0)
     proximal_mu: Float = Field(0.0, ge=0.0, le=100.0)
     optimizer_state: Literal["reset", "keep"] = "keep"
     lr_schedule: Literal["constant", "cosine", "step"] = "cosine"
@@ -169,7 +169,7 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _server_step_fits_encryption(self) -> RunConfig:
-        if self.he_enabled and self.strategy not in WEIGHTED_SUM_STRATEGIES:
+        if self.he_enabled and self.server_step not in WEIGHTED_SUM_STRATEGIES:
             raise _KeyConflict(
                 "strategy",
                 f"one of {', '.join(repr(s) for s in WEIGHTED_SUM_STRATEGIES)} under he-enabled: "
@@ -234,6 +234,14 @@ class RunConfig(BaseModel):
         if self.classes:
             return tuple(c.strip() for c in self.classes.split(","))
         return PRESETS[self.dataset].classes
+
+    @property
+    def server_step(self) -> str:
+        """The strategy that runs: ``auto`` is FedAvgM (server momentum ``server-momentum``) in
+        plaintext, and FedAvg under HE, where the server only adds ciphertexts."""
+        if self.strategy != "auto":
+            return self.strategy
+        return "fedavg" if self.he_enabled else "fedavgm"
 
     @property
     def logit_adjusted(self) -> bool:

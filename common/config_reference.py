@@ -57,7 +57,8 @@ MEANINGS: dict[str, str] = {
     "run-name": "the run directory's name ('': dataset, UTC time and run id)",
     "round-timeout": "seconds a round waits for replies before it goes on without the missing hospitals",
     "resume-from": "a run directory whose last checkpoint this run continues",
-    "strategy": "the server step, one of Flower's own strategies (under HE only `fedavg` and `fedprox`)",
+    "strategy": "the server step, one of Flower's own strategies (under HE only `fedavg` and `fedprox`); "
+    "`auto`: `fedavgm` with `server-momentum`, or `fedavg` under HE",
     "server-learning-rate": "server learning rate of FedAvgM, FedAdam, FedYogi and FedAdagrad",
     "server-momentum": "FedAvgM's server momentum",
     "proximal-mu": "FedProx's μ: each hospital adds (μ/2)‖w − w_global‖² to its loss",

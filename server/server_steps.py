@@ -47,21 +47,22 @@ _FEDOPT = {"fedadam": MedsiloFedAdam, "fedyogi": MedsiloFedYogi, "fedadagrad": M
 
 
 def make_strategy(cfg: RunConfig, **kwargs: Any) -> MedsiloFedAvg:
-    """The plaintext strategy ``cfg.strategy`` with its server-step settings; ``kwargs`` go to every one.
+    """The plaintext strategy ``cfg.server_step`` with its server-step settings; ``kwargs`` go to every one.
 
     A server optimiser steps the model's parameters only; its buffers (BatchNorm's running
     statistics and counters) are averaged as FedAvg would.
     """
-    if cfg.strategy == "fedavg":
+    step = cfg.server_step
+    if step == "fedavg":
         return MedsiloFedAvg(**kwargs)
-    if cfg.strategy == "fedprox":
+    if step == "fedprox":
         return MedsiloFedProx(proximal_mu=cfg.proximal_mu, **kwargs)
     kwargs.setdefault("buffer_keys", frozenset(name for name, _ in build_from_spec(model_spec(cfg)).named_buffers()))
-    if cfg.strategy == "fedavgm":
+    if step == "fedavgm":
         return MedsiloFedAvgM(
             server_learning_rate=cfg.server_learning_rate, server_momentum=cfg.server_momentum, **kwargs
         )
-    return _FEDOPT[cfg.strategy](eta=cfg.server_learning_rate, eta_l=cfg.learning_rate, **kwargs)
+    return _FEDOPT[step](eta=cfg.server_learning_rate, eta_l=cfg.learning_rate, **kwargs)
 
 
 def server_state(strategy: MedsiloFedAvg) -> dict[str, np.ndarray]:

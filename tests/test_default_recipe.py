@@ -22,9 +22,11 @@ def test_the_defaults_are_the_best_configuration() -> None:
     assert defaults["local-epochs"] == 0.25 and defaults["local-steps"] == 0
     assert defaults["lr-schedule"] == "cosine" and defaults["lr-warmup-rounds"] == 4  # one epoch of warm-up
     assert defaults["loss"] == "auto"
+    assert defaults["strategy"] == "auto" and defaults["server-momentum"] == 0.5  # FedAvgM, or FedAvg under HE
     cfg = parse_run_config(defaults, source="pyproject.toml")
     assert cfg.logit_adjusted  # brain MRI: one class per image
     assert not parse_run_config({**defaults, "dataset": "nih-chestxray", "data-root": "x"}).logit_adjusted
+    assert cfg.server_step == "fedavgm" and parse_run_config({**defaults, "he-enabled": True}).server_step == "fedavg"
 
 
 def test_the_benchmarked_best_configuration_is_the_default() -> None:

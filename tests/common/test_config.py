@@ -55,9 +55,9 @@ DEFAULTS = {
     "run-name": "",
     "round-timeout": 600.0,
     "resume-from": "",
-    "strategy": "fedavg",
+    "strategy": "auto",
     "server-learning-rate": 1.0,
-    "server-momentum": 0.0,
+    "server-momentum": 0.5,
     "proximal-mu": 0.0,
     "optimizer-state": "keep",
     "lr-schedule": "cosine",
@@ -232,7 +232,7 @@ def test_non_finite_float_is_rejected(key):
         ("resume-from", 3, "a string"),
         ("dp-noise-multiplier", -0.5, "a value >= 0"),
         ("dp-enabled", "yes", "true or false"),
-        ("strategy", "fedsgd", "one of 'fedavg', 'fedprox', 'fedavgm', 'fedadam', 'fedyogi', 'fedadagrad'"),
+        ("strategy", "fedsgd", "one of 'auto', 'fedavg', 'fedprox', 'fedavgm', 'fedadam', 'fedyogi', 'fedadagrad'"),
         ("server-learning-rate", 0.0, "a value > 0"),
         ("server-momentum", 1.0, "a value < 1"),
         ("proximal-mu", -0.1, "a value >= 0"),
@@ -262,6 +262,14 @@ def test_out_of_range_is_rejected(key, value, expected):
 def test_a_server_optimiser_is_refused_under_encryption(strategy):
     message = _error({"he-enabled": True, "strategy": strategy})
     _assert_names(message, "strategy", strategy, "under he-enabled", "not a weighted sum", "'fedavg', 'fedprox'")
+
+
+@pytest.mark.parametrize(("keys", "step"), [
+    ({}, "fedavgm"), ({"he-enabled": True}, "fedavg"), ({"strategy": "fedprox"}, "fedprox"),
+    ({"strategy": "fedavg"}, "fedavg"), ({"he-enabled": True, "strategy": "fedprox"}, "fedprox"),
+])
+def test_auto_is_server_momentum_in_plaintext_and_fedavg_under_encryption(keys, step):
+    assert parse_run_config(keys).server_step == step
 
 
 def test_step_rounds_and_the_step_schedule_go_together():
