@@ -8,9 +8,10 @@ VENV_STORE ?= $(HOME)/.cache/medsilo/venv-$(shell printf '%s' '$(CURDIR)' | cksu
 HOSPITALS ?= 4
 # The default run: the run-config defaults (kept Adam state, logit-adjusted loss, warm-up then cosine decay) on
 # the shipped sample, ResNet-18 at 48 px in 6 rounds of 8 batches per hospital (about 6 epochs of the sample), a
-# length chosen on a validation split of the sample's train/ (see README). One CPU per simulated hospital, so two
-# train at once on a 2-core machine.
-DEMO_CONFIG := image-size=48 num-server-rounds=6 local-steps=8 lr-warmup-rounds=1
+# length chosen on a validation split of the sample's train/ (see README). Six rounds are too few for server
+# momentum to pay off (central accuracy 0.725 with it, 0.767 without, seed 42), so the demo uses plain FedAvg.
+# One CPU per simulated hospital, so two train at once on a 2-core machine.
+DEMO_CONFIG := image-size=48 num-server-rounds=6 local-steps=8 lr-warmup-rounds=1 strategy='fedavg'
 # Your own keys, e.g. RUN_CONFIG="num-server-rounds=20"; they override DEMO_CONFIG.
 RUN_CONFIG ?=
 
