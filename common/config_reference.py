@@ -23,8 +23,9 @@ MEANINGS: dict[str, str] = {
     "fraction-evaluate": "share of the hospitals sampled to score their local hold-out each round (0: none)",
     "min-train-nodes": "fewest hospitals a round trains on; fewer valid replies stop the run (resumable)",
     "min-evaluate-nodes": "fewest hospitals a round's local evaluation needs",
-    "local-epochs": "epochs each hospital trains per round (when `local-steps` is 0)",
-    "local-steps": "batches each hospital trains per round (0: `local-epochs` whole epochs; refused with DP)",
+    "local-epochs": "epochs of its shard each hospital trains per round, a fraction being that share of its batches "
+    "(when `local-steps` is 0)",
+    "local-steps": "batches each hospital trains per round (0: `local-epochs` of its shard; refused with DP)",
     "batch-size": "local batch size (under DP: the expected Poisson batch)",
     "learning-rate": "local learning rate (the peak of the schedule)",
     "optimizer": "local optimizer",
