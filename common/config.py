@@ -22,10 +22,11 @@ from pydantic import (
 
 from common.architectures import ARCHITECTURES, MIN_IMAGE_SIZE
 from common.presets import PRESETS
+from common.robust import ROBUST_STRATEGIES, updates_needed
 
 __all__ = ["STRATEGIES", "WEIGHTED_SUM_STRATEGIES", "ConfigError", "RunConfig", "parse_run_config", "validate_keys"]
 
-STRATEGIES = ("auto", "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+STRATEGIES = ("auto", "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", *ROBUST_STRATEGIES)
 """The server steps (Flower's strategies of the same names); ``auto`` is FedAvgM, or FedAvg under HE."""
 WEIGHTED_SUM_STRATEGIES = ("fedavg", "fedprox")
 """The server steps that are a weighted sum of the updates, hence possible on ciphertexts."""
@@ -142,6 +143,8 @@ class RunConfig(BaseModel):
     server_learning_rate: Float = Field(1.0, gt=0.0, le=100.0)
     server_momentum: Float = Field(0.5, ge=0.0, lt=1.0)
     proximal_mu: Float = Field(0.0, ge=0.0, le=100.0)
+    trim_fraction: Float = Field(0.2, gt=0.0, lt=0.5)
+    num_malicious_nodes: Int = Field(1, ge=0)
     optimizer_state: Literal["reset", "keep"] = "keep"
     lr_schedule: Literal["constant", "cosine", "step"] = "cosine"
     lr_step_rounds: Annotated[str, AfterValidator(_rounds)] = ""
@@ -169,12 +172,27 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _server_step_fits_encryption(self) -> RunConfig:
-        if self.he_enabled and self.server_step not in WEIGHTED_SUM_STRATEGIES:
-            raise _KeyConflict(
-                "strategy",
-                f"one of {', '.join(repr(s) for s in WEIGHTED_SUM_STRATEGIES)} under he-enabled: "
-                f"{self.strategy!r} is not a weighted sum, and the server only adds ciphertexts",
-            )
+        if not self.he_enabled or self.server_step in WEIGHTED_SUM_STRATEGIES:
+            return self
+        why = (
+            "must look at each hospital's update, and the server only sees their encrypted sum"
+            if self.strategy in ROBUST_STRATEGIES
+            else "is not a weighted sum, and the server only adds ciphertexts"
+        )
+        raise _KeyConflict(
+            "strategy",
+            f"one of {', '.join(repr(s) for s in WEIGHTED_SUM_STRATEGIES)} under he-enabled: {self.strategy!r} {why}",
+        )
+
+    @model_validator(mode="after")
+    def _robust_strategy_fits_the_hospitals(self) -> RunConfig:
+        if self.strategy not in ROBUST_STRATEGIES:
+            return self
+        needed, rule = updates_needed(
+            self.strategy, num_malicious_nodes=self.num_malicious_nodes, trim_fraction=self.trim_fraction
+        )
+        if self.min_train_nodes < needed:
+            raise _KeyConflict("min-train-nodes", f">= {needed} for strategy {self.strategy!r} ({rule})")
         return self
 
     @model_validator(mode="after")

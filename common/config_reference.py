@@ -59,10 +59,15 @@ MEANINGS: dict[str, str] = {
     "round-timeout": "seconds a round waits for replies before it goes on without the missing hospitals",
     "resume-from": "a run directory whose last checkpoint this run continues",
     "strategy": "the server step, one of Flower's own strategies (under HE only `fedavg` and `fedprox`); "
-    "`auto`: `fedavgm` with `server-momentum`, or `fedavg` under HE",
+    "`auto`: `fedavgm` with `server-momentum`, or `fedavg` under HE; "
+    "`fedmedian`, `fedtrimmedavg`, `krum`, `multikrum` and `bulyan` tolerate hostile hospitals",
     "server-learning-rate": "server learning rate of FedAvgM, FedAdam, FedYogi and FedAdagrad",
     "server-momentum": "FedAvgM's server momentum",
     "proximal-mu": "FedProx's μ: each hospital adds (μ/2)‖w − w_global‖² to its loss",
+    "trim-fraction": "FedTrimmedAvg's β: the share of updates cut from each end of every coordinate "
+    "(min-train-nodes × β must cut at least one)",
+    "num-malicious-nodes": "f, the hostile hospitals Krum, MultiKrum and Bulyan tolerate: Krum and MultiKrum need "
+    "min-train-nodes > 2f + 2, Bulyan ≥ 4f + 3; MultiKrum averages the n − f best-scored updates",
     "optimizer-state": "`keep`: each hospital keeps its optimizer's state across rounds in its state folder",
     "lr-schedule": "the local learning rate over the whole run, after the warm-up",
     "lr-step-rounds": "`step` schedule: the rounds after which the learning rate is multiplied by `lr-step-factor`",

@@ -1,10 +1,11 @@
 """The server step of each round: Flower's own strategies, each with medsilo's reply vetting.
 
 ``strategy`` picks one of Flower's ``FedAvg``, ``FedProx``, ``FedAvgM``, ``FedAdam``,
-``FedYogi`` or ``FedAdagrad``; :class:`~server.strategy.MedsiloFedAvg` comes first in the
-method order, so every reply is vetted and recorded before Flower's aggregation and its
-server optimiser run. The optimiser's state (momentum, moments) is checkpointed with the
-global model, so ``resume-from`` continues it exactly.
+``FedYogi`` or ``FedAdagrad``, or a robust one (``server.robust``);
+:class:`~server.strategy.MedsiloFedAvg` comes first in the method order, so every reply
+is vetted and recorded before Flower's aggregation and its server optimiser run. The
+optimiser's state (momentum, moments) is checkpointed with the global model, so
+``resume-from`` continues it exactly.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from flwr.serverapp.strategy.fedopt import FedOpt
 from common.config import RunConfig
 from common.experiment import model_spec
 from common.models import build_from_spec
+from common.robust import ROBUST_STRATEGIES
+from server.robust import make_robust_strategy
 from server.strategy import MedsiloFedAvg
 
 __all__ = ["make_strategy", "server_state", "load_server_state"]
@@ -57,6 +60,8 @@ def make_strategy(cfg: RunConfig, **kwargs: Any) -> MedsiloFedAvg:
         return MedsiloFedAvg(**kwargs)
     if step == "fedprox":
         return MedsiloFedProx(proximal_mu=cfg.proximal_mu, **kwargs)
+    if step in ROBUST_STRATEGIES:
+        return make_robust_strategy(cfg, **kwargs)
     kwargs.setdefault("buffer_keys", frozenset(name for name, _ in build_from_spec(model_spec(cfg)).named_buffers()))
     if step == "fedavgm":
         return MedsiloFedAvgM(

@@ -59,6 +59,8 @@ DEFAULTS = {
     "server-learning-rate": 1.0,
     "server-momentum": 0.5,
     "proximal-mu": 0.0,
+    "trim-fraction": 0.2,
+    "num-malicious-nodes": 1,
     "optimizer-state": "keep",
     "lr-schedule": "cosine",
     "lr-step-rounds": "",
@@ -232,7 +234,16 @@ def test_non_finite_float_is_rejected(key):
         ("resume-from", 3, "a string"),
         ("dp-noise-multiplier", -0.5, "a value >= 0"),
         ("dp-enabled", "yes", "true or false"),
-        ("strategy", "fedsgd", "one of 'auto', 'fedavg', 'fedprox', 'fedavgm', 'fedadam', 'fedyogi', 'fedadagrad'"),
+        (
+            "strategy",
+            "fedsgd",
+            "one of 'auto', 'fedavg', 'fedprox', 'fedavgm', 'fedadam', 'fedyogi', 'fedadagrad', 'fedmedian', "
+            "'fedtrimmedavg', 'krum', 'multikrum', 'bulyan'",
+        ),
+        ("trim-fraction", 0.0, "a value > 0"),
+        ("trim-fraction", 0.5, "a value < 0.5"),
+        ("num-malicious-nodes", -1, "a value >= 0"),
+        ("num-malicious-nodes", 1.5, "an integer"),
         ("server-learning-rate", 0.0, "a value > 0"),
         ("server-momentum", 1.0, "a value < 1"),
         ("proximal-mu", -0.1, "a value >= 0"),
@@ -270,6 +281,33 @@ def test_a_server_optimiser_is_refused_under_encryption(strategy):
 ])
 def test_auto_is_server_momentum_in_plaintext_and_fedavg_under_encryption(keys, step):
     assert parse_run_config(keys).server_step == step
+
+
+@pytest.mark.parametrize("strategy", ["fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan"])
+def test_a_robust_strategy_is_refused_under_encryption(strategy):
+    message = _error({"he-enabled": True, "strategy": strategy, "min-train-nodes": 20})
+    _assert_names(message, "strategy", strategy, "under he-enabled", "must look at each hospital's update")
+
+
+@pytest.mark.parametrize(
+    ("keys", "fewest", "rule"),
+    [
+        ({"strategy": "fedmedian"}, 3, "the median of two updates is their mean"),
+        ({"strategy": "fedtrimmedavg"}, 5, "trim-fraction 0.2 must cut at least one update from each end"),
+        ({"strategy": "fedtrimmedavg", "trim-fraction": 0.34}, 3, "trim-fraction 0.34 must cut at least one"),
+        ({"strategy": "krum"}, 5, "Krum needs n > 2f + 2 with f = num-malicious-nodes = 1"),
+        ({"strategy": "multikrum", "num-malicious-nodes": 0}, 3, "Krum needs n > 2f + 2 with f = num-malicious-nodes"),
+        ({"strategy": "bulyan", "num-malicious-nodes": 2}, 11, "Bulyan needs n >= 4f + 3 with f = num-malicious-nodes"),
+    ],
+)
+def test_a_robust_strategy_needs_enough_hospitals(keys, fewest, rule):
+    message = _error({**keys, "min-train-nodes": fewest - 1})
+    _assert_names(message, "min-train-nodes", fewest - 1, f">= {fewest} for strategy {keys['strategy']!r}", rule)
+    assert parse_run_config({**keys, "min-train-nodes": fewest}).min_train_nodes == fewest
+
+
+def test_the_robust_settings_mean_nothing_to_other_strategies():
+    assert parse_run_config({"num-malicious-nodes": 5, "trim-fraction": 0.1}).min_train_nodes == 2
 
 
 def test_step_rounds_and_the_step_schedule_go_together():
