@@ -180,12 +180,13 @@ class SimulatedRun:
 SIMULATION = (
     "model='cnn3' image-size=32 local-steps=2 batch-size=16 optimizer='sgd' learning-rate=0.003 min-train-nodes=3 "
     "min-evaluate-nodes=3 seed=11 optimizer-state='keep' loss='logit-adjusted' lr-schedule='constant' "
-    "lr-warmup-rounds=1 precision='fp32'"
+    "lr-warmup-rounds=1 precision='fp32' strategy='fedavg'"
 )
 """The shared run's config, less data-root, output-dir, run-name and num-server-rounds (3).
 
 float32: the encrypted, resumed run is compared with it to 1e-5, and bf16 autocast would carry
-CKKS's 1e-9 rounding past that over three rounds (2e-5 measured on an AMX CPU).
+CKKS's 1e-9 rounding past that over three rounds (2e-5 measured on an AMX CPU). FedAvg: the
+default ``auto`` is FedAvgM in plaintext but FedAvg under HE, and the two runs must be the same.
 
 The accuracy benchmark's best configuration (FedAvg, kept optimiser state, logit adjustment,
 short rounds of 2 batches), with SGD + momentum at a small learning rate for Adam. Training
