@@ -15,6 +15,7 @@ from client.config_errors import config_errors_as_one_line
 from client.crypto import decode_global, encrypt_update, secret_context
 from client.optimizer_state import load_optimizer_state, save_optimizer_state
 from client.site import central_test_set, hospital_data, node_identity, state_dir
+from client.step_guard import StepCheck, guard_global_step
 from client.training import non_finite_reason, non_finite_weights, train_local
 from common import records as rk
 from common.config import RunConfig, parse_run_config
@@ -92,9 +93,21 @@ def describe(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-def _decline(msg: Message, name: str, reason: str) -> Message:
-    """A reply that sends no weights and says why (budget spent, training diverged)."""
-    info = ConfigRecord({"name": name, rk.DECLINED: reason})
+def _step_info(step: StepCheck | None) -> dict[str, float | bool]:
+    """The global step this hospital saw, for the server's history (nothing when the guard is off or had no base)."""
+    if step is None:
+        return {}
+    info: dict[str, float | bool] = {rk.STEP_DECLINED: True} if step.declined is not None else {}
+    if step.norm is not None:
+        info[rk.STEP_NORM] = step.norm
+    if step.ratio is not None:
+        info[rk.STEP_RATIO] = step.ratio
+    return info
+
+
+def _decline(msg: Message, name: str, reason: str, step: StepCheck | None = None) -> Message:
+    """A reply that sends no weights and says why (budget spent, training diverged, the global step jumped)."""
+    info = ConfigRecord({"name": name, rk.DECLINED: reason, **_step_info(step)})
     return Message(RecordDict({rk.METRICS: MetricRecord({rk.NUM_EXAMPLES: 0}), rk.HOSPITAL: info}), reply_to=msg)
 
 
@@ -111,8 +124,17 @@ def train(msg: Message, context: Context) -> Message:
     seed = cfg.seed + 7919 * server_round
     privacy: dict[str, float] = {}
     keep = cfg.optimizer_state == "keep"
-    # This hospital's folder for this run: its privacy ledger and kept optimiser state.
-    folder = state_dir(context.node_config, config, site.name) if keep or cfg.dp_enabled else None
+    # This hospital's folder for this run: its privacy ledger, kept optimiser state and global-step guard.
+    needs_folder = keep or cfg.dp_enabled or cfg.update_norm_limit > 0
+    folder = state_dir(context.node_config, config, site.name) if needs_folder else None
+    step = None
+    if cfg.update_norm_limit > 0 and folder is not None:
+        step = guard_global_step(
+            folder, setup.model.state_dict(), server_round=server_round, limit=cfg.update_norm_limit
+        )
+        if step.declined is not None:
+            log.warning("%s round %d: declining: %s", site.name, server_round, step.declined)
+            return _decline(msg, site.name, step.declined, step)
     kept = load_optimizer_state(folder, before_round=server_round) if keep and folder else None
     if cfg.dp_enabled and folder is not None:
         from client.privacy import train_within_budget  # Opacus is imported only when DP is on (1.2 s)
@@ -121,7 +143,7 @@ def train(msg: Message, context: Context) -> Message:
             setup.model, site.train, cfg=cfg, ledger_dir=folder, seed=seed, device=setup.device, optimizer_state=kept
         )
         if isinstance(outcome, str):
-            return _decline(msg, site.name, outcome)
+            return _decline(msg, site.name, outcome, step)
         result, privacy = outcome.result, outcome.metrics
     else:
         result = train_local(
@@ -138,7 +160,7 @@ def train(msg: Message, context: Context) -> Message:
     diverged = non_finite_reason(result.loss, setup.model)
     if diverged is not None:
         log.warning("%s round %d: declining: %s", site.name, server_round, diverged)
-        return _decline(msg, site.name, diverged)
+        return _decline(msg, site.name, diverged, step)
     if keep and folder is not None and result.optimizer_state is not None:
         save_optimizer_state(folder, server_round=server_round, state=result.optimizer_state)
     log.info(
@@ -169,7 +191,12 @@ def train(msg: Message, context: Context) -> Message:
         }
     )
     info = ConfigRecord(
-        {"name": site.name, rk.CLASS_COUNTS: site.train.class_counts(), rk.PRECISION: result.precision}
+        {
+            "name": site.name,
+            rk.CLASS_COUNTS: site.train.class_counts(),
+            rk.PRECISION: result.precision,
+            **_step_info(step),
+        }
     )
     content = RecordDict({rk.ARRAYS: arrays, rk.METRICS: metrics, rk.HOSPITAL: info})
     return Message(content=content, reply_to=msg)

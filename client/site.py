@@ -179,7 +179,7 @@ def central_test_set(cfg: RunConfig, node_config: Mapping[str, object]) -> Image
 
 
 def state_dir(node_config: Mapping[str, object], config: ConfigRecord, hospital: str) -> Path:
-    """This hospital's state folder for this run: its privacy ledger and kept optimizer state.
+    """This hospital's state folder for this run: its privacy ledger, kept optimizer state and global-step guard.
 
     ``<state-dir>/<run name>`` when the node config sets ``state-dir`` (deployment, where it
     is required: a :class:`ConfigError` without it), else ``<run dir>/state/<hospital>``

@@ -145,6 +145,7 @@ class RunConfig(BaseModel):
     proximal_mu: Float = Field(0.0, ge=0.0, le=100.0)
     trim_fraction: Float = Field(0.2, gt=0.0, lt=0.5)
     num_malicious_nodes: Int = Field(1, ge=0)
+    update_norm_limit: Float = Field(8.0, ge=0.0)
     optimizer_state: Literal["reset", "keep"] = "keep"
     lr_schedule: Literal["constant", "cosine", "step"] = "cosine"
     lr_step_rounds: Annotated[str, AfterValidator(_rounds)] = ""
@@ -175,7 +176,8 @@ class RunConfig(BaseModel):
         if not self.he_enabled or self.server_step in WEIGHTED_SUM_STRATEGIES:
             return self
         why = (
-            "must look at each hospital's update, and the server only sees their encrypted sum"
+            "must look at each hospital's update, and the server only sees their encrypted sum "
+            "(the hospitals' update-norm-limit guards an HE run)"
             if self.strategy in ROBUST_STRATEGIES
             else "is not a weighted sum, and the server only adds ciphertexts"
         )

@@ -22,7 +22,8 @@ __all__ = ["MISSING_STATE_DIR", "NodeConfig", "parse_node_config"]
 
 MISSING_STATE_DIR = (
     "node config: 'state-dir' is missing; expected a folder this hospital may write for its optimizer state "
-    "(optimizer-state = 'keep', the default) and its DP ledgers: it never writes under another party's path"
+    "(optimizer-state = 'keep', the default), its global-step guard (update-norm-limit) and its DP ledgers: "
+    "it never writes under another party's path"
 )
 """Why a deployed hospital without ``state-dir`` is refused (``medsilo node check`` and its first round)."""
 

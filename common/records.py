@@ -35,6 +35,9 @@ __all__ = [
     "SAMPLE_RATE",
     "STEPS",
     "MAX_GRAD_NORM",
+    "STEP_NORM",
+    "STEP_RATIO",
+    "STEP_DECLINED",
 ]
 
 ARRAYS = "arrays"
@@ -76,3 +79,11 @@ NOISE_MULTIPLIER = "noise-multiplier"
 SAMPLE_RATE = "sample-rate"
 STEPS = "steps"
 MAX_GRAD_NORM = "max-grad-norm"
+
+# The key-holders' global-step guard (update-norm-limit), in a hospital's ConfigRecord
+STEP_NORM = "step-norm"
+"""The norm per round of the global step this hospital received (this round's model minus its last base)."""
+STEP_RATIO = "step-ratio"
+"""That norm over the median of the hospital's earlier steps' norms."""
+STEP_DECLINED = "step-declined"
+"""True on a decline because the global step jumped: a majority of these stops the run."""

@@ -25,7 +25,7 @@ from server.roster import NodeRoster
 from server.rounds import run_rounds
 from server.run_directory import RunDirectory
 from server.server_steps import load_server_state, make_strategy, server_state
-from server.strategy import MedsiloFedAvg, RunStopped
+from server.strategy import GlobalStepRejected, MedsiloFedAvg, RunStopped
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _start(cfg: RunConfig, run_id: int) -> tuple[RunDirectory, RunHistory, Resum
     point = load_resume_point(resolve_path(cfg.resume_from), cfg)
     run_dir = RunDirectory.reopen(point.run_dir, cfg)
     history = RunHistory(run_dir.history_file)
-    history.restore(point.rounds, after_round=point.last_round)
+    history.restore(point.rounds, after_round=point.last_round, resumed=point.resumed, abandoned=point.abandoned)
     log.info("resuming %s after round %d", run_dir.path, point.last_round)
     return run_dir, history, point
 
@@ -121,6 +121,28 @@ def _record(output_dir: Path, run_id: int, status: Outcome, line: str, run_dir: 
         write_outcome(output_dir, run_id, status=status, line=line, run_dir=run_dir)
     except OSError as err:  # the run itself is not lost for it
         log.warning("could not record the run's outcome under %s: %s", output_dir, err)
+
+
+def _stop_line(err: RunStopped, run_dir: RunDirectory) -> str:
+    """One line: why the run stopped, the checkpoint it keeps and how to continue it.
+
+    When the hospitals declined the global model, its checkpoint is set aside, so the run
+    continues from the last good one.
+    """
+    resume = f"--run-config \"resume-from='{run_dir.path}'\""
+    if not isinstance(err, GlobalStepRejected):
+        return (
+            f"run stopped: {err}. The last completed round's checkpoint is in {run_dir.path / 'checkpoints'}; "
+            f"continue it with {resume} once enough hospitals are back"
+        )
+    good = run_dir.set_aside(err.rejected_round)
+    aside = f"its checkpoint is set aside as checkpoints/rejected-round-{err.rejected_round:04d}"
+    if good is None:
+        return f"run stopped: {err}; {aside} and no earlier one is kept: start the run again"
+    return (
+        f"run stopped: {err}; {aside}. The last good checkpoint is {good}: leave out the hospital that sent "
+        f"round {err.rejected_round}'s outlying update, then continue with {resume}"
+    )
 
 
 def _run(grid: Grid, context: Context) -> tuple[Outcome, str, Path | None]:
@@ -164,10 +186,7 @@ def _run(grid: Grid, context: Context) -> tuple[Outcome, str, Path | None]:
     except RunStopped as err:
         history.stop(str(err))
         history.flush()
-        line = (
-            f"run stopped: {err}. The last completed round's checkpoint is in {run_dir.path / 'checkpoints'}; "
-            f"continue it with --run-config \"resume-from='{run_dir.path}'\" once enough hospitals are back"
-        )
+        line = _stop_line(err, run_dir)
         log.error("%s", line)
         return "stopped", line, run_dir.path
     final, arrays = evaluator.latest, evaluator.latest_arrays

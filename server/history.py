@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,25 @@ class RunHistory:
         self.early_stopping: dict[str, Any] | None = None
         self._clock = time.monotonic()
 
-    def restore(self, rounds: list[dict[str, Any]], *, after_round: int) -> None:
-        """Continue a stopped run: keep its rounds up to ``after_round`` and note the resume."""
+    def restore(
+        self,
+        rounds: list[dict[str, Any]],
+        *,
+        after_round: int,
+        resumed: Sequence[dict[str, Any]] = (),
+        abandoned: dict[str, Any] | None = None,
+    ) -> None:
+        """Continue a stopped run: keep its rounds up to ``after_round`` and note the resume.
+
+        Args:
+            rounds: the stopped run's rounds.
+            after_round: the checkpointed round this run continues from.
+            resumed: the stopped run's own earlier resumes, kept in order.
+            abandoned: what the stopped run did after ``after_round`` that must stay on record
+                (``stopped``, ``declined``); noted with this resume.
+        """
         self.rounds = {int(r["round"]): r for r in rounds if int(r["round"]) <= after_round}
-        self.resumed.append({"after_round": after_round, "at": _iso(datetime.now(UTC))})
+        self.resumed = [*resumed, {"after_round": after_round, "at": _iso(datetime.now(UTC)), **(abandoned or {})}]
 
     def round(self, server_round: int) -> dict[str, Any]:
         """The (mutable) record of ``server_round``, created on first use."""

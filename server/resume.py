@@ -47,13 +47,32 @@ MUST_MATCH = (
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """Where a resumed run starts: after ``last_round``, from ``arrays``, with the history so far."""
+    """Where a resumed run starts: after ``last_round``, from ``arrays``, with the history so far.
+
+    ``resumed`` holds the run's earlier resumes; ``abandoned`` what the stopped run did after
+    ``last_round`` that its record must keep: why it stopped, and every hospital's decline.
+    """
 
     run_dir: Path
     last_round: int
     arrays: ArrayRecord
     rounds: list[dict[str, Any]]
     server_state: dict[str, np.ndarray]
+    resumed: list[dict[str, Any]]
+    abandoned: dict[str, Any]
+
+
+def _abandoned(history: dict[str, Any], last_round: int) -> dict[str, Any]:
+    """Why the stopped run stopped, and the declines of the rounds after ``last_round`` (dropped on resume)."""
+    declined = [
+        {"round": r["round"], "hospital": name, "reason": h["declined"]}
+        for r in history.get("rounds", [])
+        if r["round"] > last_round
+        for name, h in sorted(r.get("hospitals", {}).items())
+        if h.get("declined")
+    ]
+    found = {"stopped": history.get("stopped"), "declined": declined}
+    return {key: value for key, value in found.items() if value}
 
 
 def _checkpoint_arrays(directory: Path) -> ArrayRecord:
@@ -110,5 +129,8 @@ def load_resume_point(run_dir: Path, cfg: RunConfig) -> ResumePoint:
         server_state = load_numpy(str(state_file)) if state_file.is_file() else {}
     except Exception as err:  # safetensors' own error type is not exported
         raise ConfigError(f"{where}: its checkpoint {last.name} is unreadable ({err})") from None
-    rounds = [r for r in json.loads(history_file.read_text()).get("rounds", []) if r["round"] <= last_round]
-    return ResumePoint(run_dir, last_round, arrays, rounds, server_state)
+    history = json.loads(history_file.read_text())
+    rounds = [r for r in history.get("rounds", []) if r["round"] <= last_round]
+    return ResumePoint(
+        run_dir, last_round, arrays, rounds, server_state, history.get("resumed", []), _abandoned(history, last_round)
+    )

@@ -19,10 +19,13 @@ from common.he.payload import is_encrypted
 from common.models import ModelSpec, save_model_dir
 from common.run_files import write_json, write_predictions_csv
 
-__all__ = ["SERVER_STATE_FILE", "SIMULATION_ONLY_KEYS", "RunDirectory"]
+__all__ = ["CHECKPOINTS_KEPT", "SERVER_STATE_FILE", "SIMULATION_ONLY_KEYS", "RunDirectory"]
 
 SIMULATION_ONLY_KEYS = ("partitioner", "dirichlet-alpha", "he-secret-context")
 """Run-config keys that only simulated hospitals read (deployed ones use their node config)."""
+
+CHECKPOINTS_KEPT = 2
+"""Rounds whose global model stays in ``checkpoints/``: the latest, and the last good one should it be declined."""
 
 SERVER_STATE_FILE = "server-state.safetensors"
 """A checkpoint's server-optimiser state (FedAvgM momentum, FedAdam/FedYogi/FedAdagrad moments)."""
@@ -80,15 +83,36 @@ class RunDirectory:
     def checkpoint(
         self, server_round: int, arrays: ArrayRecord, spec: ModelSpec, *, server_state: dict[str, np.ndarray]
     ) -> Path:
-        """Save the global model (and the server optimiser's state) after ``server_round``; keep the latest only."""
+        """Save the global model (and the server optimiser's state) after ``server_round``.
+
+        The latest :data:`CHECKPOINTS_KEPT` rounds are kept: when the hospitals decline the latest
+        model (``update-norm-limit``), the one before it is the last good checkpoint.
+        """
         target = self.path / "checkpoints" / f"round-{server_round:04d}"
         _save_global(target, arrays, spec)
         if server_state:
             save_file(server_state, str(target / SERVER_STATE_FILE))
-        for old in (self.path / "checkpoints").glob("round-*"):
-            if old != target:
-                shutil.rmtree(old)
+        for old in sorted((self.path / "checkpoints").glob("round-*"))[:-CHECKPOINTS_KEPT]:
+            shutil.rmtree(old)
         return target
+
+    def set_aside(self, server_round: int) -> Path | None:
+        """Move round ``server_round``'s checkpoint to ``checkpoints/rejected-round-NNNN`` (kept for a look).
+
+        ``resume-from`` then continues from the checkpoint before it.
+
+        Returns:
+            The latest checkpoint left (the last good one), or ``None`` when there is none.
+        """
+        folder = self.path / "checkpoints"
+        source = folder / f"round-{server_round:04d}"
+        if source.is_dir():
+            target = folder / f"rejected-{source.name}"
+            if target.exists():
+                shutil.rmtree(target)
+            source.rename(target)
+        left = sorted(folder.glob("round-*"))
+        return left[-1] if left else None
 
     def finish(
         self,

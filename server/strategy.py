@@ -17,14 +17,19 @@ from common import records as rk
 from server.history import RunHistory
 from server.roster import NodeRoster
 
-__all__ = ["MedsiloFedAvg", "RunStopped", "reply_problem"]
+__all__ = ["GlobalStepRejected", "MedsiloFedAvg", "RunStopped", "reply_problem"]
 
 log = logging.getLogger(__name__)
 
 
-def _hospital_name(msg: Message) -> str:
+def _info(msg: Message) -> ConfigRecord:
+    """A reply's hospital record: name, class counts, a decline's reason, the global step it saw."""
     info = msg.content.config_records.get(rk.HOSPITAL) if msg.has_content() else None
-    name = info.get("name") if info is not None else None
+    return info if info is not None else ConfigRecord()
+
+
+def _hospital_name(msg: Message) -> str:
+    name = _info(msg).get("name")
     return str(name) if name else f"node-{msg.metadata.src_node_id}"
 
 
@@ -34,9 +39,14 @@ def _payload_bytes(arrays: ArrayRecord) -> int:
 
 def _declined(msg: Message) -> str | None:
     """The reason a hospital gave for declining a round (e.g. its privacy budget), if any."""
-    info = msg.content.config_records.get(rk.HOSPITAL) if msg.has_content() else None
-    reason = info.get(rk.DECLINED) if info is not None else None
+    reason = _info(msg).get(rk.DECLINED)
     return str(reason) if reason else None
+
+
+def _step_fields(msg: Message) -> dict[str, object]:
+    """The global step a hospital saw (its norm and ratio), as ``history.json`` records it."""
+    fields = {"step_norm": _info(msg).get(rk.STEP_NORM), "step_ratio": _info(msg).get(rk.STEP_RATIO)}
+    return {key: value for key, value in fields.items() if value is not None}
 
 
 def reply_problem(msg: Message, *, expected: ArrayRecord | None) -> str | None:
@@ -95,13 +105,26 @@ class RunStopped(RuntimeError):
     """Fewer hospitals than the minimum remain; the run stops and can be resumed from its checkpoint."""
 
 
+class GlobalStepRejected(RunStopped):
+    """A majority of round ``server_round``'s hospitals declined the global model round ``rejected_round`` made."""
+
+    def __init__(self, server_round: int, *, declined: int, sampled: int) -> None:
+        self.server_round, self.rejected_round = server_round, server_round - 1
+        super().__init__(
+            f"round {server_round}: {declined} of {sampled} hospitals declined round {server_round - 1}'s global "
+            "model (its step exceeded update-norm-limit times the median of their recent steps)"
+        )
+
+
 class MedsiloFedAvg(FedAvg):
     """FedAvg that rejects a bad reply (logged with the hospital) instead of the round.
 
     It records each hospital's metrics, payload bytes and failures (including hospitals
     that did not reply within ``round_timeout``), plus the round timings, into a
     :class:`RunHistory`. Unlike Flower's sampling it never waits forever: when fewer than
-    ``min_train_nodes`` hospitals are connected or reply, it raises :class:`RunStopped`.
+    ``min_train_nodes`` hospitals are connected or reply, it raises :class:`RunStopped`; when
+    most sampled hospitals decline the global model as a jump (``update-norm-limit``), it
+    raises :class:`GlobalStepRejected`.
     Only the roster's hospitals are sampled, never the evaluator node.
     """
 
@@ -209,7 +232,8 @@ class MedsiloFedAvg(FedAvg):
             declined = _declined(msg)
             if declined is not None:
                 log.warning("round %d: %s declined to train: %s", server_round, _hospital_name(msg), declined)
-                self.history.hospital(server_round, _hospital_name(msg))["declined"] = declined
+                record = self.history.hospital(server_round, _hospital_name(msg))
+                record.update({"declined": declined, **_step_fields(msg)})
                 self.history.fail(
                     server_round, node_id=msg.metadata.src_node_id, stage=stage, reason=f"declined: {declined}"
                 )
@@ -252,8 +276,8 @@ class MedsiloFedAvg(FedAvg):
 
     def _record_hospital(self, server_round: int, msg: Message, sent_bytes: int) -> None:
         metrics = next(iter(msg.content.metric_records.values()))
-        info = msg.content.config_records.get(rk.HOSPITAL)
-        counts = info.get(rk.CLASS_COUNTS) if info is not None else None
+        info = _info(msg)
+        counts = info.get(rk.CLASS_COUNTS)
         self.history.hospital(server_round, _hospital_name(msg)).update(
             {
                 "node_id": msg.metadata.src_node_id,
@@ -263,7 +287,7 @@ class MedsiloFedAvg(FedAvg):
                 "train_seconds": metrics.get(rk.TRAIN_SECONDS),
                 "skipped_images": metrics.get(rk.SKIPPED_IMAGES),
                 "class_counts": list(counts) if counts is not None else None,
-                "precision": info.get(rk.PRECISION) if info is not None else None,
+                "precision": info.get(rk.PRECISION),
                 "bytes_sent": sent_bytes,
                 "bytes_received": self._sent_bytes,
                 "encrypt_seconds": metrics.get(rk.ENCRYPT_SECONDS),
@@ -274,6 +298,7 @@ class MedsiloFedAvg(FedAvg):
                 "sample_rate": metrics.get(rk.SAMPLE_RATE),
                 "steps": metrics.get(rk.STEPS),
                 "max_grad_norm": metrics.get(rk.MAX_GRAD_NORM),
+                **_step_fields(msg),
             }
         )
 
@@ -315,6 +340,12 @@ class MedsiloFedAvg(FedAvg):
         timings["train_s"] = time.perf_counter() - started - self._absorb_s
         self._record_missing(server_round, received, "train")
         declined = sum(1 for m in received if _declined(m) is not None)
+        refused = sum(1 for m in received if _declined(m) and _info(m).get(rk.STEP_DECLINED) is True)
+        sampled = len(self._outbox.get("train", []))
+        if 2 * refused > sampled:  # the key-holders' guard: most hospitals found the global step a jump
+            self.history.round(server_round)["global_step_rejected"] = {"declined": refused, "sampled": sampled}
+            self.history.flush()
+            raise GlobalStepRejected(server_round, declined=refused, sampled=sampled)
         if len(valid) + declined < self.min_train_nodes:
             self.history.flush()
             raise RunStopped(

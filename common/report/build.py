@@ -90,6 +90,8 @@ def _steps(
             ("learning curves", lambda: sections.learning_section(rounds, out)),
             ("data", lambda: sections.data_section(rounds, classes, out)),
         ]
+    if history is not None and sections.has_declines_or_steps(history):
+        steps.append(("declines", lambda: sections.declines_section(config, history)))
     if dp_enabled(config, rounds):
         steps.append(("privacy", lambda: sections.privacy_section(config, rounds, out)))
     if he_enabled(config):

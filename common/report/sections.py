@@ -17,7 +17,9 @@ __all__ = [
     "confusion_section",
     "curves_section",
     "data_section",
+    "declines_section",
     "encryption_section",
+    "has_declines_or_steps",
     "learning_section",
     "privacy_section",
     "privacy_utility_section",
@@ -127,6 +129,51 @@ def data_section(rounds: Rounds, classes: Sequence[str], out: Path) -> Section:
             figures.class_distribution(counts, classes, out / "class_distribution.png", skipped=skipped),
         ),
     )
+
+
+def _declines(history: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """Every decline on record: ``(round, hospital, reason)``, those of rounds a resume abandoned included."""
+    found = []
+    for resume in history.get("resumed", []):
+        for d in resume.get("declined", []):
+            found.append(
+                (f"{d['round']} (abandoned: resumed after {resume['after_round']})", d["hospital"], d["reason"])
+            )
+    for record in history.get("rounds", []):
+        for name, hospital in sorted(record.get("hospitals", {}).items()):
+            if hospital.get("declined"):
+                found.append((str(record["round"]), name, str(hospital["declined"])))
+    return found
+
+
+def has_declines_or_steps(history: Mapping[str, Any] | None) -> bool:
+    """Whether a run declined any round or its hospitals reported global steps (``update-norm-limit`` on)."""
+    if history is None:
+        return False
+    steps = any("step_ratio" in h for r in history.get("rounds", []) for h in r.get("hospitals", {}).values())
+    return steps or bool(_declines(history))
+
+
+def declines_section(config: Mapping[str, Any] | None, history: Mapping[str, Any]) -> Section:
+    """Every round a hospital declined, with why, and the largest global step the hospitals' guard saw."""
+    ratios = [
+        float(h["step_ratio"])
+        for r in history.get("rounds", [])
+        for h in r.get("hospitals", {}).values()
+        if h.get("step_ratio") is not None
+    ]
+    limit = (config or {}).get("update-norm-limit")
+    guard = f"Global-step guard: update-norm-limit {limit if limit is not None else 'n/a'}" + (
+        f"; the largest step ratio a hospital saw was {max(ratios):.2f}." if ratios else "; no step was judged yet."
+    )
+    declines = _declines(history)
+    rows = tuple((Cell(r), Cell(name), Cell(reason)) for r, name, reason in declines)
+    listing: Block = Table(("round", "hospital", "reason"), rows) if rows else Note("No hospital declined a round.")
+    why = (
+        "A hospital declines a round when its privacy budget is spent, its training diverged, or the global model's "
+        "step from the one it last trained from exceeds update-norm-limit times the median of its last 5 steps."
+    )
+    return Section("Declined rounds", (Paragraph((why,)), Paragraph((guard,)), listing))
 
 
 def privacy_section(config: Mapping[str, Any] | None, rounds: Rounds, out: Path) -> Section:

@@ -104,7 +104,7 @@ def test_an_unparsable_node_config_and_a_missing_role_are_one_line(node: dict[st
 def test_a_hospital_without_a_state_folder_is_one_line(node: dict[str, Path]) -> None:
     line = _one_line_error(_check(_config(node, **{"state-dir": ""})))
     assert line == "error: node config: 'state-dir' is missing; expected a folder this hospital may write for its " \
-        "optimizer state (optimizer-state = 'keep', the default) and its DP ledgers: it never writes under another " \
-        "party's path"
+        "optimizer state (optimizer-state = 'keep', the default), its global-step guard (update-norm-limit) and its " \
+        "DP ledgers: it never writes under another party's path"
     evaluator = _check(_config(node, role="evaluator", **{"state-dir": "", "hospital-name": ""}))
     assert "state-dir" not in evaluator.output  # the evaluator keeps no training state

@@ -21,7 +21,8 @@ from common.cli import app
 from common.config import parse_run_config
 from common.metrics import classification_report
 from common.models import ModelSpec, build_from_spec, save_model_dir
-from common.report import build_report
+from common.report import build_report, sections
+from common.report.content import Note
 from common.report.figures import row_normalised
 from common.report.gradcam import select_examples
 from common.report.summary import run_summary
@@ -88,6 +89,8 @@ def _history() -> dict[str, Any]:
         "started_at": "2026-01-01T10:00:00+00:00",
         "finished_at": "2026-01-01T10:01:40+00:00",
         "duration_s": 100.0,
+        "resumed": [{"after_round": 1, "at": "2026-01-01T10:01:00+00:00", "stopped": "round 3: 2 of 2 hospitals ...",
+                     "declined": [{"round": 3, "hospital": "hospital-0", "reason": "the global step jumped"}]}],
         "rounds": [
             {"round": 0, "central": central(0.3), "federated_train": None, "federated_evaluate": None,
              "hospitals": {}, "failures": [], "timings": {"central_evaluate_s": 0.4}},
@@ -96,8 +99,8 @@ def _history() -> dict[str, Any]:
                            "hospital-1": _hospital(24, [2, 10, 12, 0], 1.6, 0.45)},
              "failures": [], "timings": timings},
             {"round": 2, "central": central(0.6), "federated_train": {}, "federated_evaluate": {"eval-accuracy": 0.6},
-             "hospitals": {"hospital-0": _hospital(30, [20, 6, 4, 0], 2.5, 0.6),
-                           "hospital-1": {"declined": "privacy budget: 3.1 > 3.0"}},
+             "hospitals": {"hospital-0": {**_hospital(30, [20, 6, 4, 0], 2.5, 0.6), "step_ratio": 0.84},
+                           "hospital-1": {"declined": "privacy budget: 3.1 > 3.0", "step_ratio": 0.91}},
              "failures": [{"node_id": 8, "stage": "train", "reason": "declined: privacy budget"}], "timings": timings},
         ],
     }  # fmt: skip
@@ -206,6 +209,15 @@ def test_markdown_has_privacy_table_summary_and_gradcam(run_dir: Path) -> None:
     assert "- **duration**: 100.0 s" in markdown and "- **encryption**: HE off" in markdown
     assert "| hospital-0 | 30 | 20 | 6 | 4 | 0 | 1 |" in markdown  # class histogram with skipped files
     assert "## Grad-CAM: where the model looked" in markdown and "## Encryption" not in markdown
+
+
+def test_markdown_shows_every_decline_and_the_largest_step(run_dir: Path) -> None:
+    """Declines of the kept rounds and of the rounds a resume abandoned; the guard's largest ratio."""
+    markdown = (run_dir / "report.md").read_text()
+    section = markdown.split("## Declined rounds", 1)[1].split("\n## ", 1)[0]
+    assert "| 3 (abandoned: resumed after 1) | hospital-0 | the global step jumped |" in section
+    assert "| 2 | hospital-1 | privacy budget: 3.1 > 3.0 |" in section
+    assert "update-norm-limit 8.0; the largest step ratio a hospital saw was 0.91." in section
 
 
 def test_select_examples_picks_confident_correct_then_wrong() -> None:
@@ -339,3 +351,14 @@ def test_run_summary_shows_the_precision_setting_and_what_each_hospital_trained_
     summary = run_summary({"precision": "auto"}, history, report)
     assert summary["precision"] == "auto: bf16 (hospital-0); fp32 (hospital-1)"
     assert run_summary({}, {"rounds": []}, report)["precision"] == "fp32 (the run predates the precision key)"
+
+
+def test_the_declines_section_needs_a_decline_or_a_judged_step() -> None:
+    quiet = {"rounds": [{"round": 1, "hospitals": {"a": {"examples": 3}}}]}
+    assert not sections.has_declines_or_steps(quiet) and not sections.has_declines_or_steps(None)
+    guarded = {"rounds": [{"round": 5, "hospitals": {"a": {"examples": 3, "step_ratio": 1.25}}}]}
+    assert sections.has_declines_or_steps(guarded)
+    section = sections.declines_section({"update-norm-limit": 3.0}, guarded)
+    texts = [b.text for b in section.blocks if isinstance(b, Note)]
+    assert texts == ["No hospital declined a round."]
+    assert "update-norm-limit 3.0; the largest step ratio a hospital saw was 1.25." in str(section.blocks[1])

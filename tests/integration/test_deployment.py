@@ -119,7 +119,7 @@ def test_the_readme_run_rides_out_a_crash_stops_when_none_remain_and_resumes_wit
     assert sorted(rounds[1]["hospitals"]) == ["hospital-a"]
     dropped = [f for f in rounds[1]["failures"] if f["stage"] == "train"]
     assert len(dropped) == 1 and _dropped_out(dropped[0]["reason"], TIMEOUT)
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["round-0001"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["round-0000", "round-0001"]
 
     consortium.restart(*HOSPITALS)
     resumed = consortium.start("resumed", consortium.commands["run"], TRAINING=f"{training} resume-from='{run_dir}'")

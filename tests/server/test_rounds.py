@@ -109,4 +109,4 @@ def test_a_rejected_aggregate_keeps_the_previous_model_and_the_run_goes_on(tmp_p
     assert "declined the aggregate" in history.round(1)["aggregate_rejected"]
     assert "predictions on the central test set are not finite" in history.round(2)["aggregate_rejected"]
     assert history.round(1)["central"]["accuracy"] == 1.0  # the kept model was scored and checkpointed
-    assert sorted(p.name for p in (run_dir.path / "checkpoints").iterdir()) == ["round-0003"]
+    assert sorted(p.name for p in (run_dir.path / "checkpoints").iterdir()) == ["round-0002", "round-0003"]
