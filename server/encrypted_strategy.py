@@ -26,8 +26,9 @@ from common.he.codec import ParamLayout
 from common.he.keys import HEContext
 from common.he.payload import EncryptedPayload
 from server.history import RunHistory
+from server.replies import reply_problem
 from server.roster import NodeRoster
-from server.strategy import MedsiloFedAvg, reply_problem
+from server.strategy import MedsiloFedAvg
 
 __all__ = ["EncryptedFedAvg"]
 

@@ -15,77 +15,12 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from common import records as rk
 from server.history import RunHistory
+from server.replies import declined_reason, hospital_name, payload_bytes, reply_info, reply_problem, step_fields
 from server.roster import NodeRoster
 
-__all__ = ["GlobalStepRejected", "MedsiloFedAvg", "RunStopped", "reply_problem"]
+__all__ = ["GlobalStepRejected", "MedsiloFedAvg", "RunStopped"]
 
 log = logging.getLogger(__name__)
-
-
-def _info(msg: Message) -> ConfigRecord:
-    """A reply's hospital record: name, class counts, a decline's reason, the global step it saw."""
-    info = msg.content.config_records.get(rk.HOSPITAL) if msg.has_content() else None
-    return info if info is not None else ConfigRecord()
-
-
-def _hospital_name(msg: Message) -> str:
-    name = _info(msg).get("name")
-    return str(name) if name else f"node-{msg.metadata.src_node_id}"
-
-
-def _payload_bytes(arrays: ArrayRecord) -> int:
-    return sum(len(a.data) for a in arrays.values())
-
-
-def _declined(msg: Message) -> str | None:
-    """The reason a hospital gave for declining a round (e.g. its privacy budget), if any."""
-    reason = _info(msg).get(rk.DECLINED)
-    return str(reason) if reason else None
-
-
-def _step_fields(msg: Message) -> dict[str, object]:
-    """The global step a hospital saw (its norm and ratio), as ``history.json`` records it."""
-    fields = {"step_norm": _info(msg).get(rk.STEP_NORM), "step_ratio": _info(msg).get(rk.STEP_RATIO)}
-    return {key: value for key, value in fields.items() if value is not None}
-
-
-def reply_problem(msg: Message, *, expected: ArrayRecord | None) -> str | None:
-    """Why a reply cannot be aggregated, or ``None`` when it is sound.
-
-    Args:
-        msg: a reply from a hospital.
-        expected: the global arrays sent this round, for training replies; the reply's
-            arrays must have the same keys, shapes and dtypes. ``None`` for evaluation.
-    """
-    if msg.has_error():
-        return f"error reply: {msg.error.reason}"
-    content = msg.content
-    metrics = list(content.metric_records.values())
-    if len(metrics) != 1:
-        return f"expected one MetricRecord, got {len(metrics)}"
-    weight = metrics[0].get(rk.NUM_EXAMPLES)
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
-        return f"'{rk.NUM_EXAMPLES}' = {weight!r}; expected a number >= 0"
-    if expected is None:
-        return None
-    if weight <= 0:
-        return f"'{rk.NUM_EXAMPLES}' = {weight!r}; expected a number > 0 for training"
-    arrays = list(content.array_records.values())
-    if len(arrays) != 1:
-        return f"expected one ArrayRecord, got {len(arrays)}"
-    got = arrays[0]
-    if set(got.keys()) != set(expected.keys()):
-        return f"ArrayRecord keys differ from the global model's ({len(got)} vs {len(expected)})"
-    for key, array in expected.items():
-        if tuple(got[key].shape) != tuple(array.shape):
-            return f"array {key!r} has shape {tuple(got[key].shape)}; expected {tuple(array.shape)}"
-        if got[key].dtype != array.dtype:
-            return f"array {key!r} has dtype {got[key].dtype}; expected {array.dtype}"
-    for key, array in got.items():
-        values = array.numpy()
-        if np.issubdtype(values.dtype, np.inexact) and not np.isfinite(values).all():
-            return f"array {key!r} holds NaN or Inf values"
-    return None
 
 
 def _cast_like(values: np.ndarray, target: np.dtype) -> np.ndarray | None:
@@ -161,7 +96,7 @@ class MedsiloFedAvg(FedAvg):
         """A hospital's name: from the roster, else from its reply, else its node id."""
         if self.roster is not None and node in self.roster.names:
             return self.roster.names[node]
-        return _hospital_name(msg) if msg is not None and msg.has_content() else f"node-{node}"
+        return hospital_name(msg) if msg is not None and msg.has_content() else f"node-{node}"
 
     def _pool(self, grid: Grid) -> list[int]:
         """The connected hospitals: the roster's, or every node when there is no roster."""
@@ -197,7 +132,7 @@ class MedsiloFedAvg(FedAvg):
     ) -> Iterable[Message]:
         """Sample hospitals and send them the global model (the base of a server optimiser's step)."""
         self._sent = arrays
-        self._sent_bytes = _payload_bytes(arrays)
+        self._sent_bytes = payload_bytes(arrays)
         if isinstance(self, FedOpt):
             self.current_arrays = {k: a.numpy() for k, a in arrays.items()}
         elif isinstance(self, FedAvgM):
@@ -229,11 +164,11 @@ class MedsiloFedAvg(FedAvg):
         valid: list[Message] = []
         for msg in replies:
             received.append(msg)
-            declined = _declined(msg)
+            declined = declined_reason(msg)
             if declined is not None:
-                log.warning("round %d: %s declined to train: %s", server_round, _hospital_name(msg), declined)
-                record = self.history.hospital(server_round, _hospital_name(msg))
-                record.update({"declined": declined, **_step_fields(msg)})
+                log.warning("round %d: %s declined to train: %s", server_round, hospital_name(msg), declined)
+                record = self.history.hospital(server_round, hospital_name(msg))
+                record.update({"declined": declined, **step_fields(msg)})
                 self.history.fail(
                     server_round, node_id=msg.metadata.src_node_id, stage=stage, reason=f"declined: {declined}"
                 )
@@ -245,7 +180,7 @@ class MedsiloFedAvg(FedAvg):
                 if got != keys:
                     problem = f"metric keys {sorted(got)} differ from the other hospitals' {sorted(keys)}"
             if problem is None and stage == "train":
-                sent_bytes = _payload_bytes(next(iter(msg.content.array_records.values())))
+                sent_bytes = payload_bytes(next(iter(msg.content.array_records.values())))
                 start = time.perf_counter()
                 problem = self._absorb(server_round, msg)
                 self._absorb_s += time.perf_counter() - start
@@ -264,7 +199,7 @@ class MedsiloFedAvg(FedAvg):
                 problem,
             )
             self.history.fail(server_round, node_id=node, stage=stage, reason=problem)
-        return sorted(valid, key=_hospital_name)  # arrival order must not change the floating-point sum
+        return sorted(valid, key=hospital_name)  # arrival order must not change the floating-point sum
 
     def _reply_problem(self, msg: Message, *, stage: str) -> str | None:
         """Why this reply cannot be aggregated (``None`` when it is sound)."""
@@ -276,9 +211,9 @@ class MedsiloFedAvg(FedAvg):
 
     def _record_hospital(self, server_round: int, msg: Message, sent_bytes: int) -> None:
         metrics = next(iter(msg.content.metric_records.values()))
-        info = _info(msg)
+        info = reply_info(msg)
         counts = info.get(rk.CLASS_COUNTS)
-        self.history.hospital(server_round, _hospital_name(msg)).update(
+        self.history.hospital(server_round, hospital_name(msg)).update(
             {
                 "node_id": msg.metadata.src_node_id,
                 "examples": int(metrics[rk.NUM_EXAMPLES]),
@@ -298,7 +233,7 @@ class MedsiloFedAvg(FedAvg):
                 "sample_rate": metrics.get(rk.SAMPLE_RATE),
                 "steps": metrics.get(rk.STEPS),
                 "max_grad_norm": metrics.get(rk.MAX_GRAD_NORM),
-                **_step_fields(msg),
+                **step_fields(msg),
             }
         )
 
@@ -339,8 +274,8 @@ class MedsiloFedAvg(FedAvg):
         valid = self._vet(server_round, replies, stage="train", received=received)
         timings["train_s"] = time.perf_counter() - started - self._absorb_s
         self._record_missing(server_round, received, "train")
-        declined = sum(1 for m in received if _declined(m) is not None)
-        refused = sum(1 for m in received if _declined(m) and _info(m).get(rk.STEP_DECLINED) is True)
+        declined = sum(1 for m in received if declined_reason(m) is not None)
+        refused = sum(1 for m in received if declined_reason(m) and reply_info(m).get(rk.STEP_DECLINED) is True)
         sampled = len(self._outbox.get("train", []))
         if 2 * refused > sampled:  # the key-holders' guard: most hospitals found the global step a jump
             self.history.round(server_round)["global_step_rejected"] = {"declined": refused, "sampled": sampled}
@@ -392,7 +327,7 @@ class MedsiloFedAvg(FedAvg):
         self._record_missing(server_round, received, "evaluate")
         for msg in valid:
             metrics = next(iter(msg.content.metric_records.values()))
-            self.history.hospital(server_round, _hospital_name(msg)).update(
+            self.history.hospital(server_round, hospital_name(msg)).update(
                 {
                     "eval_examples": int(metrics[rk.NUM_EXAMPLES]),
                     "eval_loss": metrics.get(rk.EVAL_LOSS),

@@ -12,8 +12,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 from flwr.supercore.task_identity import TaskIdentity
 
 from server.history import RunHistory
+from server.replies import reply_problem
 from server.roster import NodeRoster
-from server.strategy import MedsiloFedAvg, RunStopped, reply_problem
+from server.strategy import MedsiloFedAvg, RunStopped
 
 SHAPES = {"w": (3, 2), "b": (2,)}
 
