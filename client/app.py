@@ -13,6 +13,7 @@ from flwr.clientapp import ClientApp
 
 from client.config_errors import config_errors_as_one_line
 from client.crypto import decode_global, encrypt_update, secret_context
+from client.hostile import SCALED_FROM_ROUND, flipped_labels, scaled_update
 from client.optimizer_state import load_optimizer_state, save_optimizer_state
 from client.site import central_test_set, hospital_data, node_identity, state_dir
 from client.step_guard import StepCheck, guard_global_step
@@ -26,6 +27,7 @@ from common.he.keys import HEContext
 from common.inference import predict, resolve_device
 from common.logs import use_flower_logging
 from common.models import ModelSpec, build_from_spec, state_dict_to_cpu
+from common.node_config import parse_node_config
 from common.precision import Precision, cpu_bf16_flags, resolve_precision
 from common.tasks import label_accuracy
 
@@ -118,6 +120,9 @@ def train(msg: Message, context: Context) -> Message:
     cfg, config = setup.cfg, msg.content[rk.CONFIG]
     site = hospital_data(cfg, context.node_config)
     server_round = int(config[rk.SERVER_ROUND])
+    hostile = parse_node_config(context.node_config).hostile  # a test-and-benchmark fixture, never in production
+    train_set = flipped_labels(site.train) if hostile == "label-flip" else site.train
+    received = state_dict_to_cpu(setup.model) if hostile == "scaled" and server_round >= SCALED_FROM_ROUND else None
     unusable = non_finite_weights(setup.model)
     if unusable is not None:
         return _decline(msg, site.name, f"the global model is unusable: {unusable}")
@@ -140,7 +145,7 @@ def train(msg: Message, context: Context) -> Message:
         from client.privacy import train_within_budget  # Opacus is imported only when DP is on (1.2 s)
 
         outcome = train_within_budget(
-            setup.model, site.train, cfg=cfg, ledger_dir=folder, seed=seed, device=setup.device, optimizer_state=kept
+            setup.model, train_set, cfg=cfg, ledger_dir=folder, seed=seed, device=setup.device, optimizer_state=kept
         )
         if isinstance(outcome, str):
             return _decline(msg, site.name, outcome, step)
@@ -148,7 +153,7 @@ def train(msg: Message, context: Context) -> Message:
     else:
         result = train_local(
             setup.model,
-            site.train,
+            train_set,
             cfg=cfg,
             preset=preset_for(cfg),
             device=setup.device,
@@ -172,6 +177,8 @@ def train(msg: Message, context: Context) -> Message:
         result.seconds,
     )
     state = state_dict_to_cpu(setup.model)
+    if received is not None:
+        state = scaled_update(state, received, parameters={name for name, _ in setup.model.named_parameters()})
     encrypt_seconds = 0.0
     if setup.ctx is None:
         arrays = ArrayRecord(state)

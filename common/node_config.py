@@ -49,6 +49,8 @@ class NodeConfig(BaseModel):
     he_secret_context: str = ""
     state_dir: str = ""
     hospital_name: str = Field("", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$|^$")
+    hostile: Literal["", "label-flip", "scaled"] = ""
+    """A test-and-benchmark fixture (``client.hostile``): this hospital sends harm. Never set in production."""
 
     @property
     def deployed(self) -> bool:

@@ -22,6 +22,9 @@ MEANINGS: dict[str, str] = {
     "state-dir": "deployment, required for a hospital: its DP ledgers and kept optimizer state, "
     "in `<state-dir>/<run-name>/`",
     "hospital-name": "the node's name in reports and `history.json` (empty: the data folder's name)",
+    "hostile": "a test-and-benchmark fixture, never for production: this hospital sends harm "
+    "(`label-flip`: wrong labels; `scaled`: from round 4, ten times its update), as `benchmarks/robustness.py` "
+    "measures",
 }
 
 
@@ -37,7 +40,7 @@ def _type_and_allowed(schema: dict[str, Any]) -> tuple[str, str]:
     options = [s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"]
     spec = {**schema, **options[0]}
     if "enum" in spec:
-        return spec["type"], ", ".join(f"`{value}`" for value in spec["enum"])
+        return spec["type"], ", ".join(_shown(value) if value == "" else f"`{value}`" for value in spec["enum"])
     if "pattern" in spec:
         return spec["type"], f"`{spec['pattern']}`"
     bound = spec.get("ge", spec.get("minimum"))
