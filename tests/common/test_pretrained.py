@@ -1,14 +1,13 @@
 """Starting weights (common.pretrained): local files, model directories, and torchvision's ImageNet weights offline.
 
-Nothing is downloaded: every test runs with torch.hub's ``urlopen`` refusing and ``$TORCH_HOME``
-in a fresh folder, so the ImageNet path either finds a file placed there or gives its one line.
+Nothing is downloaded: every test runs offline (``offline_torch_home``: torch.hub's ``urlopen``
+refuses, ``$TORCH_HOME`` is a fresh folder), so the ImageNet path either finds a file placed
+there or gives its one line.
 """
 
 from __future__ import annotations
 
 import builtins
-import urllib.error
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,17 +38,9 @@ class _Trap:
 
 
 @pytest.fixture(autouse=True)
-def checkpoints(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Offline, with an empty ``$TORCH_HOME``: the ``hub/checkpoints`` folder torch.hub reads ImageNet weights from."""
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise urllib.error.URLError("no network in the tests")
-
-    monkeypatch.setattr(torch.hub, "urlopen", refuse)  # torch.hub imported its own reference to urlopen
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    assert torch.hub.get_dir() == str(tmp_path / "torch-home" / "hub")  # $TORCH_HOME is read at each call
-    return tmp_path / "torch-home" / "hub" / "checkpoints"
+def checkpoints(offline_torch_home: Path) -> Path:
+    """Every test here runs offline, with an empty ``$TORCH_HOME``."""
+    return offline_torch_home
 
 
 def _spec(arch: str = "resnet18", classes: tuple[str, ...] = CLASSES, *, dp: bool = False) -> ModelSpec:
