@@ -110,6 +110,26 @@ def test_a_non_empty_out_is_refused_unless_overwrite(pretrained, data_root) -> N
     assert load_model_dir(out)[1].pretrained_on.epochs == 1  # type: ignore[union-attr]
 
 
+def test_group_norm_pretraining_carries_every_tensor_into_a_dp_run(data_root, tmp_path) -> None:
+    out = tmp_path / "group"
+    result = _invoke("--data", str(data_root), "--out", str(out), "--epochs", "1", "--norm-layer", "group", *TINY)
+    assert result.exit_code == 0, result.output
+    trained, spec = load_model_dir(out)
+    assert spec.dp_compatible
+    cfg = parse_run_config({"model": "cnn3", "image-size": 32, "dp-enabled": True, "pretrained-weights": str(out)})
+    start = initial_model(cfg).state_dict()
+    assert start.keys() == trained.state_dict().keys()
+    assert all(np.array_equal(start[k].numpy(), v.numpy()) for k, v in trained.state_dict().items())
+
+
+def test_a_diverged_training_writes_nothing(data_root, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("common.pretrain.task_loss", lambda logits, y: logits.sum() * float("nan"))
+    out = tmp_path / "diverged"
+    line = _one_line_error(_invoke("--data", str(data_root), "--out", str(out), "--epochs", "1", *TINY))
+    assert line == "error: training diverged in epoch 1: loss is nan; expected a smaller --learning-rate"
+    assert not out.exists()
+
+
 def _tree(root: Path, classes: list[str], *, readable: bool = True) -> Path:
     for name in classes:
         (root / "train" / name).mkdir(parents=True)
