@@ -10,7 +10,9 @@ Each run is medsilo's own ServerApp ``main`` and ClientApp, connected in this pr
 ``in_process_grid.InProcessGrid`` (Flower's simulation gives every node the same node config). The
 plaintext strategies run with the guard off (``update-norm-limit = 0``) so that each is measured on
 its own; ``he-fedavg-guard`` is FedAvg under HE (the server cannot look at any update) with the
-guard at its default. Every run has the same seed, data, model and rounds; a ``clean`` run (five
+guard at its default. The learning rate is constant after a one-round warm-up: a cosine rate near
+zero in the last rounds would shrink every update, the hostile one too, and hide its harm. Every
+run has the same seed, data, model and rounds; a ``clean`` run (five
 honest hospitals, FedAvg) is the reference.
 
     python benchmarks/robustness.py            # 11 runs, ResNet-18 at 48 px, 10 rounds
@@ -43,10 +45,12 @@ from provenance import provenance, result_path  # noqa: E402
 
 from client.app import app as client_app  # noqa: E402
 from client.hostile import SCALE, SCALED_FROM_ROUND  # noqa: E402
+from common.config import RunConfig  # noqa: E402
 from common.run_outcome import read_outcome  # noqa: E402
 from server.app import main as server_main  # noqa: E402
 
 HOSPITALS, HOSTILE = 5, 0
+GUARD = RunConfig().update_norm_limit  # the guard's default
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "samples" / "brain-mri"
 BASE: dict[str, Any] = {
     "data-root": str(SAMPLE),
@@ -55,6 +59,7 @@ BASE: dict[str, Any] = {
     "num-server-rounds": 10,
     "local-epochs": 1.0,
     "lr-warmup-rounds": 1,
+    "lr-schedule": "constant",  # a cosine rate near zero in the last rounds would shrink any update, hostile or not
     "partitioner": "iid",
     "min-train-nodes": HOSPITALS,  # Krum's n > 2f + 2 is checked against it
     "fraction-evaluate": 0.0,
@@ -71,7 +76,7 @@ RUNS: dict[str, tuple[str, dict[str, Any]]] = {
         for strategy in ("fedavg", "fedmedian", "fedtrimmedavg", "krum")
     },
     **{
-        f"{attack}/he-fedavg-guard": (attack, {"strategy": "fedavg", "he-enabled": True, "update-norm-limit": 8.0})
+        f"{attack}/he-fedavg-guard": (attack, {"strategy": "fedavg", "he-enabled": True, "update-norm-limit": GUARD})
         for attack in ("scaled", "label-flip")
     },
 }
@@ -97,6 +102,12 @@ def _declines(history: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+def _max_ratio(record: dict[str, Any]) -> float | None:
+    """The largest global-step ratio a hospital's guard saw in this round (None before it judges)."""
+    ratios = [h["step_ratio"] for h in record["hospitals"].values() if h.get("step_ratio") is not None]
+    return round(max(ratios), 2) if ratios else None
+
+
 def run_one(attack: str, keys: dict[str, Any], *, out_dir: Path, name: str) -> dict[str, Any]:
     """One run: central accuracy per round, final and mean of the last 2, the declines and how the run ended."""
     run_config = {**keys, "output-dir": str(out_dir), "run-name": name.replace("/", "-")}
@@ -120,6 +131,7 @@ def run_one(attack: str, keys: dict[str, Any], *, out_dir: Path, name: str) -> d
         "last2_mean": statistics.fmean(curve[-2:]) if curve else None,
         "per_round": [round(a, 4) for a in curve],
         "declined_rounds": _declines(history),
+        "max_step_ratio": [_max_ratio(r) for r in history["rounds"] if r["round"] > 0],
         "seconds": round(seconds, 1),
     }
 

@@ -71,7 +71,8 @@ MEANINGS: dict[str, str] = {
     "num-malicious-nodes": "f, the hostile hospitals Krum, MultiKrum and Bulyan tolerate: Krum and MultiKrum need "
     "min-train-nodes > 2f + 2, Bulyan ≥ 4f + 3; MultiKrum averages the n − f best-scored updates",
     "update-norm-limit": "a hospital declines a global model whose step exceeds this many times the median of its "
-    "last 5 steps; a majority of declines stops the run at its last good checkpoint (0: off)",
+    "last 5 steps; a majority of declines stops the run at its last good checkpoint (0: off). Ordinary runs stay "
+    "below 1.2 with FedAvg and FedAvgM 0.5; server momentum above 0.5 needs ≥ 8",
     "optimizer-state": "`keep`: each hospital keeps its optimizer's state across rounds in its state folder",
     "lr-schedule": "the local learning rate over the whole run, after the warm-up",
     "lr-step-rounds": "`step` schedule: the rounds after which the learning rate is multiplied by `lr-step-factor`",

@@ -61,7 +61,7 @@ DEFAULTS = {
     "proximal-mu": 0.0,
     "trim-fraction": 0.2,
     "num-malicious-nodes": 1,
-    "update-norm-limit": 8.0,
+    "update-norm-limit": 2.5,
     "optimizer-state": "keep",
     "lr-schedule": "cosine",
     "lr-step-rounds": "",
@@ -307,6 +307,14 @@ def test_a_robust_strategy_needs_enough_hospitals(keys, fewest, rule):
     message = _error({**keys, "min-train-nodes": fewest - 1})
     _assert_names(message, "min-train-nodes", fewest - 1, f">= {fewest} for strategy {keys['strategy']!r}", rule)
     assert parse_run_config({**keys, "min-train-nodes": fewest}).min_train_nodes == fewest
+
+
+def test_high_server_momentum_needs_a_looser_guard_or_none():
+    message = _error({"strategy": "fedavgm", "server-momentum": 0.9})
+    _assert_names(message, "update-norm-limit", 2.5, ">= 8 or 0 (off) with server-momentum 0.9")
+    for keys in ({"update-norm-limit": 8.0}, {"update-norm-limit": 0.0}, {"server-momentum": 0.5}):
+        assert parse_run_config({"strategy": "fedavgm", "server-momentum": 0.9, **keys}).server_step == "fedavgm"
+    assert parse_run_config({"strategy": "fedavg", "server-momentum": 0.9}).update_norm_limit == 2.5
 
 
 def test_the_robust_settings_mean_nothing_to_other_strategies():
