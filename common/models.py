@@ -253,6 +253,7 @@ def read_spec(directory: Path) -> ModelSpec:
     raw = json.loads(spec_path.read_text())
     if raw.pop("format_version", None) != FORMAT_VERSION:
         raise ValueError(f"{spec_path}: unsupported format_version; expected {FORMAT_VERSION}")
+    raw.pop("calibration", None)  # the temperature and thresholds: common.calibration reads them
     return ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
 
