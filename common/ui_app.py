@@ -126,9 +126,9 @@ def main() -> None:
     except ValueError as err:
         st.error(str(err))
         st.stop()
-    temperature = ", ".join(f"{t:.3g}" for t in calibration.temperature) or "none fitted"
-    classes = ", ".join(spec.classes)
-    st.caption(f"{spec.architecture} from {model_dir}; classes: {classes}; calibration temperature {temperature}")
+    temperature = ", ".join(f"{t:.3g}" for t in calibration.temperature)
+    scaled = f"; calibration temperature {temperature}" if temperature else ""
+    st.caption(f"{spec.architecture} from {model_dir}; classes: {', '.join(spec.classes)}{scaled}")
     # no type= filter: Streamlit would reject other files with a traceback, explain_upload says why in one line
     upload = st.file_uploader(
         f"Image to classify ({', '.join(upload_types())})", max_upload_size=MAX_UPLOAD_MB, key="upload"
@@ -157,8 +157,10 @@ def main() -> None:
     if decision.operating_point is not None:
         st.markdown(f"**Operating point**: {decision.operating_point}")
     for i, (name, p) in enumerate(zip(spec.classes, probs, strict=True)):
-        cut = f" (threshold {decision.thresholds[i]:.3g}{': flagged' if decision.flagged[i] else ''})"
-        st.progress(min(max(float(p), 0.0), 1.0), text=f"{name}: {p:.3f}{cut if spec.multilabel else ''}")
+        cut = ""
+        if spec.multilabel:  # each label against its own threshold
+            cut = f" (threshold {decision.thresholds[i]:.3g}{': flagged' if decision.flagged[i] else ''})"
+        st.progress(min(max(float(p), 0.0), 1.0), text=f"{name}: {p:.3f}{cut}")
     st.image(heat, caption=f"Grad-CAM for {spec.classes[best]}: red marks the evidence", width="stretch")
 
 

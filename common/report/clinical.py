@@ -27,7 +27,8 @@ _DECISIONS = ("sensitivity", "specificity", "ppv", "npv")
 _DECISION_NAMES = {"sensitivity": "sensitivity", "specificity": "specificity", "ppv": "PPV", "npv": "NPV"}
 
 
-def _valued(key: str, value: float | None) -> Cell:
+def _valued(key: str | None, value: float | int | None) -> Cell:
+    """A number's cell; ``key`` names its ``report.json`` entry (``None`` when the report has none)."""
     return Cell(fmt(value), key=key, value=value)
 
 
@@ -39,36 +40,43 @@ def _diagram_inputs(y: np.ndarray, probs: np.ndarray, *, multilabel: bool) -> tu
 
 
 def calibration_section(report: Mapping[str, Any], predictions: Predictions | None, out: Path) -> Section:
-    """ECE and Brier score before and after temperature scaling, and the reliability diagram."""
+    """ECE and Brier score before and after temperature scaling, and the reliability diagram.
+
+    The figures are recomputed from ``predictions.csv`` and the recorded temperature; where
+    ``report.json`` records them (every run since calibration), the cells name those entries.
+    """
     if predictions is None:
         return Section(CALIBRATION_TITLE, (Note("Left out: this directory has no predictions.csv."),))
     multilabel = is_multilabel(report)
     classes = report["classes"]
-    recorded = report.get("calibration") or {}
-    temperature = tuple(float(t) for t in recorded.get("temperature", []))
-    fitted = bool(recorded.get("fitted"))
-    calibration = Calibration(temperature=temperature if fitted else (), source=str(recorded.get("source", "")))
+    recorded = report.get("calibration")
+    keyed = (lambda key: f"calibration.{key}") if recorded else (lambda key: None)
+    entry = recorded or {"fitted": False, "source": "this run predates calibration"}
+    temperature = tuple(float(t) for t in entry.get("temperature", [])) if entry["fitted"] else ()
+    calibration = Calibration(temperature=temperature, source=str(entry["source"]))
     y, after = predictions.y_true, predictions.probabilities
     summary = calibration_summary(y, after, classes, calibration, multilabel=multilabel)
-    how = (
-        f"Temperature scaling: the logits are divided by T = {', '.join(f'{t:.3f}' for t in temperature)} "
-        f"({calibration.source})."
-        if fitted
-        else f"No temperature was fitted ({recorded.get('source', 'this run predates calibration')}): "
-        "before and after are the same."
-    )
+    if temperature:
+        values: list[str | Cell] = []
+        for i, t in enumerate(summary["temperature"]):
+            values += [", " if i else "", _valued(keyed(f"temperature.{i}"), t)]
+        how: tuple[str | Cell, ...] = ("Temperature scaling: the logits are divided by T = ", *values,
+                                       f" ({calibration.source}). ")  # fmt: skip
+    else:
+        how = (f"No temperature was fitted ({calibration.source}): before and after are the same. ",)
+    bins = ("ECE over ", _valued(keyed("bins"), summary["bins"]), " equal confidence bins.")
     rows = tuple(
-        (Cell(f"{when} scaling"), *(_valued(f"calibration.{when}.{m}", summary[when][m]) for m in ("ece", "brier")))
+        (Cell(f"{when} scaling"), *(_valued(keyed(f"{when}.{m}"), summary[when][m]) for m in ("ece", "brier")))
         for when in ("before", "after")
     )
-    blocks: list[Block] = [Paragraph((how,)), Table(("", f"ECE ({ECE_BINS} bins)", "Brier score"), rows)]
+    blocks: list[Block] = [Paragraph((*how, *bins)), Table(("", "ECE", "Brier score"), rows)]
     if multilabel:
         label_rows = tuple(
             (
                 Cell(name),
                 Cell(fmt(summary["temperature"][i])),
                 *(
-                    Cell(fmt(summary[when]["per_label"][name][m]))
+                    _valued(keyed(f"{when}.per_label.{name}.{m}"), summary[when]["per_label"][name][m])
                     for m in ("ece", "brier")
                     for when in ("before", "after")
                 ),
@@ -90,8 +98,7 @@ def calibration_section(report: Mapping[str, Any], predictions: Predictions | No
     blocks.append(figures.reliability_diagram(curves, out / "reliability.png", what=what, bins=ECE_BINS))
     blocks.append(
         Note(
-            f"ECE: {ECE_BINS} equal confidence bins; each bin's share of images times the gap between its accuracy "
-            "and its mean confidence"
+            "ECE: each bin's share of images times the gap between its accuracy and its mean confidence"
             + (", per label against how often the label is present, averaged over labels" if multilabel else "")
             + ". Brier score: mean squared distance between the probabilities and the truth"
             + (", per label, averaged." if multilabel else " (for two classes, that of the positive class).")
@@ -101,9 +108,8 @@ def calibration_section(report: Mapping[str, Any], predictions: Predictions | No
 
 
 def _interval(key: str, entry: Mapping[str, Any]) -> tuple[Cell, ...]:
-    low, high = entry["low"], entry["high"]
-    span = f"{fmt(low)}–{fmt(high)}" if low is not None else "n/a"
-    return (_valued(key, entry["value"]), Cell(span), Cell(f"{entry['count']}/{entry['total']}"))
+    """Value, the Wilson interval's ends and the count over the total, each naming its ``report.json`` entry."""
+    return tuple(_valued(f"{key}.{part}", entry[part]) for part in ("value", "low", "high", "count", "total"))
 
 
 def _against_target(point: Mapping[str, Any]) -> str:
@@ -129,28 +135,34 @@ def _against_target(point: Mapping[str, Any]) -> str:
 def operating_point_section(report: Mapping[str, Any]) -> Section:
     """Sensitivity, specificity, PPV and NPV at the threshold(s) picked on the hospitals' validation data."""
     point = report["operating_point"]
-    picked = (
-        f"for a pooled validation sensitivity of at least {point['target_sensitivity']:g}"
-        if point["target_sensitivity"] is not None
-        else "for the best F1 on the pooled validation images"
+    target = point["target_sensitivity"]
+    picked: tuple[str | Cell, ...] = (
+        ("for a pooled validation sensitivity of at least ", _valued("operating_point.target_sensitivity", target))
+        if target is not None
+        else ("for the best F1 on the pooled validation images",)
     )
-    header = ("", "value", "95% CI (Wilson)", "count")
     if not is_multilabel(report):
         positive = " or ".join(point["positive"])
         text = (
-            f"An image is positive when p({positive}) is at or above {point['threshold']:.4g}, the threshold picked "
-            f"on the hospitals' validation splits (never on test/) {picked}." + _against_target(point)
+            f"An image is positive when p({positive}) is at or above ",
+            _valued("operating_point.threshold", point["threshold"]),
+            ", the threshold picked on the hospitals' validation splits (never on test/) ",
+            *picked,
+            ".",
+            _against_target(point),
         )
-        rows = tuple((Cell(_DECISION_NAMES[m]), *_interval(f"operating_point.{m}.value", point[m])) for m in _DECISIONS)
-        return Section(OPERATING_POINT_TITLE, (Paragraph((text,)), Table(header, rows)))
-    text = f"Each label is flagged at or above its own threshold, picked on the hospitals' validation splits {picked}."
+        header = ("", "value", "95% CI low (Wilson)", "95% CI high", "count", "total")
+        rows = tuple((Cell(_DECISION_NAMES[m]), *_interval(f"operating_point.{m}", point[m])) for m in _DECISIONS)
+        return Section(OPERATING_POINT_TITLE, (Paragraph(text), Table(header, rows)))
+    text = ("Each label is flagged at or above its own threshold, picked on the hospitals' validation splits ",
+            *picked, ". Each figure is given with its Wilson 95% interval.")  # fmt: skip
     rows = tuple(
         (
             Cell(name),
-            Cell(f"{entry['threshold']:.4g}"),
+            _valued(f"operating_point.per_label.{name}.threshold", entry["threshold"]),
             *(Cell(f"{fmt(entry[m]['value'])} ({fmt(entry[m]['low'])}–{fmt(entry[m]['high'])})") for m in _DECISIONS),
         )
         for name, entry in point["per_label"].items()
     )
-    label_header = ("label", "threshold", *(f"{_DECISION_NAMES[m]} (95% CI)" for m in _DECISIONS))
-    return Section(OPERATING_POINT_TITLE, (Paragraph((text,)), Table(label_header, rows)))
+    label_header = ("label", "threshold", *(_DECISION_NAMES[m] for m in _DECISIONS))
+    return Section(OPERATING_POINT_TITLE, (Paragraph(text), Table(label_header, rows)))
