@@ -193,14 +193,14 @@ class FederatedCalibration:
         cfg = self.cfg
         record: dict[str, Any] = {"encrypted": self.public is not None}
         temperature: tuple[float, ...] = ()
+        threshold: tuple[float, ...] = ()
         images = 0.0
-        if cfg.calibrate:
+        if cfg.local_val_fraction > 0 and cfg.calibrate:
             read = self._stage(NLL, arrays, record)
             images = read["images"][0] if read else 0.0
             if read and images > 0:
                 temperature = tuple(read["temperature"])
-        threshold: tuple[float, ...] = ()
-        if cfg.multilabel or cfg.target_sensitivity:
+        if cfg.local_val_fraction > 0 and (cfg.multilabel or cfg.target_sensitivity):
             read = self._stage(HISTOGRAMS, arrays, record, **{rk.TEMPERATURE: list(temperature or [1.0])})
             if read is not None:
                 threshold = self._thresholds(read, record)

@@ -177,3 +177,25 @@ def test_a_hospital_that_fails_is_left_out_and_a_malformed_sum_is_refused(settin
     assert "expected float64 (161,)" in str(summed.problem(ArrayRecord({k: Array(v) for k, v in per_image.items()})))
     negative = {**good, "count": np.array([-1.0])}
     assert "negative" in str(summed.problem(ArrayRecord({k: Array(v) for k, v in negative.items()})))
+
+
+class _Unreachable:
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        raise AssertionError("no hospital is asked when there is nothing to fit")
+
+
+@pytest.mark.parametrize(
+    ("keys", "why"),
+    [
+        ({"local-val-fraction": 0.0}, "not fitted: the hospitals hold no validation images (local-val-fraction = 0)"),
+        ({"calibrate": False}, "not fitted: calibrate = false"),
+    ],
+)
+def test_nothing_to_fit_asks_no_hospital_and_says_why(keys: dict[str, object], why: str) -> None:
+    cfg = parse_run_config(keys)
+    roster = NodeRoster({1: 10}, {}, None)
+    grid: Any = _Unreachable()
+    calibration = FederatedCalibration(cfg, grid, roster=roster, base_config=ConfigRecord(), public=None)
+    fitted, record = calibration.fit(ArrayRecord())
+    assert fitted.temperature == () and fitted.threshold == () and fitted.source == why
+    assert record["source"] == why and record["validation_images"] == 0 and "nll" not in record
