@@ -3,10 +3,11 @@
 Everything here is a function of ``predictions.csv`` (the calibrated probabilities) and the
 model's stored calibration, so a report is rebuilt from the run directory alone.
 
-- ECE: 15 equal bins of confidence on [0, 1], a bin holding the confidences in (lower, upper];
-  the sum over bins of the bin's share of images times |accuracy - mean confidence|. One class per
-  image: the confidence is the largest probability, the accuracy that of the argmax (Guo et al.
-  2017). Multi-label: per label, the label's probability against how often it is present.
+- ECE: 15 equal bins of confidence on [0, 1], a bin holding the confidences in (lower, upper]
+  (the first one 0 too); the sum over bins of the bin's share of images times |accuracy - mean
+  confidence|. One class per image: the confidence is the largest probability, the accuracy that
+  of the argmax (Guo et al. 2017). Multi-label: per label, the label's probability against how
+  often it is present.
 - Brier: the mean over images of the squared distance between the probabilities and the one-hot
   truth, halved for two classes (the binary Brier score of the positive class, as scikit-learn's
   ``brier_score_loss``); multi-label: per label. Multi-label summaries are macro means over labels.

@@ -32,6 +32,7 @@ from common.he.payload import EncryptedPayload, is_encrypted
 from common.inference import predict_logits
 from common.models import state_dict_to_cpu
 from common.precision import resolve_precision
+from server.app import _headline
 from server.calibration import FederatedCalibration, _Summed
 from server.roster import NodeRoster
 
@@ -199,3 +200,11 @@ def test_nothing_to_fit_asks_no_hospital_and_says_why(keys: dict[str, object], w
     fitted, record = calibration.fit(ArrayRecord())
     assert fitted.temperature == () and fitted.threshold == () and fitted.source == why
     assert record["source"] == why and record["validation_images"] == 0 and "nll" not in record
+
+
+def test_the_runs_last_line_leads_with_macro_auroc_and_f1_in_multilabel_runs() -> None:
+    labels = {"task": "multilabel", "accuracy": 0.92, "macro": {"auroc": 0.71, "f1": 0.33}}
+    assert _headline(labels) == "central macro AUROC 0.7100, macro F1 0.3300 at the labels' thresholds"
+    found = {"value": 0.96, "low": 0.91, "high": 0.98}
+    classes = {"accuracy": 0.9, "macro": {}, "operating_point": {"threshold": 0.31, "sensitivity": found}}
+    assert _headline(classes) == "central accuracy 0.9000, sensitivity 0.960 (95% CI 0.910-0.980) at threshold 0.31"
