@@ -14,16 +14,15 @@ from torch import nn
 from common.config import RunConfig
 from common.data import ImageSet, build_transform
 from common.inference import loader
-from common.optimizers import build_optimizer
+from common.optimizers import build_optimizer, lr_factor
 from common.precision import Precision, channels_last, resolve_precision
 from common.presets import DatasetPreset
-from common.tasks import hits, task_loss
+from common.tasks import AUX_LOSS_WEIGHT, hits, split_outputs, task_loss
 
 __all__ = [
     "TrainResult",
     "balanced_class_weights",
     "class_log_prior",
-    "lr_factor",
     "make_optimizer",
     "non_finite_reason",
     "non_finite_weights",
@@ -31,9 +30,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-AUX_LOSS_WEIGHT = 0.4
-"""Weight of an auxiliary classifier's loss (InceptionV3)."""
 
 
 @dataclass(frozen=True)
@@ -53,27 +49,6 @@ def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     return build_optimizer(
         model.parameters(), cfg.optimizer, lr=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-
-
-def lr_factor(cfg: RunConfig, *, step: int, steps_per_round: int) -> float:
-    """The learning-rate multiplier at global local step ``step`` (0-based, counted over all rounds).
-
-    Linear warm-up over ``lr-warmup-rounds``, then constant, cosine decay to 0 at the end of
-    ``num-server-rounds``, or ``step``: times ``lr-step-factor`` after each round listed in
-    ``lr-step-rounds`` (round 81 trains at 0.1x after '80'). Every hospital derives it from
-    the round number alone.
-    """
-    warmup = cfg.lr_warmup_rounds * steps_per_round
-    if step < warmup:
-        return (step + 1) / warmup
-    if cfg.lr_schedule == "constant":
-        return 1.0
-    if cfg.lr_schedule == "step":
-        server_round = step // steps_per_round + 1
-        passed = sum(server_round > int(r) for r in cfg.lr_step_rounds.split(","))
-        return cfg.lr_step_factor**passed
-    total = max(cfg.num_server_rounds * steps_per_round - warmup, 1)
-    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total) / total))
 
 
 def non_finite_weights(model: nn.Module) -> str | None:
@@ -105,13 +80,6 @@ def balanced_class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tens
     weights = torch.ones(num_classes)
     weights[present] = counts.sum() / (int(present.sum()) * counts[present])
     return weights
-
-
-def _outputs(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The main logits and, for InceptionV3 in training, its auxiliary logits."""
-    if isinstance(output, torch.Tensor):
-        return output, None
-    return output.logits, output.aux_logits
 
 
 def _proximal_term(model: nn.Module, anchor: list[torch.Tensor]) -> torch.Tensor:
@@ -183,7 +151,7 @@ def train_local(
                 optimizer.zero_grad(set_to_none=True)
                 with precision.autocast():
                     output = model(x)
-                logits, aux = _outputs(output)
+                logits, aux = split_outputs(output)
                 loss = task_loss(logits.float() + prior, y, weight=weight)
                 if aux is not None:  # InceptionV3's auxiliary classifier, weighted 0.4 as in Szegedy et al. (2016)
                     loss = loss + AUX_LOSS_WEIGHT * task_loss(aux.float() + prior, y, weight=weight)

@@ -6,11 +6,10 @@ Each command imports what it needs when it runs (torch, TenSEAL, the report), so
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +18,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from common.cli_errors import one_line_errors
 from common.cli_outcome import outcome
+from common.cli_pretrain import pretrain
 from common.presets import PRESETS
 from common.run_files import write_json, write_predictions_csv
 
@@ -35,17 +36,8 @@ app.add_typer(model_app, name="model")
 node_app = typer.Typer(help="A deployed SuperNode's node config.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
 app.command("outcome")(outcome)
+app.command("pretrain")(pretrain)
 console = Console(soft_wrap=True)
-
-
-@contextlib.contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """Turn a ``ValueError`` into one red line and exit code 2, without a traceback."""
-    try:
-        yield
-    except ValueError as err:
-        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {err}", highlight=False)
-        raise typer.Exit(code=2) from None
 
 
 @data_app.command("synth")
@@ -60,7 +52,7 @@ def data_synth(
     """Write a synthetic ImageFolder tree whose classes a CNN can learn."""
     from common.data.synth import write_synthetic_tree
 
-    with _one_line_errors():
+    with one_line_errors():
         root = write_synthetic_tree(
             out, modality=modality, train_per_class=train_per_class, test_per_class=test_per_class, size=size, seed=seed
         )
@@ -81,7 +73,7 @@ def data_check(
     from common.data.check import check_data_root
     from common.data.near_duplicates import write_clean_split as write_split
 
-    with _one_line_errors():
+    with one_line_errors():
         if write_clean_split is not None and not near:
             raise ValueError("--write-clean-split needs the near-twin audit; drop --no-near")
         result = check_data_root(root, near=near, tolerance=near_tolerance)
@@ -113,7 +105,7 @@ def data_check(
         for group in twins["across"][:10]:
             console.print("  " + " ~ ".join(group), highlight=False)
     if write_clean_split is not None:
-        with _one_line_errors():
+        with one_line_errors():
             write_split(Path(root), twins["images"], twins["clean_split_moves"], write_clean_split)
         moved = len(twins["clean_split_moves"])
         console.print(f"wrote a split with no near-twin group across splits to {write_clean_split} ({moved} moved)")
@@ -132,7 +124,7 @@ def data_patches(
     """Cut large histology images into tissue patches with a sliding window (an ImageFolder tree)."""
     from common.data.patches import cut_patches
 
-    with _one_line_errors():
+    with one_line_errors():
         summary = cut_patches(src, out, size=size, iou=iou, min_tissue=min_tissue)
     console.print(
         f"{summary.patches} patch(es) of {summary.windows} window(s) from {summary.images} image(s) "
@@ -157,7 +149,7 @@ def node_check(
     from common.node_check import check_node, parse_node_config_string
     from common.presets import get_preset  # not common.experiment: that imports the models (torchvision)
 
-    with _one_line_errors():
+    with one_line_errors():
         cfg = parse_run_config({"dataset": dataset, "classes": classes})
         report = check_node(
             parse_node_config_string(node_config), classes=cfg.class_names, channels=get_preset(cfg.dataset).channels
@@ -183,7 +175,7 @@ def keys_init(
     """Generate a CKKS key pair: secret.ctx for hospitals and the evaluator, public.ctx for the server."""
     from common.he.keys import HEParams, create_key_pair
 
-    with _one_line_errors():
+    with one_line_errors():
         try:
             sizes = tuple(int(b) for b in coeff_mod_bit_sizes.split(","))
         except ValueError:
@@ -204,7 +196,7 @@ def model_decrypt(
     from common.he.keys import load_secret_context
     from common.he.model_dir import decrypt_model_dir
 
-    with _one_line_errors():
+    with one_line_errors():
         decrypt_model_dir(model, load_secret_context(keys), out, workers=workers)
     console.print(f"wrote the plaintext model to {out}")
 
@@ -228,8 +220,9 @@ def evaluate(
     from common.inference import predict, resolve_device
     from common.models import load_model_dir
     from common.report import build_report
+    from common.report.summary import pretraining_text
 
-    with _one_line_errors():
+    with one_line_errors():
         net, spec = load_model_dir(model)
         calibration = read_calibration(model)
         kwargs = {"channels": spec.channels, "size": spec.image_size}
@@ -267,7 +260,9 @@ def evaluate(
         "test data": str(folder),
         "skipped files": str(len(images.skipped)),
     }
-    with _one_line_errors():
+    if spec.pretrained_on is not None:
+        summary["pretrained on"] = pretraining_text(asdict(spec.pretrained_on))
+    with one_line_errors():
         html = build_report(
             out,
             title="medsilo evaluation",
@@ -297,7 +292,7 @@ def rebuild_report(
     """Rebuild report.md, report.html and figures/ from history.json, predictions.csv and the model."""
     from common.report import build_report
 
-    with _one_line_errors():
+    with one_line_errors():
         html = build_report(
             run_dir,
             title="medsilo central evaluation",
@@ -325,7 +320,7 @@ def predict_images(
     from common.inference import resolve_device
     from common.models import load_model_dir
 
-    with _one_line_errors():
+    with one_line_errors():
         net, spec = load_model_dir(model)
         calibration = read_calibration(model)
         net.to(resolve_device(device))
@@ -367,7 +362,7 @@ def ui(
     """Serve a local web page: upload an image, see its prediction and Grad-CAM (Streamlit)."""
     from common.models import load_model_dir
 
-    with _one_line_errors():
+    with one_line_errors():
         load_model_dir(model)  # a bad directory fails here in one line, not later in the browser
         if example is not None and not example.is_file():
             raise ValueError(f"example image {example} is not a file; expected an image file")

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from common.architectures import ARCHITECTURES, MIN_IMAGE_SIZE
+from common.architectures import ARCHITECTURES, IMAGENET_ARCHITECTURES, MIN_IMAGE_SIZE
 from common.presets import PRESETS, positive_classes
 from common.robust import ROBUST_STRATEGIES, updates_needed
 
@@ -165,6 +165,16 @@ class RunConfig(BaseModel):
         minimum = MIN_IMAGE_SIZE.get(self.model, 32)
         if self.image_size < minimum:
             raise _KeyConflict("image-size", f"image-size >= {minimum} for model {self.model!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _imagenet_weights_exist(self) -> RunConfig:
+        if self.pretrained_weights == "imagenet" and self.model not in IMAGENET_ARCHITECTURES:
+            raise _KeyConflict(
+                "pretrained-weights",
+                f"a model directory or a local weights file for model {self.model!r} (torchvision has no ImageNet "
+                f"weights for it)",
+            )
         return self
 
     @model_validator(mode="after")

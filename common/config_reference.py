@@ -39,7 +39,9 @@ MEANINGS: dict[str, str] = {
     "dirichlet-alpha": "label skew of the `dirichlet` partitioner (smaller: more skewed)",
     "local-val-fraction": "share of each hospital's shard held out for its local evaluation",
     "model": "the architecture (torchvision's where it has one)",
-    "pretrained-weights": "local `.safetensors`/`.pt` starting weights; nothing is downloaded",
+    "pretrained-weights": "starting weights: a `medsilo pretrain` model directory, a local `.safetensors`/`.pt` "
+    "file, or `imagenet` (torchvision's, downloaded into `$TORCH_HOME/hub/checkpoints/`: the only download); "
+    "'': fresh",
     "device": "`auto`: CUDA when present",
     "precision": "`auto`: bf16 autocast where the hardware has native bf16, fp16 with a scaler on older GPUs, "
     "else float32 (fp16 is refused on a CPU; DP-SGD always trains in float32)",

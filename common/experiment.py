@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from torch import nn
@@ -9,10 +10,11 @@ from torch import nn
 from common.config import RunConfig
 from common.data.images import ImageSet, load_split
 from common.data.labels_csv import load_labels_csv
-from common.models import ModelSpec, build_from_spec, load_pretrained
+from common.models import ModelSpec, build_from_spec
 from common.presets import DatasetPreset, get_preset
+from common.pretrained import IMAGENET, load_pretrained, pretrained_on
 
-__all__ = ["initial_model", "load_run_split", "model_spec", "preset_for", "resolve_path"]
+__all__ = ["initial_model", "load_run_split", "model_spec", "preset_for", "resolve_path", "saved_spec"]
 
 
 def preset_for(cfg: RunConfig) -> DatasetPreset:
@@ -50,10 +52,25 @@ def resolve_path(value: str) -> Path:
     return path if path.is_absolute() else (Path.cwd() / path)
 
 
+def _starting_weights(cfg: RunConfig) -> str | Path:
+    """``pretrained-weights``: ``"imagenet"`` as it is, a path resolved against the working directory."""
+    return cfg.pretrained_weights if cfg.pretrained_weights == IMAGENET else resolve_path(cfg.pretrained_weights)
+
+
 def initial_model(cfg: RunConfig) -> nn.Module:
-    """The run's starting model: seeded fresh weights, or the local pretrained file."""
+    """The run's starting model: seeded fresh weights, then ``pretrained-weights`` where it names some."""
     spec = model_spec(cfg)
     model = build_from_spec(spec, seed=cfg.seed)
     if cfg.pretrained_weights:
-        load_pretrained(model, resolve_path(cfg.pretrained_weights))
+        load_pretrained(model, _starting_weights(cfg), spec=spec)
     return model
+
+
+def saved_spec(cfg: RunConfig) -> ModelSpec:
+    """The ``model.json`` of the models a run saves: :func:`model_spec` and what its starting weights were trained on.
+
+    Only the party that loads the starting weights (the server) calls it.
+    """
+    if not cfg.pretrained_weights:
+        return model_spec(cfg)
+    return replace(model_spec(cfg), pretrained_on=pretrained_on(_starting_weights(cfg), architecture=cfg.model))

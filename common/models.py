@@ -1,17 +1,16 @@
 """Model registry and the model directory format (``model.safetensors`` + ``model.json``).
 
-All architectures but ``cnn3`` come from torchvision. Loading a model never unpickles:
-weights are read with safetensors, or with ``torch.load(weights_only=True)`` for a
-user's pretrained ``.pt``/``.pth`` file.
+All architectures but ``cnn3`` come from torchvision. Loading a model directory never
+unpickles: its weights are read with safetensors (starting weights: :mod:`common.pretrained`).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -20,19 +19,18 @@ from torch.nn import functional as F
 from torchvision import models as tvm
 
 __all__ = [
+    "CLASSIFIER_HEADS",
     "MODELS",
     "ModelSpec",
+    "Pretraining",
     "build_from_spec",
     "build_model",
-    "load_pretrained",
     "save_model_dir",
     "load_model_dir",
     "state_dict_to_cpu",
     "write_spec",
     "read_spec",
 ]
-
-log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 SPEC_FILE = "model.json"
@@ -136,6 +134,45 @@ MODELS: dict[str, Callable[[int, int], nn.Module]] = {
 }
 
 
+CLASSIFIER_HEADS: dict[str, tuple[str, ...]] = {
+    "cnn3": ("classifier.",),
+    "resnet18": ("fc.",),
+    "resnet34": ("fc.",),
+    "resnet50": ("fc.",),
+    "densenet121": ("classifier.",),
+    "alexnet": ("classifier.6.",),
+    "vgg11": ("classifier.6.",),
+    "inception_v3": ("fc.", "AuxLogits.fc."),
+}
+"""The state-dict prefixes of each architecture's class outputs: starting weights of other classes leave them fresh."""
+
+
+@dataclass(frozen=True)
+class Pretraining:
+    """What a starting model was trained on (``model.json``'s ``pretrained_on``).
+
+    Attributes:
+        data: the data's name: the data root's folder (``medsilo pretrain``), or torchvision's ImageNet weights.
+        classes: the classes it was trained to tell apart (empty for ImageNet's 1000).
+        images: training images (0: not recorded).
+        epochs: training epochs (0: not recorded).
+        image_size: training size in pixels (0: not recorded).
+        date: the day training ended, ISO 8601 (UTC; empty: not recorded).
+    """
+
+    data: str
+    classes: tuple[str, ...] = ()
+    images: int = 0
+    epochs: int = 0
+    image_size: int = 0
+    date: str = ""
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Pretraining:
+        """The record from its JSON form."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything needed to rebuild a model and feed it images (``model.json``)."""
@@ -148,6 +185,7 @@ class ModelSpec:
     std: tuple[float, ...]
     dp_compatible: bool = False
     multilabel: bool = False
+    pretrained_on: Pretraining | None = None
 
     def to_json(self) -> dict[str, object]:
         """The JSON form, with the file format version."""
@@ -179,52 +217,6 @@ def build_from_spec(spec: ModelSpec, *, seed: int | None = None) -> nn.Module:
     return model
 
 
-def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
-    """Load local pretrained weights into ``model``, adapting what can be adapted.
-
-    A 3-channel first convolution is averaged into a 1-channel one; tensors whose shape
-    still differs (typically the classifier) keep their fresh initialisation.
-
-    Returns:
-        The names of the parameters left at their fresh initialisation.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(
-            f"pretrained-weights = {str(path)!r} is not a file; expected a local .safetensors, .pt or .pth file"
-        )
-    try:
-        source = (
-            load_file(path)
-            if path.suffix == ".safetensors"
-            else torch.load(path, map_location="cpu", weights_only=True)
-        )
-    except Exception as err:  # safetensors, pickle and zip errors have no common base class
-        raise ValueError(f"pretrained-weights = {str(path)!r} is unreadable: {err}") from None
-    if isinstance(source, dict) and isinstance(source.get("state_dict"), dict):
-        source = source["state_dict"]
-    if not isinstance(source, dict):
-        raise ValueError(f"pretrained-weights = {str(path)!r} holds no state dict")
-    source = {k.removeprefix("module."): v for k, v in source.items() if isinstance(v, torch.Tensor)}
-    target = model.state_dict()
-    loaded, skipped = {}, []
-    for name, tensor in target.items():
-        weight = source.get(name)
-        if weight is not None and weight.ndim == 4 and weight.shape[1] == 3 and tensor.shape[1] == 1:
-            weight = weight.mean(dim=1, keepdim=True)
-        if weight is None or weight.shape != tensor.shape:
-            skipped.append(name)
-        else:
-            loaded[name] = weight.to(tensor.dtype)
-    if not loaded:
-        raise ValueError(
-            f"pretrained-weights = {str(path)!r}: no tensor matches the {type(model).__name__} architecture"
-        )
-    model.load_state_dict(loaded, strict=False)
-    log.info("pretrained weights: %d tensors loaded from %s, %d left fresh", len(loaded), path.name, len(skipped))
-    return skipped
-
-
 def state_dict_to_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
     """A detached, contiguous CPU copy of the model's state dict."""
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
@@ -254,7 +246,11 @@ def read_spec(directory: Path) -> ModelSpec:
     if raw.pop("format_version", None) != FORMAT_VERSION:
         raise ValueError(f"{spec_path}: unsupported format_version; expected {FORMAT_VERSION}")
     raw.pop("calibration", None)  # the temperature and thresholds: common.calibration reads them
-    return ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    pretrained_on = raw.pop("pretrained_on", None)  # absent from model directories written before it
+    spec = ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    if pretrained_on is None:
+        return spec
+    return replace(spec, pretrained_on=Pretraining.from_json(pretrained_on))
 
 
 def load_model_dir(directory: str | Path) -> tuple[nn.Module, ModelSpec]:

@@ -1,12 +1,15 @@
-"""The local optimizers (SGD, Adam, AdamW), shared by plain and DP-SGD training."""
+"""The local optimizers (SGD, Adam, AdamW) and the learning-rate schedule, shared by all training."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
 
-__all__ = ["OPTIMIZERS", "build_optimizer"]
+from common.config import RunConfig
+
+__all__ = ["OPTIMIZERS", "build_optimizer", "lr_factor"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -37,3 +40,24 @@ def build_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
     raise ValueError(f"optimizer = {name!r} is invalid; expected one of: {', '.join(OPTIMIZERS)}")
+
+
+def lr_factor(cfg: RunConfig, *, step: int, steps_per_round: int) -> float:
+    """The learning-rate multiplier at global local step ``step`` (0-based, counted over all rounds).
+
+    Linear warm-up over ``lr-warmup-rounds``, then constant, cosine decay to 0 at the end of
+    ``num-server-rounds``, or ``step``: times ``lr-step-factor`` after each round listed in
+    ``lr-step-rounds`` (round 81 trains at 0.1x after '80'). Every hospital derives it from
+    the round number alone.
+    """
+    warmup = cfg.lr_warmup_rounds * steps_per_round
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    if cfg.lr_schedule == "step":
+        server_round = step // steps_per_round + 1
+        passed = sum(server_round > int(r) for r in cfg.lr_step_rounds.split(","))
+        return cfg.lr_step_factor**passed
+    total = max(cfg.num_server_rounds * steps_per_round - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total) / total))

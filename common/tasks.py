@@ -15,7 +15,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["TaskLoss", "evaluation_report", "hits", "label_accuracy", "probabilities", "task_loss"]
+__all__ = [
+    "AUX_LOSS_WEIGHT",
+    "TaskLoss",
+    "evaluation_report",
+    "hits",
+    "label_accuracy",
+    "probabilities",
+    "split_outputs",
+    "task_loss",
+]
+
+AUX_LOSS_WEIGHT = 0.4
+"""Weight of an auxiliary classifier's loss (InceptionV3, as in Szegedy et al. 2016)."""
 
 
 def task_loss(
@@ -26,6 +38,13 @@ def task_loss(
         per_image = F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none").mean(dim=1)
         return {"none": per_image, "sum": per_image.sum(), "mean": per_image.mean()}[reduction]
     return F.cross_entropy(logits, target, weight=weight, reduction=reduction)
+
+
+def split_outputs(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The main logits and, for InceptionV3 in training, its auxiliary logits."""
+    if isinstance(output, torch.Tensor):
+        return output, None
+    return output.logits, output.aux_logits
 
 
 class TaskLoss(nn.Module):

@@ -11,8 +11,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from common import records as rk
 from common.calibration_metrics import calibrated_report
-from common.config import ConfigError, RunConfig, parse_run_config
-from common.experiment import initial_model, model_spec, resolve_path
+from common.config import RunConfig, parse_run_config
+from common.experiment import initial_model, model_spec, resolve_path, saved_spec
 from common.he.codec import ParamLayout
 from common.logs import use_flower_logging
 from common.models import state_dict_to_cpu
@@ -156,11 +156,11 @@ def _run(grid: Grid, context: Context) -> tuple[Outcome, str, Path | None]:
         cfg = parse_run_config(context.run_config)
         refuse_secret_keys(cfg)
         check_public_key(cfg)
+        state = state_dict_to_cpu(initial_model(cfg))  # starting weights that cannot be read stop it here
         run_dir, history, point = _start(cfg, context.run_id)
-    except ConfigError as err:
+    except ValueError as err:  # a ConfigError, or pretrained-weights unreadable or (imagenet, offline) not downloadable
         log.error("%s", err)  # returning (not exiting) lets Flower ship this line to `flwr run` and `flwr log`
         return "failed", str(err), None
-    state = state_dict_to_cpu(initial_model(cfg))
     first_round = point.last_round + 1 if point is not None else 1
     log.info(
         "run %s: %s on %s, rounds %d-%d -> %s",
@@ -204,7 +204,7 @@ def _run(grid: Grid, context: Context) -> tuple[Outcome, str, Path | None]:
     calibration, history.calibration = calibrator.fit(arrays)
     history.finish()
     history.flush()
-    spec = model_spec(cfg)
+    spec = saved_spec(cfg)
     scored = final.scored
     report, probabilities = calibrated_report(
         scored.y_true,

@@ -21,7 +21,7 @@ from flwr.serverapp import Grid
 from common import records as rk
 from common.config import RunConfig
 from common.data import ImageSet, build_transform
-from common.experiment import load_run_split, model_spec, preset_for, resolve_path
+from common.experiment import load_run_split, preset_for, resolve_path, saved_spec
 from common.inference import predict, resolve_device
 from common.models import ModelSpec, build_from_spec
 from common.precision import resolve_precision
@@ -149,7 +149,7 @@ class CentralEvaluator:
         run_dir: RunDirectory,
         server_state: Callable[[], dict[str, np.ndarray]] = dict,
     ) -> None:
-        self.spec = model_spec(cfg)
+        self.spec = saved_spec(cfg)  # checkpoints record what the starting weights were trained on
         self.thresholds = cfg.thresholds if cfg.multilabel else None
         self.server_state = server_state
         self.scorer = scorer

@@ -23,3 +23,25 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
+
+
+@pytest.fixture()
+def offline_torch_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No download, and an empty ``$TORCH_HOME``: the ``hub/checkpoints`` folder torch.hub reads ImageNet weights from.
+
+    torch.hub's ``urlopen`` (its own reference) and urllib's refuse, so a test that reaches for
+    the network gets the offline error instead.
+    """
+    import urllib.error
+    import urllib.request
+
+    import torch.hub
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network in the tests")
+
+    monkeypatch.setattr(torch.hub, "urlopen", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    assert torch.hub.get_dir() == str(tmp_path / "torch-home" / "hub")  # read from $TORCH_HOME at each call
+    return tmp_path / "torch-home" / "hub" / "checkpoints"

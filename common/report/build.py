@@ -148,7 +148,11 @@ def build_report(
     for stale in out.glob("*.png"):
         stale.unlink()
     steps = _steps(inputs, model, images_root, comparison, out)
-    facts = dict(summary) if summary is not None else run_summary(inputs.config, inputs.history, inputs.report)
+    facts = (
+        dict(summary)
+        if summary is not None
+        else run_summary(inputs.config, inputs.history, inputs.report, pretrained_on=inputs.pretrained_on)
+    )
     built: list[Section] = []
     columns = (
         SpinnerColumn(),

@@ -34,13 +34,17 @@ class Predictions:
 
 @dataclass(frozen=True)
 class ReportInputs:
-    """The files a report is built from; all but ``report.json`` are optional."""
+    """The files a report is built from; all but ``report.json`` are optional.
+
+    ``pretrained_on`` is the run's ``model/model.json`` record of what its starting weights were trained on.
+    """
 
     directory: Path
     report: dict[str, Any]
     config: dict[str, Any] | None
     history: dict[str, Any] | None
     predictions: Predictions | None
+    pretrained_on: dict[str, Any] | None = None
 
 
 def _json(path: Path) -> Any:
@@ -71,8 +75,15 @@ def _predictions(path: Path, classes: list[str]) -> Predictions | None:
     return Predictions(paths, y_true, probabilities)
 
 
+def _pretrained_on(directory: Path) -> dict[str, Any] | None:
+    """``model/model.json``'s ``pretrained_on`` (plaintext and encrypted model directories both have one)."""
+    spec = _optional_json(directory / "model" / "model.json", dict)
+    record = (spec or {}).get("pretrained_on")
+    return record if isinstance(record, dict) else None
+
+
 def read_inputs(directory: str | Path) -> ReportInputs:
-    """Read ``report.json`` (required), ``config.json``, ``history.json`` and ``predictions.csv``.
+    """Read ``report.json`` (required), ``config.json``, ``history.json``, ``predictions.csv`` and ``model/model.json``.
 
     Raises:
         ValueError: not a directory, no or malformed ``report.json``, or unreadable files.
@@ -97,4 +108,5 @@ def read_inputs(directory: str | Path) -> ReportInputs:
         config=_optional_json(directory / "config.json", dict),
         history=history,
         predictions=_predictions(directory / "predictions.csv", list(report["classes"])),
+        pretrained_on=_pretrained_on(directory),
     )

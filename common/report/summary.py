@@ -7,7 +7,15 @@ from typing import Any
 
 from common.report.content import fmt
 
-__all__ = ["dp_enabled", "he_enabled", "hospital_names", "latest_epsilon", "privacy_summary", "run_summary"]
+__all__ = [
+    "dp_enabled",
+    "he_enabled",
+    "hospital_names",
+    "latest_epsilon",
+    "pretraining_text",
+    "privacy_summary",
+    "run_summary",
+]
 
 Rounds = Sequence[Mapping[str, Any]]
 
@@ -50,6 +58,31 @@ def privacy_summary(config: Mapping[str, Any] | None, rounds: Rounds) -> str:
     )
 
 
+def pretraining_text(record: Mapping[str, Any]) -> str:
+    """What a model was pretrained on (``model.json``'s ``pretrained_on``), as text.
+
+    E.g. ``public-mri (800 images; 4 classes: a, b, c, d; 10 epochs; 96 px; 2026-05-01)``.
+    """
+    classes = list(record.get("classes") or [])
+    parts = [
+        f"{record.get('images')} images" if record.get("images") else "",
+        f"{len(classes)} classes: {', '.join(classes)}" if classes else "",
+        f"{record.get('epochs')} epochs" if record.get("epochs") else "",
+        f"{record.get('image_size')} px" if record.get("image_size") else "",
+        str(record.get("date") or ""),
+    ]
+    details = "; ".join(part for part in parts if part)
+    return str(record.get("data", "unrecorded data")) + (f" ({details})" if details else "")
+
+
+def _starting_weights(config: Mapping[str, Any], pretrained_on: Mapping[str, Any] | None) -> str:
+    """``pretrained-weights`` and, where the run's ``model.json`` records it, what they were trained on."""
+    value = config.get("pretrained-weights")
+    if not value:
+        return f"fresh (seed {config.get('seed', 'n/a')})"
+    return f"{value}, pretrained on {pretraining_text(pretrained_on)}" if pretrained_on else str(value)
+
+
 def _duration(history: Mapping[str, Any] | None) -> str:
     if not history or history.get("duration_s") is None:
         return "n/a (history.json has no run timing)"
@@ -57,9 +90,16 @@ def _duration(history: Mapping[str, Any] | None) -> str:
 
 
 def run_summary(
-    config: Mapping[str, Any] | None, history: Mapping[str, Any] | None, report: Mapping[str, Any]
+    config: Mapping[str, Any] | None,
+    history: Mapping[str, Any] | None,
+    report: Mapping[str, Any],
+    *,
+    pretrained_on: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Dataset, hospitals, rounds, model, training, DP and HE settings and duration, as text."""
+    """Dataset, hospitals, rounds, model and its starting weights, training, DP, HE and duration, as text.
+
+    ``pretrained_on`` is the run's ``model.json`` record of what its starting weights were trained on.
+    """
     if config is None:
         return {
             "classes": ", ".join(report["classes"]),
@@ -79,6 +119,7 @@ def run_summary(
         "hospitals": _hospitals(names, nodes, None if deployed else _split(config, report)),
         "rounds": f"{config.get('num-server-rounds')} (report from {last})",
         "model": f"{config.get('model')} at {config.get('image-size')} px",
+        "starting weights": _starting_weights(config, pretrained_on),
         "local training": f"{_local_work(config)}, {config.get('optimizer')} "
         f"lr {config.get('learning-rate')}, batch {config.get('batch-size')}",
         "precision": _precision(config, rounds),

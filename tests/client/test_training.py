@@ -11,12 +11,13 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 
 from client.optimizer_state import load_optimizer_state, save_optimizer_state
-from client.training import balanced_class_weights, class_log_prior, lr_factor, non_finite_reason, train_local
+from client.training import balanced_class_weights, class_log_prior, non_finite_reason, train_local
 from common.config import parse_run_config
 from common.data import build_transform, load_split
 from common.data.synth import write_synthetic_tree
 from common.experiment import initial_model, preset_for
 from common.inference import predict
+from common.optimizers import lr_factor
 from common.precision import Precision
 
 CPU = torch.device("cpu")

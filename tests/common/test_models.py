@@ -5,29 +5,38 @@ from __future__ import annotations
 import builtins
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from common.architectures import ARCHITECTURES
 from common.config import parse_run_config
 from common.experiment import initial_model, model_spec, resolve_path
 from common.models import (
+    CLASSIFIER_HEADS,
     MODELS,
     ModelSpec,
+    Pretraining,
     build_from_spec,
     build_model,
     load_model_dir,
-    load_pretrained,
     save_model_dir,
 )
 
 ARCHS = ["cnn3", "resnet18", "densenet121", "resnet50"]
 SPEC_KEYS = {
-    "architecture", "classes", "image_size", "channels", "mean", "std", "dp_compatible", "multilabel", "format_version"
+    "architecture",
+    "classes",
+    "image_size",
+    "channels",
+    "mean",
+    "std",
+    "dp_compatible",
+    "multilabel",
+    "pretrained_on",
+    "format_version",
 }
 
 
@@ -137,6 +146,7 @@ def test_model_json_contents(tmp_path):
         "std": [0.25],
         "dp_compatible": False,
         "multilabel": False,
+        "pretrained_on": None,
     }
 
 
@@ -214,85 +224,6 @@ def test_malformed_model_dir_raises_value_error(tmp_path, corrupt):
         load_model_dir(directory)
 
 
-# ---------------------------------------------------------------- load_pretrained
-
-
-@pytest.fixture(scope="module")
-def imagenet_like() -> dict[str, torch.Tensor]:
-    """A 3-channel, 1000-class resnet18 state dict standing in for ImageNet weights."""
-    return {
-        k: v.clone() for k, v in build_model("resnet18", num_classes=1000, in_channels=3, seed=11).state_dict().items()
-    }
-
-
-def _write_weights(path: Path, state: dict[str, torch.Tensor]) -> Path:
-    if path.suffix == ".safetensors":
-        save_file({k: v.contiguous() for k, v in state.items()}, path)
-    else:
-        torch.save(state, path)
-    return path
-
-
-@pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".pth"])
-def test_load_pretrained_adapts_gray_first_conv(tmp_path, imagenet_like, suffix):
-    path = _write_weights(tmp_path / f"weights{suffix}", imagenet_like)
-    model = build_model("resnet18", num_classes=4, in_channels=1, seed=1)
-    fresh_fc = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("fc.")}
-    skipped = load_pretrained(model, path)
-    state = model.state_dict()
-    assert sorted(skipped) == ["fc.bias", "fc.weight"]
-    expected_conv1 = imagenet_like["conv1.weight"].numpy().astype(np.float64).mean(axis=1, keepdims=True)
-    assert state["conv1.weight"].shape == (64, 1, 7, 7)
-    np.testing.assert_allclose(state["conv1.weight"].numpy(), expected_conv1, rtol=0, atol=1e-6)
-    for key, value in fresh_fc.items():
-        assert torch.equal(state[key], value), f"{key} was overwritten"
-    for key, value in state.items():
-        if key not in fresh_fc and key != "conv1.weight":
-            assert torch.equal(value, imagenet_like[key]), key
-
-
-def test_load_pretrained_same_shape_is_exact(tmp_path, imagenet_like):
-    path = _write_weights(tmp_path / "w.safetensors", imagenet_like)
-    model = build_model("resnet18", num_classes=1000, in_channels=3, seed=2)
-    assert load_pretrained(model, path) == []
-    assert _states_equal(model.state_dict(), imagenet_like)
-
-
-def test_load_pretrained_missing_path_raises(tmp_path):
-    model = build_model("cnn3", num_classes=2, in_channels=1)
-    with pytest.raises(ValueError, match="not a file"):
-        load_pretrained(model, tmp_path / "absent.safetensors")
-    with pytest.raises(ValueError, match="not a file"):
-        load_pretrained(model, tmp_path)  # a directory
-
-
-def test_load_pretrained_non_state_dict_raises(tmp_path):
-    path = tmp_path / "tensor.pt"
-    torch.save(torch.zeros(3), path)
-    with pytest.raises(ValueError, match="no state dict"):
-        load_pretrained(build_model("cnn3", num_classes=2, in_channels=1), path)
-
-
-def test_load_pretrained_never_runs_pickled_code(tmp_path):
-    marker = tmp_path / "unpickled"
-    path = tmp_path / "evil.pt"
-    torch.save({"conv1.weight": _Trap(marker)}, path)
-    with pytest.raises(Exception):  # noqa: B017 - any refusal will do; the point is no unpickling
-        load_pretrained(build_model("resnet18", num_classes=2, in_channels=1), path)
-    assert not marker.exists()
-
-
-@pytest.mark.parametrize("name", ["garbage.safetensors", "trap.pt"])
-def test_load_pretrained_unreadable_file_raises_value_error(tmp_path, name):
-    path = tmp_path / name
-    if path.suffix == ".pt":
-        torch.save({"x": _Trap(tmp_path / "marker")}, path)
-    else:
-        path.write_bytes(b"not a safetensors file")
-    with pytest.raises(ValueError):
-        load_pretrained(build_model("cnn3", num_classes=2, in_channels=1), path)
-
-
 # ---------------------------------------------------------------- experiment
 
 
@@ -309,19 +240,6 @@ def test_initial_model_is_seeded(tmp_path):
     assert a.classifier.out_features == 4 and a.features[0].in_channels == 1
     other = initial_model(parse_run_config({"model": "cnn3", "seed": 4}))
     assert not _states_equal(a.state_dict(), other.state_dict())
-
-
-def test_initial_model_loads_pretrained_weights(tmp_path):
-    source = build_model("cnn3", num_classes=4, in_channels=1, seed=99)
-    path = _write_weights(tmp_path / "w.safetensors", source.state_dict())
-    model = initial_model(parse_run_config({"model": "cnn3", "pretrained-weights": str(path)}))
-    assert _states_equal(model.state_dict(), source.state_dict())
-
-
-def test_initial_model_missing_pretrained_raises(tmp_path):
-    cfg = parse_run_config({"model": "cnn3", "pretrained-weights": str(tmp_path / "absent.pt")})
-    with pytest.raises(ValueError, match="absent.pt"):
-        initial_model(cfg)
 
 
 def test_resolve_path(tmp_path, monkeypatch):
@@ -343,4 +261,22 @@ def test_dp_compatible_model_dir_round_trip(tmp_path):
 
 def test_the_config_names_every_architecture_the_registry_builds() -> None:
     """``common.architectures`` (torch-free, for config parsing) lists exactly the builders of ``MODELS``."""
-    assert tuple(MODELS) == ARCHITECTURES
+    assert tuple(MODELS) == ARCHITECTURES == tuple(CLASSIFIER_HEADS)
+
+
+@pytest.mark.parametrize("arch", ["cnn3", "resnet18", "densenet121", "alexnet", "vgg11", "inception_v3"])
+def test_classifier_heads_name_exactly_the_class_outputs(arch):
+    """The head prefixes cover every tensor with one row per class and nothing else (7 classes: no other size)."""
+    state = build_model(arch, num_classes=7, in_channels=1).state_dict()
+    heads = CLASSIFIER_HEADS[arch]
+    in_head = {k for k in state if k.startswith(heads)}
+    assert in_head == {k for k, v in state.items() if v.ndim in (1, 2) and v.shape[0] == 7}
+    assert len(in_head) == 2 * len(heads)  # a weight and a bias per head
+
+
+def test_pretraining_record_round_trips_through_model_json(tmp_path):
+    record = Pretraining("public-mri", ("a", "b"), images=24, epochs=2, image_size=32, date="2026-05-01")
+    spec = replace(_spec(classes=("a", "b")), pretrained_on=record)
+    save_model_dir(tmp_path / "m", build_from_spec(spec, seed=0), spec)
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["pretrained_on"]["classes"] == ["a", "b"]
+    assert load_model_dir(tmp_path / "m")[1] == spec

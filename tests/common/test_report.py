@@ -365,6 +365,22 @@ def test_run_summary_shows_the_precision_setting_and_what_each_hospital_trained_
     assert run_summary({}, {"rounds": []}, report)["precision"] == "fp32 (the run predates the precision key)"
 
 
+def test_run_summary_names_the_starting_weights_and_what_they_were_trained_on() -> None:
+    report = classification_report(*_predictions(), CLASSES, loss=0.9)
+
+    def starting(config: dict[str, Any], record: dict[str, Any] | None = None) -> str:
+        return run_summary(config, {"rounds": []}, report, pretrained_on=record)["starting weights"]
+
+    assert starting({"pretrained-weights": "", "seed": 7}) == "fresh (seed 7)"
+    assert starting({"pretrained-weights": "weights.pt"}) == "weights.pt"
+    imagenet = {"data": "ImageNet-1k (torchvision ResNet18_Weights.IMAGENET1K_V1)", "classes": [], "images": 0}
+    expected = "imagenet, pretrained on ImageNet-1k (torchvision ResNet18_Weights.IMAGENET1K_V1)"
+    assert starting({"pretrained-weights": "imagenet"}, imagenet) == expected
+    record = {"data": "public-mri", "classes": ["a", "b"], "images": 24, "epochs": 2, "image_size": 32, "date": "d"}
+    described = "m, pretrained on public-mri (24 images; 2 classes: a, b; 2 epochs; 32 px; d)"
+    assert starting({"pretrained-weights": "m"}, record) == described
+
+
 def test_the_declines_section_needs_a_decline_or_a_judged_step() -> None:
     quiet = {"rounds": [{"round": 1, "hospitals": {"a": {"examples": 3}}}]}
     assert not sections.has_declines_or_steps(quiet) and not sections.has_declines_or_steps(None)
