@@ -11,6 +11,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.calibration_stats import hospital_statistics, read_statistics_sum, statistics_record
 from client.config_errors import config_errors_as_one_line
 from client.crypto import decode_global, encrypt_update, secret_context
 from client.hostile import SCALED_FROM_ROUND, flipped_labels, scaled_update
@@ -19,6 +20,7 @@ from client.site import central_test_set, hospital_data, node_identity, state_di
 from client.step_guard import StepCheck, guard_global_step
 from client.training import non_finite_reason, non_finite_weights, train_local
 from common import records as rk
+from common.calibration_fit import PICK_PREFIX
 from common.config import RunConfig, parse_run_config
 from common.data import build_transform
 from common.experiment import model_spec, preset_for
@@ -257,3 +259,30 @@ def evaluate_central(msg: Message, context: Context) -> Message:
     info = ConfigRecord({"paths": list(test.paths), "skipped": len(test.skipped)})
     content = RecordDict({rk.PREDICTIONS: predictions, rk.METRICS: metrics, rk.HOSPITAL: info})
     return Message(content=content, reply_to=msg)
+
+
+@app.query(rk.CALIBRATE)
+def calibrate(msg: Message, context: Context) -> Message:
+    """After the last round: this hospital's calibration statistics of its validation split (fixed-size sums).
+
+    Under HE the evaluator gets ``pick-<stage>`` instead: it decrypts the server's sum of the
+    hospitals' statistics and answers with what it reads there (temperature, thresholds).
+    """
+    cfg = parse_run_config(context.run_config)
+    config = msg.content[rk.CONFIG]
+    stage = str(config[rk.CALIBRATION_STAGE])
+    identity = node_identity(cfg, context.node_config)
+    if stage.startswith(PICK_PREFIX):
+        if identity.role != "evaluator":
+            raise ValueError("the summed calibration statistics were sent to a hospital; only the evaluator reads them")
+        ctx = secret_context(context.node_config, config, cfg)
+        picked = read_statistics_sum(msg.content[rk.STATISTICS], ctx=ctx, cfg=cfg, stage=stage[len(PICK_PREFIX) :])
+        return Message(RecordDict({rk.CALIBRATION: picked}), reply_to=msg)
+    setup = _setup(msg, context)
+    site = hospital_data(cfg, context.node_config)
+    stats = hospital_statistics(
+        setup.model, site.val, cfg=cfg, config=config, device=setup.device, precision=setup.precision
+    )
+    record = statistics_record(stats, ctx=setup.ctx, config=config)
+    log.info("%s: calibration %s statistics of %d validation images", site.name, stage, len(site.val))
+    return Message(RecordDict({rk.STATISTICS: record, rk.HOSPITAL: ConfigRecord({"name": site.name})}), reply_to=msg)

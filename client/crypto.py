@@ -13,13 +13,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
 from common import records as rk
+from common.calibration_fit import STATISTICS_KIND, STATISTICS_SUM_KIND
 from common.config import ConfigError, RunConfig
 from common.he.codec import ParamLayout, decrypt_chunks, encrypt_vector
 from common.he.keys import SECRET_FILE, HEContext, load_secret_context
 from common.he.payload import EncryptedPayload, is_encrypted
 from common.node_config import parse_node_config
 
-__all__ = ["decode_global", "encrypt_update", "secret_context"]
+__all__ = ["decode_global", "decrypt_statistics", "encrypt_statistics", "encrypt_update", "secret_context"]
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +118,34 @@ def encrypt_update(
     seconds = time.perf_counter() - start
     log.info("encrypted %d values into %d chunks in %.2fs", layout.size, len(chunks), seconds)
     return payload.to_record(), seconds
+
+
+def encrypt_statistics(stats: Mapping[str, np.ndarray], *, ctx: HEContext, scale: float) -> ArrayRecord:
+    """Encrypt a hospital's calibration statistics, each multiplied by ``scale``, as one payload.
+
+    ``scale`` is 1 / n_total (the run's training images): the sum over hospitals stays well inside
+    the range the CKKS keys carry, and the key-holder that decrypts the sum multiplies it back.
+    """
+    layout = ParamLayout.of_shapes({name: tuple(v.shape) for name, v in stats.items()})
+    vector = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in stats.values()]) * scale
+    _check_headroom(vector, ctx)
+    payload = EncryptedPayload(
+        kind=STATISTICS_KIND,
+        params_fingerprint=ctx.params.fingerprint(),
+        key_id=ctx.key_id,
+        layout=layout,
+        chunks=encrypt_vector(ctx, vector),
+    )
+    return payload.to_record()
+
+
+def decrypt_statistics(arrays: ArrayRecord, *, ctx: HEContext, layout: ParamLayout) -> dict[str, np.ndarray]:
+    """The evaluator's side: the server's encrypted sum of statistics, decrypted and multiplied by its factor.
+
+    Raises:
+        ValueError: the payload is not a sum of statistics of ``layout`` under this run's key.
+    """
+    payload = EncryptedPayload.from_record(arrays, what="the summed calibration statistics")
+    payload.check_against(ctx, kind=STATISTICS_SUM_KIND, layout=layout)
+    vector = decrypt_chunks(ctx, payload.chunks, size=layout.size) * payload.factor
+    return {name: tensor.numpy() for name, tensor in layout.unflatten(vector).items()}

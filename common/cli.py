@@ -212,6 +212,8 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:
     """Score a saved model on any test folder, in the run directory's report schema."""
+    from common.calibration import read_calibration
+    from common.calibration_metrics import calibrated_report
     from common.data.images import load_folder, resolve_test_folder
     from common.data.labels_csv import load_labels_csv
     from common.data.transforms import normalize
@@ -219,12 +221,12 @@ def evaluate(
     from common.models import load_model_dir
     from common.report import build_report
     from common.report.summary import pretraining_text
-    from common.tasks import evaluation_report
 
     with one_line_errors():
         net, spec = load_model_dir(model)
+        calibration = read_calibration(model)
         kwargs = {"channels": spec.channels, "size": spec.image_size}
-        if spec.multilabel:  # the labels CSV's test rows, scored at 0.5 per label
+        if spec.multilabel:  # the labels CSV's test rows, each label at its stored threshold (else 0.5)
             folder = data / "test"
             images = load_labels_csv(data, "test", labels=spec.classes, **kwargs)
         else:
@@ -242,13 +244,14 @@ def evaluate(
                 device=resolve_device(device),
                 on_batch=lambda n: bar.advance(task, n),
             )
-        report = evaluation_report(images.labels.numpy(), probs, spec.classes, loss=loss)
+        truth, labels = images.labels.numpy(), spec.classes
+        report, probs = calibrated_report(truth, probs, labels, calibration, loss=loss, multilabel=spec.multilabel)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
     write_predictions_csv(
         out / "predictions.csv",
         paths=images.paths,
-        y_true=images.labels.numpy(),
+        y_true=truth,
         probabilities=probs,
         classes=spec.classes,
     )
@@ -308,15 +311,18 @@ def predict_images(
     cam: Annotated[Path | None, typer.Option(help="folder for one <stem>_cam.png Grad-CAM overlay per image")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:
-    """Print each image's class probabilities and, with --cam, save its Grad-CAM overlay."""
+    """Print each image's calibrated class probabilities and decision and, with --cam, save its Grad-CAM overlay."""
     from PIL import Image
 
+    from common.calibration import read_calibration
+    from common.decisions import decide
     from common.explain import class_probabilities, gradcam, load_image, overlay
     from common.inference import resolve_device
     from common.models import load_model_dir
 
     with one_line_errors():
         net, spec = load_model_dir(model)
+        calibration = read_calibration(model)
         net.to(resolve_device(device))
         tensors = [load_image(path, spec) for path in images]
         shared = [stem for stem, n in Counter(path.stem for path in images).items() if n > 1]
@@ -325,16 +331,21 @@ def predict_images(
     if cam is not None:
         cam.mkdir(parents=True, exist_ok=True)
     for path, image in zip(images, tensors, strict=True):
-        probs = class_probabilities(net, spec, image)
+        decision = decide(class_probabilities(net, spec, image), spec, calibration)
+        probs = decision.probabilities
         best = int(probs.argmax())
         table = Table(title=f"{path}: {spec.classes[best]} (p = {probs[best]:.2f})")
         table.add_column("label" if spec.multilabel else "class")
         table.add_column("probability", justify="right")
-        table.add_column("predicted", justify="center")
-        for index, (name, p) in enumerate(zip(spec.classes, probs, strict=True)):
-            chosen = p >= 0.5 if spec.multilabel else index == best  # multi-label: every label at p >= 0.5
-            table.add_row(name, f"{p:.4f}", "*" if chosen else "")
+        table.add_column("predicted", justify="center")  # multi-label: each label at its threshold
+        if spec.multilabel:
+            table.add_column("threshold", justify="right")
+        for i, (name, p) in enumerate(zip(spec.classes, probs, strict=True)):
+            cut = [f"{decision.thresholds[i]:.4g}"] if spec.multilabel else []
+            table.add_row(name, f"{p:.4f}", "*" if decision.flagged[i] else "", *cut)
         console.print(table)
+        if decision.operating_point is not None:
+            console.print(decision.operating_point, highlight=False)
         if cam is not None:
             target = cam / f"{path.stem}_cam.png"
             Image.fromarray(overlay(image, gradcam(net, spec, image, best))).save(target)

@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from common.architectures import ARCHITECTURES, IMAGENET_ARCHITECTURES, MIN_IMAGE_SIZE
-from common.presets import PRESETS
+from common.presets import PRESETS, positive_classes
 from common.robust import ROBUST_STRATEGIES, updates_needed
 
 __all__ = ["STRATEGIES", "WEIGHTED_SUM_STRATEGIES", "ConfigError", "RunConfig", "parse_run_config", "validate_keys"]
@@ -161,6 +161,8 @@ class RunConfig(BaseModel):
     task: Literal["auto", "multiclass", "multilabel"] = "auto"
     label_threshold: Annotated[str, AfterValidator(_thresholds)] = "0.5"
     early_stopping_patience: Int = Field(0, ge=0)
+    calibrate: Annotated[bool, Field(strict=True)] = True
+    target_sensitivity: Float = Field(0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _image_size_fits_model(self) -> RunConfig:
@@ -271,6 +273,23 @@ class RunConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _operating_point_has_data_and_a_finding(self) -> RunConfig:
+        if not self.target_sensitivity:
+            return self
+        if self.local_val_fraction == 0:
+            raise _KeyConflict(
+                "target-sensitivity",
+                "0 (unset) unless the hospitals hold out validation images (local-val-fraction > 0)",
+            )
+        if not self.multilabel and not self.positive_classes:
+            raise _KeyConflict(
+                "target-sensitivity",
+                f"0 (unset) for the classes {', '.join(self.class_names)}: dataset {self.dataset!r} names none of "
+                "them abnormal, so there is no finding to detect",
+            )
+        return self
+
+    @model_validator(mode="after")
     def _step_count_fits_privacy(self) -> RunConfig:
         if self.dp_enabled and self.local_steps:
             raise _KeyConflict(
@@ -284,6 +303,11 @@ class RunConfig(BaseModel):
         if self.classes:
             return tuple(c.strip() for c in self.classes.split(","))
         return PRESETS[self.dataset].classes
+
+    @property
+    def positive_classes(self) -> tuple[str, ...]:
+        """The classes whose summed probability an operating point thresholds (single-label runs)."""
+        return positive_classes(PRESETS[self.dataset], self.class_names)
 
     @property
     def server_step(self) -> str:

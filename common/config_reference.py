@@ -82,8 +82,16 @@ MEANINGS: dict[str, str] = {
     "norm-layer": "`batch` (BatchNorm, statistics averaged) or `group` (GroupNorm, the variant DP builds)",
     "loss": "`logit-adjusted`: each hospital trains on logits plus the log of its own class frequencies",
     "task": "`multiclass` or `multilabel`, as the preset says (`auto`; a contradicting value is an error)",
-    "label-threshold": "multi-label decision threshold: one for all labels, or a comma-separated one per label",
+    "label-threshold": "multi-label decision threshold in the rounds' evaluations: one for all labels, or a "
+    "comma-separated one per label; the final model's are fitted on the hospitals' validation splits "
+    "(`target-sensitivity`), and this stays for a label they cannot fit (no positive or no negative image)",
     "early-stopping-patience": "stop after this many rounds without a lower validation loss, keeping the best (0: off)",
+    "calibrate": "after the last round, fit a temperature (one per label in multi-label runs) on the hospitals' "
+    "validation splits, federatedly (each sends its validation NLL summed over a fixed grid of temperatures); "
+    "stored in `model/model.json`, applied by `medsilo predict`, `evaluate` and `ui`",
+    "target-sensitivity": "pick the decision threshold on the positive (abnormal) classes' summed probability so that "
+    "the hospitals' pooled validation sensitivity reaches this, federatedly (each sends score histograms); "
+    "multi-label: one threshold per label, by best F1 when 0; stored with the model (0: unset)",
 }
 
 

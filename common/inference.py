@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from common.data.images import ImageSet, TensorImageDataset
 from common.precision import Precision, channels_last, resolve_precision
 from common.tasks import probabilities, task_loss
 
-__all__ = ["loader", "predict", "resolve_device"]
+__all__ = ["loader", "predict", "predict_logits", "resolve_device"]
 
 
 def resolve_device(preference: str = "auto") -> torch.device:
@@ -52,7 +52,28 @@ def loader(
     )
 
 
-@torch.no_grad()
+def _batches(
+    model: nn.Module,
+    images: ImageSet,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    batch_size: int,
+    device: torch.device | None,
+    precision: Precision | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Each batch's float32 logits and targets, the model in eval mode under ``precision`` (default ``auto``)."""
+    device = device or resolve_device()
+    precision = precision or resolve_precision("auto", device)
+    model = model.to(device).eval()
+    size = int(images.images.shape[-1])
+    with torch.no_grad(), channels_last(model, enabled=precision.channels_last(size)):
+        for x, y in loader(images, transform, batch_size=batch_size, device=device):
+            x = x.to(device, non_blocking=True, memory_format=precision.memory_format(size))
+            with precision.autocast():
+                logits = model(x)
+            yield logits.float(), y.to(device, non_blocking=True)
+
+
 def predict(
     model: nn.Module,
     images: ImageSet,
@@ -67,27 +88,34 @@ def predict(
 
     Multi-label images get a sigmoid per label and the mean binary cross-entropy instead.
     The model runs under ``precision`` (default: ``"auto"`` for the device), in channels_last
-    layout where that is faster; the loss and probabilities are computed in float32.
+    layout where that is faster; the loss is computed in float32 and the probabilities in
+    float64 (so a temperature can later be applied to them without losing a saturated one).
 
     ``on_batch`` is called with each batch's size once it is scored (for progress bars).
     """
-    device = device or resolve_device()
-    precision = precision or resolve_precision("auto", device)
-    model = model.to(device).eval()
     chunks: list[np.ndarray] = []
     loss_sum = 0.0
-    size = int(images.images.shape[-1])
-    with channels_last(model, enabled=precision.channels_last(size)):
-        for x, y in loader(images, transform, batch_size=batch_size, device=device):
-            x = x.to(device, non_blocking=True, memory_format=precision.memory_format(size))
-            y = y.to(device, non_blocking=True)
-            with precision.autocast():
-                logits = model(x)
-            logits = logits.float()
-            loss_sum += float(task_loss(logits, y, reduction="sum"))
-            chunks.append(probabilities(logits, multilabel=images.multilabel).cpu().numpy().astype(np.float64))
-            if on_batch is not None:
-                on_batch(len(y))
+    batches = _batches(model, images, transform, batch_size=batch_size, device=device, precision=precision)
+    for logits, y in batches:
+        loss_sum += float(task_loss(logits, y, reduction="sum"))
+        chunks.append(probabilities(logits.double(), multilabel=images.multilabel).cpu().numpy())
+        if on_batch is not None:
+            on_batch(len(y))
     n = len(images)
     probs = np.concatenate(chunks) if chunks else np.empty((0, len(images.classes)))
     return probs, loss_sum / max(n, 1)
+
+
+def predict_logits(
+    model: nn.Module,
+    images: ImageSet,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    batch_size: int = 64,
+    device: torch.device | None = None,
+    precision: Precision | None = None,
+) -> np.ndarray:
+    """The logits ``float64 (N, K)`` of ``images``, scored as :func:`predict` scores them."""
+    batches = _batches(model, images, transform, batch_size=batch_size, device=device, precision=precision)
+    chunks = [logits.double().cpu().numpy() for logits, _ in batches]
+    return np.concatenate(chunks) if chunks else np.empty((0, len(images.classes)))

@@ -245,6 +245,7 @@ def read_spec(directory: Path) -> ModelSpec:
     raw = json.loads(spec_path.read_text())
     if raw.pop("format_version", None) != FORMAT_VERSION:
         raise ValueError(f"{spec_path}: unsupported format_version; expected {FORMAT_VERSION}")
+    raw.pop("calibration", None)  # the temperature and thresholds: common.calibration reads them
     pretrained_on = raw.pop("pretrained_on", None)  # absent from model directories written before it
     spec = ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
     if pretrained_on is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-__all__ = ["DatasetPreset", "PRESETS", "get_preset"]
+__all__ = ["DatasetPreset", "PRESETS", "get_preset", "positive_classes"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class DatasetPreset:
             and saturation, and a quarter of it in hue (stain variation); 0 = none.
         multilabel: each image carries any number of ``classes`` (labels), read from a labels
             CSV, instead of exactly one class folder.
+        positive: the abnormal classes: their summed probability is the score an operating point
+            (``target-sensitivity``) thresholds, one finding against the rest.
     """
 
     name: str
@@ -43,6 +45,7 @@ class DatasetPreset:
     right_angles: bool = False
     color_jitter: float = 0.0
     multilabel: bool = False
+    positive: tuple[str, ...] = ()
 
 
 _GRAY = {"channels": 1, "mean": (0.5,), "std": (0.25,)}
@@ -51,6 +54,7 @@ _RGB = {"channels": 3, "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
 PRESETS: dict[str, DatasetPreset] = {
     "brain-mri": DatasetPreset(
         name="brain-mri",
+        positive=("glioma", "meningioma", "pituitary"),
         classes=("glioma", "meningioma", "notumor", "pituitary"),
         image_size=150,
         rotation=20.0,
@@ -61,6 +65,7 @@ PRESETS: dict[str, DatasetPreset] = {
     ),
     "chest-xray": DatasetPreset(
         name="chest-xray",
+        positive=("PNEUMONIA",),
         classes=("NORMAL", "PNEUMONIA"),
         image_size=224,
         rotation=10.0,
@@ -71,6 +76,7 @@ PRESETS: dict[str, DatasetPreset] = {
     ),
     "chest-xray-covid": DatasetPreset(
         name="chest-xray-covid",
+        positive=("COVID", "Lung_Opacity", "Viral Pneumonia"),
         classes=("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"),
         image_size=224,
         rotation=10.0,
@@ -81,6 +87,7 @@ PRESETS: dict[str, DatasetPreset] = {
     ),
     "histology": DatasetPreset(
         name="histology",
+        positive=("adenoma", "adenocarcinoma-well", "adenocarcinoma-moderately", "adenocarcinoma-poorly"),
         classes=(
             "normal",
             "adenoma",
@@ -97,6 +104,7 @@ PRESETS: dict[str, DatasetPreset] = {
     ),
     "histology-colon": DatasetPreset(
         name="histology-colon",
+        positive=("colon_aca",),
         classes=("colon_aca", "colon_n"),
         image_size=224,
         rotation=0.0,
@@ -109,6 +117,7 @@ PRESETS: dict[str, DatasetPreset] = {
     ),
     "histology-kather": DatasetPreset(
         name="histology-kather",
+        positive=("tumor",),
         classes=("tumor", "stroma", "complex", "lympho", "debris", "mucosa", "adipose", "empty"),
         image_size=150,
         rotation=90.0,
@@ -148,6 +157,18 @@ PRESETS: dict[str, DatasetPreset] = {
 PRESETS["chest-xray-covid-3class"] = replace(
     PRESETS["chest-xray-covid"], name="chest-xray-covid-3class", classes=("COVID", "Normal", "Viral Pneumonia")
 )
+
+
+def positive_classes(preset: DatasetPreset, classes: tuple[str, ...]) -> tuple[str, ...]:
+    """The run's classes whose summed probability an operating point thresholds; ``()``: none.
+
+    The preset's abnormal classes among ``classes`` (a ``classes`` override may drop some); when
+    that leaves none or every class, a two-class run takes its last class, and others have none.
+    """
+    chosen = tuple(c for c in classes if c in preset.positive)
+    if 0 < len(chosen) < len(classes):
+        return chosen
+    return classes[-1:] if len(classes) == 2 else ()
 
 
 def get_preset(name: str) -> DatasetPreset:

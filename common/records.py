@@ -38,6 +38,11 @@ __all__ = [
     "STEP_NORM",
     "STEP_RATIO",
     "STEP_DECLINED",
+    "CALIBRATE",
+    "CALIBRATION",
+    "CALIBRATION_STAGE",
+    "STATISTICS",
+    "TEMPERATURE",
 ]
 
 ARRAYS = "arrays"
@@ -87,3 +92,14 @@ STEP_RATIO = "step-ratio"
 """That norm over the median of the hospital's earlier steps' norms."""
 STEP_DECLINED = "step-declined"
 """True on a decline because the global step jumped: a majority of these stops the run."""
+
+# Calibration and operating points, after the last round (query.calibrate)
+CALIBRATE = "calibrate"
+CALIBRATION = "calibration"
+"""Under HE: the evaluator's reply, what it read from the summed statistics (temperature, thresholds)."""
+CALIBRATION_STAGE = "calibration-stage"
+"""``nll`` or ``histograms`` (a hospital's statistics); under HE ``pick-nll`` or ``pick-histograms`` (the evaluator)."""
+STATISTICS = "statistics"
+"""A hospital's calibration statistics: fixed-size sums, plaintext or encrypted."""
+TEMPERATURE = "temperature"
+"""The fitted temperature(s) the hospitals apply before their score histograms."""

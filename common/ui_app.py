@@ -22,6 +22,8 @@ import numpy as np
 import streamlit as st
 from torch import nn
 
+from common.calibration import Calibration, read_calibration
+from common.decisions import Decision, decide
 from common.explain import class_probabilities, gradcam, load_image, overlay
 from common.models import ModelSpec, load_model_dir
 
@@ -79,8 +81,10 @@ def _example_bytes(path: Path) -> bytes:
         raise ValueError(f"example image {path} is not a readable file; expected an image for --example") from None
 
 
-def explain_upload(name: str, data: bytes, model: nn.Module, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities ``(K,)`` and the Grad-CAM overlay ``uint8 (S, S, 3)`` of one uploaded file.
+def explain_upload(
+    name: str, data: bytes, model: nn.Module, spec: ModelSpec, calibration: Calibration
+) -> tuple[Decision, np.ndarray]:
+    """The calibrated decision (probabilities ``(K,)``) and the Grad-CAM overlay ``uint8 (S, S, 3)`` of one upload.
 
     Raises:
         ValueError: the upload is too large, of another type, or not a readable image.
@@ -97,13 +101,13 @@ def explain_upload(name: str, data: bytes, model: nn.Module, spec: ModelSpec) ->
             image = load_image(path, spec)
         except ValueError:
             raise ValueError(f"{name} is not a readable image; expected a {', '.join(upload_types())} file") from None
-    probs = class_probabilities(model, spec, image)
-    return probs, overlay(image, gradcam(model, spec, image, int(probs.argmax())))
+    decision = decide(class_probabilities(model, spec, image), spec, calibration)
+    return decision, overlay(image, gradcam(model, spec, image, int(decision.probabilities.argmax())))
 
 
 @st.cache_resource(show_spinner="loading the model")
-def _load(model_dir: str) -> tuple[nn.Module, ModelSpec]:
-    return load_model_dir(model_dir)
+def _load(model_dir: str) -> tuple[nn.Module, ModelSpec, Calibration]:
+    return (*load_model_dir(model_dir), read_calibration(model_dir))
 
 
 @st.cache_resource
@@ -118,11 +122,13 @@ def main() -> None:
     st.title("medsilo: image classification with Grad-CAM")
     try:
         model_dir = model_dir_from_args(sys.argv[1:], os.environ)
-        model, spec = _load(str(model_dir))
+        model, spec, calibration = _load(str(model_dir))
     except ValueError as err:
         st.error(str(err))
         st.stop()
-    st.caption(f"{spec.architecture} from {model_dir}; classes: {', '.join(spec.classes)}")
+    temperature = ", ".join(f"{t:.3g}" for t in calibration.temperature)
+    scaled = f"; calibration temperature {temperature}" if temperature else ""
+    st.caption(f"{spec.architecture} from {model_dir}; classes: {', '.join(spec.classes)}{scaled}")
     # no type= filter: Streamlit would reject other files with a traceback, explain_upload says why in one line
     upload = st.file_uploader(
         f"Image to classify ({', '.join(upload_types())})", max_upload_size=MAX_UPLOAD_MB, key="upload"
@@ -141,14 +147,20 @@ def main() -> None:
         st.info(f"Example: {name} (upload an image to classify your own)")
     try:
         with _model_lock():
-            probs, heat = explain_upload(name, data, model, spec)
+            decision, heat = explain_upload(name, data, model, spec, calibration)
     except ValueError as err:
         st.error(str(err))
         return
+    probs = decision.probabilities
     best = int(probs.argmax())
     st.subheader(f"Prediction: {spec.classes[best]} (p = {probs[best]:.2f})")
-    for name, p in zip(spec.classes, probs, strict=True):
-        st.progress(min(max(float(p), 0.0), 1.0), text=f"{name}: {p:.3f}")
+    if decision.operating_point is not None:
+        st.markdown(f"**Operating point**: {decision.operating_point}")
+    for i, (name, p) in enumerate(zip(spec.classes, probs, strict=True)):
+        cut = ""
+        if spec.multilabel:  # each label against its own threshold
+            cut = f" (threshold {decision.thresholds[i]:.3g}{': flagged' if decision.flagged[i] else ''})"
+        st.progress(min(max(float(p), 0.0), 1.0), text=f"{name}: {p:.3f}{cut}")
     st.image(heat, caption=f"Grad-CAM for {spec.classes[best]}: red marks the evidence", width="stretch")
 
 

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from common import records as rk
+from common.calibration_metrics import calibrated_report
 from common.config import RunConfig, parse_run_config
 from common.experiment import initial_model, model_spec, resolve_path, saved_spec
 from common.he.codec import ParamLayout
 from common.logs import use_flower_logging
 from common.models import state_dict_to_cpu
 from common.run_outcome import Outcome, write_outcome
+from server.calibration import FederatedCalibration
 from server.central import CentralEvaluator, EvaluatorNodeScorer, LocalScorer, Scorer
 from server.early_stopping import EarlyStopping
 from server.encrypted_strategy import EncryptedFedAvg
@@ -34,8 +37,8 @@ app = ServerApp()
 
 def _strategy(
     cfg: RunConfig, grid: Grid, history: RunHistory, run_dir: RunDirectory, layout: ParamLayout, first_round: int
-) -> tuple[MedsiloFedAvg, CentralEvaluator]:
-    """The plaintext or the encrypted strategy, with the matching central evaluation.
+) -> tuple[MedsiloFedAvg, CentralEvaluator, FederatedCalibration]:
+    """The plaintext or the encrypted strategy, with the matching central evaluation and calibration.
 
     A ``query.describe`` first learns every node's role and n_k. The central test set is
     scored on the evaluator node when there is one (always under HE; in deployment it
@@ -58,6 +61,7 @@ def _strategy(
     history.set_nodes(roster.to_json(), first_round=first_round)
     if roster.deployed:
         run_dir.write_config(cfg, deployed=True, central_on_node=roster.evaluator is not None)
+    public = None
     if not cfg.he_enabled:
         base = ConfigRecord()
         strategy = make_strategy(cfg, history=history, roster=roster, **sampling)
@@ -76,7 +80,8 @@ def _strategy(
     evaluator = CentralEvaluator(
         cfg, scorer=scorer, history=history, run_dir=run_dir, server_state=lambda: server_state(strategy)
     )
-    return strategy, evaluator
+    calibration = FederatedCalibration(cfg, grid, roster=roster, base_config=base, public=public)
+    return strategy, evaluator, calibration
 
 
 def _in_model_order(arrays: ArrayRecord, state: dict[str, object]) -> ArrayRecord:
@@ -94,10 +99,10 @@ def _start(cfg: RunConfig, run_id: int) -> tuple[RunDirectory, RunHistory, Resum
     """A fresh run directory, or (``resume-from``) the stopped run's directory and history."""
     if not cfg.resume_from:
         run_dir = RunDirectory.create(cfg, run_id=run_id, output_dir=resolve_path(cfg.output_dir))
-        return run_dir, RunHistory(run_dir.history_file), None
+        return run_dir, RunHistory(run_dir.history_file, multilabel=cfg.multilabel), None
     point = load_resume_point(resolve_path(cfg.resume_from), cfg)
     run_dir = RunDirectory.reopen(point.run_dir, cfg)
-    history = RunHistory(run_dir.history_file)
+    history = RunHistory(run_dir.history_file, multilabel=cfg.multilabel)
     history.restore(point.rounds, after_round=point.last_round, resumed=point.resumed, abandoned=point.abandoned)
     log.info("resuming %s after round %d", run_dir.path, point.last_round)
     return run_dir, history, point
@@ -167,7 +172,7 @@ def _run(grid: Grid, context: Context) -> tuple[Outcome, str, Path | None]:
         run_dir.path,
     )
     try:
-        strategy, evaluator = _strategy(cfg, grid, history, run_dir, ParamLayout.of(state), first_round)
+        strategy, evaluator, calibrator = _strategy(cfg, grid, history, run_dir, ParamLayout.of(state), first_round)
         if point is not None:
             load_server_state(strategy, point.server_state)
         stopping = EarlyStopping(cfg.early_stopping_patience) if cfg.early_stopping_patience else None
@@ -196,16 +201,47 @@ def _run(grid: Grid, context: Context) -> tuple[Outcome, str, Path | None]:
             final, arrays = stopping.best_evaluation, stopping.best_arrays
     if final is None or arrays is None:
         raise RuntimeError("the run ended without any central evaluation; see the log for the evaluator's error")
+    calibration, history.calibration = calibrator.fit(arrays)
     history.finish()
     history.flush()
+    spec = saved_spec(cfg)
+    scored = final.scored
+    report, probabilities = calibrated_report(
+        scored.y_true,
+        scored.probabilities,
+        spec.classes,
+        calibration,
+        loss=scored.loss,
+        multilabel=cfg.multilabel,
+        label_thresholds=cfg.thresholds if cfg.multilabel else None,
+    )
     html = run_dir.finish(
         arrays=arrays,
-        spec=saved_spec(cfg),
-        report=final.report,
-        paths=final.scored.paths,
-        y_true=final.scored.y_true,
-        probabilities=final.scored.probabilities,
+        spec=spec,
+        calibration=calibration,
+        report=report,
+        paths=scored.paths,
+        y_true=scored.y_true,
+        probabilities=probabilities,
     )
-    line = f"central accuracy {final.report['accuracy']:.4f} after {history.duration_s:.1f} s; report: {html}"
+    line = f"{_headline(report)} after {history.duration_s:.1f} s; report: {html}"
     log.info("%s", line)
     return "completed", line, run_dir.path
+
+
+def _headline(report: dict[str, Any]) -> str:
+    """The run's last line: accuracy, or in multi-label runs macro AUROC and macro F1 at the fitted thresholds."""
+    macro = report["macro"]
+    if report.get("task") == "multilabel":
+        auroc = "n/a" if macro["auroc"] is None else f"{macro['auroc']:.4f}"
+        f1 = "n/a" if macro["f1"] is None else f"{macro['f1']:.4f}"
+        return f"central macro AUROC {auroc}, macro F1 {f1} at the labels' thresholds"
+    line = f"central accuracy {report['accuracy']:.4f}"
+    point = report.get("operating_point")
+    if point is not None and point["sensitivity"]["value"] is not None:
+        found = point["sensitivity"]
+        line += (
+            f", sensitivity {found['value']:.3f} (95% CI {found['low']:.3f}-{found['high']:.3f}) "
+            f"at threshold {point['threshold']:.4g}"
+        )
+    return line

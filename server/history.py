@@ -24,8 +24,10 @@ class RunHistory:
     The run's start is stamped on construction, its end by :meth:`finish`.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, multilabel: bool = False) -> None:
         self.path = path
+        self.multilabel = multilabel
+        """A multi-label run's round lines lead with macro AUROC and macro F1, not label-wise accuracy."""
         self.rounds: dict[int, dict[str, Any]] = {}
         self.started_at = datetime.now(UTC)
         self.finished_at: datetime | None = None
@@ -34,6 +36,7 @@ class RunHistory:
         self.stopped: str | None = None
         self.nodes: dict[str, Any] | None = None
         self.early_stopping: dict[str, Any] | None = None
+        self.calibration: dict[str, Any] | None = None
         self._clock = time.monotonic()
 
     def restore(
@@ -117,13 +120,11 @@ class RunHistory:
                 )
         if central is not None:
             macro_f1, macro_auroc = central.get("macro_f1"), central.get("macro_auroc")
-            parts.append(
-                f"central accuracy {central['accuracy']:.3f}, macro F1 "
-                + (f"{macro_f1:.3f}" if macro_f1 is not None else "n/a")
-                + ", macro AUROC "
-                + (f"{macro_auroc:.3f}" if macro_auroc is not None else "n/a")
-                + f" ({timings.get('central_evaluate_s', 0.0):.1f} s)"
-            )
+            f1 = f"macro F1 {macro_f1:.3f}" if macro_f1 is not None else "macro F1 n/a"
+            auroc = f"macro AUROC {macro_auroc:.3f}" if macro_auroc is not None else "macro AUROC n/a"
+            accuracy = f"accuracy {central['accuracy']:.3f}"
+            order = (auroc, f1, f"label-wise {accuracy}") if self.multilabel else (accuracy, f1, auroc)
+            parts.append(f"central {', '.join(order)} ({timings.get('central_evaluate_s', 0.0):.1f} s)")
         else:
             parts.append("no central evaluation")
         return f"round {server_round}/{num_rounds}: " + ", ".join(parts)
@@ -138,6 +139,7 @@ class RunHistory:
             **({"stopped": self.stopped} if self.stopped else {}),
             **({"nodes": self.nodes} if self.nodes is not None else {}),
             **({"early_stopping": self.early_stopping} if self.early_stopping is not None else {}),
+            **({"calibration": self.calibration} if self.calibration is not None else {}),
             "rounds": [self.rounds[r] for r in sorted(self.rounds)],
         }
 

@@ -13,6 +13,7 @@ import numpy as np
 from flwr.app import ArrayRecord
 from safetensors.numpy import save_file
 
+from common.calibration import Calibration, write_calibration
 from common.config import RunConfig
 from common.he.model_dir import save_encrypted_dir
 from common.he.payload import is_encrypted
@@ -119,19 +120,22 @@ class RunDirectory:
         *,
         arrays: ArrayRecord,
         spec: ModelSpec,
+        calibration: Calibration,
         report: dict[str, Any],
         paths: tuple[str, ...],
         y_true: np.ndarray,
         probabilities: np.ndarray,
     ) -> Path:
-        """Write ``model/``, ``report.json`` and ``predictions.csv``, then the report built from them.
+        """Write ``model/`` (its ``model.json`` with ``calibration``), ``report.json`` and ``predictions.csv``,
+        then the report built from them.
 
-        ``history.json`` must be written first: the report's summary and curves come from it.
+        ``report`` and ``probabilities`` are the calibrated model's. ``history.json`` must be written
+        first: the report's summary and curves come from it.
 
         Returns:
             The path of ``report.html``.
         """
-        _save_global(self.path / "model", arrays, spec)
+        write_calibration(_save_global(self.path / "model", arrays, spec), calibration)
         write_json(self.path / "report.json", report)
         write_predictions_csv(
             self.path / "predictions.csv",

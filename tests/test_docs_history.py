@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from scipy.special import softmax
 
 from common import records as rk
+from common.calibration_fit import histogram_statistics, nll_statistics
 from common.config import parse_run_config
+from server.calibration import FederatedCalibration
 from server.central import AggregateRejected, CentralEvaluator, Scored
 from server.early_stopping import EarlyStopping
 from server.history import RunHistory
@@ -64,10 +67,26 @@ def _evaluated(name: str) -> RecordDict:
     return RecordDict({rk.METRICS: metrics, rk.HOSPITAL: ConfigRecord({"name": name})})
 
 
+class _Hospitals:
+    """Hospitals answering the calibration queries with the sums of three made-up validation images each."""
+
+    def send_and_receive(self, messages: list[Message], *, timeout: float) -> list[Message]:
+        z, y = np.array([[2.0, -1.0], [0.5, 0.2], [-1.0, 1.0]]), np.array([0, 1, 1])
+        replies = []
+        for msg in messages:
+            if msg.content[rk.CONFIG][rk.CALIBRATION_STAGE] == "nll":
+                stats = nll_statistics(z, y, multilabel=False)
+            else:
+                stats = histogram_statistics(softmax(z, axis=1)[:, 1], y == 1)
+            record = ArrayRecord({name: Array(value) for name, value in stats.items()})
+            replies.append(Message(RecordDict({rk.STATISTICS: record}), reply_to=msg))
+        return replies
+
+
 @pytest.fixture
 def written(tmp_path: Path) -> dict[str, Any]:
     """``history.json`` of a resumed run through the server's own code: every record kind it writes."""
-    cfg = parse_run_config({"model": "cnn3", "image-size": 32, "classes": "a,b"})
+    cfg = parse_run_config({"model": "cnn3", "image-size": 32, "classes": "a,b", "target-sensitivity": 0.9})
     history = RunHistory(tmp_path / "history.json")
     history.restore([], after_round=0)
     roster = NodeRoster({11: 10, 12: 30}, {11: "a", 12: "b", 9: "evaluator"}, 9, failed={13: "bad"}, deployed=True)
@@ -100,6 +119,8 @@ def written(tmp_path: Path) -> dict[str, Any]:
         else:
             evaluate(server_round, _arrays(1.0))
     history.early_stopping = EarlyStopping(3).to_json()
+    calibration = FederatedCalibration(cfg, _Hospitals(), roster=roster, base_config=ConfigRecord(), public=None)
+    _, history.calibration = calibration.fit(_arrays(1.0))
     history.stop("round 4: too few hospitals")
     history.flush()
     return json.loads(history.path.read_text())
@@ -122,6 +143,8 @@ def test_the_page_lists_every_key_the_server_writes_and_no_other(written: dict[s
         "A node": _union(written["nodes"]["nodes"]),
         "Early stopping": set(written["early_stopping"]),
         "A resume": _union(written["resumed"]),
+        "Calibration": set(written["calibration"]),
+        "A calibration stage": _union([written["calibration"][stage] for stage in ("nll", "histograms")]),
     }
     page = documented()
     assert set(page) == set(real), "the page's sections changed: map them to the history here"

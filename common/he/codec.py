@@ -44,6 +44,11 @@ class ParamLayout:
             tuple(str(t.dtype).removeprefix("torch.") for t in state.values()),
         )
 
+    @classmethod
+    def of_shapes(cls, shapes: Mapping[str, tuple[int, ...]]) -> ParamLayout:
+        """The layout of float64 arrays of these names and shapes (statistics rather than weights)."""
+        return cls(tuple(shapes), tuple(tuple(s) for s in shapes.values()), ("float64",) * len(shapes))
+
     @property
     def size(self) -> int:
         """Total number of values."""

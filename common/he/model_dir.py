@@ -15,6 +15,7 @@ import torch
 from flwr.app import Array, ArrayRecord
 from safetensors.torch import load_file, save_file
 
+from common.calibration import read_calibration, write_calibration
 from common.he.codec import decrypt_chunks
 from common.he.keys import HEContext
 from common.he.payload import HEADER_KEY, EncryptedPayload
@@ -59,8 +60,11 @@ def load_encrypted_dir(directory: str | Path) -> tuple[EncryptedPayload, ModelSp
 
 
 def decrypt_model_dir(directory: str | Path, ctx: HEContext, out: str | Path, *, workers: int = 1) -> Path:
-    """Decrypt an encrypted model directory into a plaintext one at ``out``."""
+    """Decrypt an encrypted model directory into a plaintext one at ``out``, its calibration kept."""
     payload, spec = load_encrypted_dir(directory)
+    calibration = read_calibration(directory)
     payload.check_against(ctx, kind="aggregate")
     vector = decrypt_chunks(ctx, payload.chunks, size=payload.layout.size, workers=workers) * payload.factor
-    return save_model_dir(out, payload.layout.unflatten(vector), spec)
+    plaintext = save_model_dir(out, payload.layout.unflatten(vector), spec)
+    write_calibration(plaintext, calibration)
+    return plaintext

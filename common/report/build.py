@@ -14,7 +14,7 @@ from common.experiment import resolve_path
 from common.he.model_dir import HEADER_FILE
 from common.models import SPEC_FILE, ModelSpec
 from common.privacy.utility import compare_runs
-from common.report import sections
+from common.report import clinical, sections
 from common.report.content import Note, Section
 from common.report.gradcam import TITLE as GRADCAM_TITLE
 from common.report.gradcam import gradcam_section, plaintext_model
@@ -79,6 +79,9 @@ def _steps(
     if not multilabel:  # a multi-label run has no single predicted class to tabulate
         steps.append(("confusion matrix", lambda: sections.confusion_section(report, out)))
     steps.append(("ROC and PR curves", lambda: sections.curves_section(classes, inputs.predictions, out)))
+    steps.append(("calibration", lambda: clinical.calibration_section(report, inputs.predictions, out)))
+    if "operating_point" in report:
+        steps.append(("operating point", lambda: clinical.operating_point_section(report)))
     if history is None:
         missing = "this directory has no history.json (a medsilo evaluate output has none)"
         steps += [

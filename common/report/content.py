@@ -152,12 +152,14 @@ def confusion_table(report: Mapping[str, Any]) -> Table:
 
 
 def multilabel_headline(report: Mapping[str, Any]) -> Paragraph:
-    """Macro AUROC, the accuracies, loss and the number of test images of a multi-label run, in one sentence."""
+    """Macro AUROC, macro F1 at the labels' thresholds, the accuracies, loss and test images, in one sentence."""
     value = partial(report_cell, report)
     return Paragraph(
         (
             "Macro AUROC ",
             value("macro.auroc"),
+            ", macro F1 at the labels' thresholds ",
+            value("macro.f1"),
             ", mean per-label accuracy ",
             value("accuracy"),
             ", every label right (subset accuracy) ",

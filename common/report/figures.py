@@ -28,6 +28,7 @@ __all__ = [
     "new_figure",
     "pr_curves",
     "privacy_curve",
+    "reliability_diagram",
     "roc_curves",
     "row_normalised",
     "save",
@@ -256,3 +257,35 @@ def encryption_costs(rounds: Sequence[Mapping[str, Any]], path: Path) -> Figure:
 def _mean_of(record: Mapping[str, Any], key: str) -> float | None:
     values = [h[key] for h in record.get("hospitals", {}).values() if h.get(key) is not None]
     return float(np.mean(values)) if values else None
+
+
+def reliability_diagram(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]],
+    path: Path,
+    *,
+    what: tuple[str, str, str],
+    bins: int,
+) -> Figure:
+    """Observed frequency against mean confidence per confidence bin, one panel per curve (before, after scaling).
+
+    Args:
+        curves: per panel title: the per-bin counts, mean confidences and mean outcomes (from
+            ``reliability_bins``) and the ECE.
+        what: the confidence, the outcome and what is counted, for the axis labels and the text alternative.
+    """
+    fig, axes = new_figure(4.2 * len(curves), 4.2, cols=len(curves))
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    described = []
+    for ax, (title, (count, confidence, outcome, ece)) in zip(axes[0], curves.items(), strict=True):
+        used = count > 0
+        ax.bar(edges[:-1][used], outcome[used], width=1.0 / bins, align="edge", color="tab:blue", alpha=0.7,
+               edgecolor="white", label="observed")  # fmt: skip
+        ax.plot(confidence[used], outcome[used], "o", color="tab:red", markersize=3, label="bin mean confidence")
+        ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1, label="perfect calibration")
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=f"confidence ({what[0]})", ylabel=f"observed ({what[1]})")
+        ax.set_title(f"{title}: ECE {ece:.3f}")
+        ax.legend(loc="upper left", fontsize=7)
+        described.append(f"{title}: ECE {ece:.3f} over {int(count.sum())} {what[2]}")
+    return save(
+        fig, path, f"Reliability diagram ({bins} bins; {what[0]} against {what[1]}): " + "; ".join(described) + "."
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.special import softmax
 from typer.testing import CliRunner
 
+from common.calibration import Calibration, write_calibration
 from common.cli import app
 from common.models import ModelSpec, build_from_spec, save_model_dir
 
@@ -67,6 +70,24 @@ def test_predict_prints_each_images_probabilities(model_dir: Path, scans: list[P
             assert any(name in row and f"{p:.4f}" in row for row in rows), f"{path.name}: no row {name} {p:.4f}"
     assert result.output.count("*") == len(scans)  # one predicted class marked per image
     assert "Grad-CAM" not in result.output
+
+
+def test_predict_applies_the_stored_temperature_and_threshold(model_dir: Path, scans: list[Path], tmp_path: Path):
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(model_dir, calibrated)
+    positive = ("glioma", "meningioma")
+    write_calibration(calibrated, Calibration(temperature=(0.25,), threshold=(0.5,), positive=positive,
+                                              target_sensitivity=0.95))  # fmt: skip
+    result = CliRunner().invoke(app, ["predict", "--model", str(calibrated), *map(str, scans)])
+    assert result.exit_code == 0, result.output
+    text = result.output.replace("\n", "")
+    for path in scans:
+        probs = softmax(np.log(_expected_probabilities(model_dir, path)) / 0.25)  # logits divided by T
+        for name, p in zip(CLASSES, probs, strict=True):
+            assert f"{p:.4f}" in text, f"{path.name}: no calibrated {name} {p:.4f}"
+        score = probs[0] + probs[1]
+        verdict = "positive" if score >= 0.5 else "negative"
+        assert f"{verdict}: p(glioma or meningioma) = {score:.4f}" in text
 
 
 def test_predict_writes_grad_cam_overlays(model_dir: Path, scans: list[Path], tmp_path: Path):

@@ -73,6 +73,8 @@ DEFAULTS = {
     "task": "auto",
     "label-threshold": "0.5",
     "early-stopping-patience": 0,
+    "calibrate": True,
+    "target-sensitivity": 0.0,
 }
 
 

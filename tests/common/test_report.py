@@ -17,6 +17,8 @@ from report_page import flatten, read_page
 from sklearn.metrics import confusion_matrix, roc_auc_score
 from typer.testing import CliRunner
 
+from common.calibration import Calibration, write_calibration
+from common.calibration_metrics import calibrated_report
 from common.cli import app
 from common.config import parse_run_config
 from common.metrics import classification_report
@@ -26,18 +28,25 @@ from common.report.content import Note
 from common.report.figures import row_normalised
 from common.report.gradcam import select_examples
 from common.report.summary import run_summary
-from common.run_files import write_json, write_predictions_csv
+from common.run_files import read_predictions_csv, write_json, write_predictions_csv
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 FIGURES = {
     "confusion_matrix.png",
     "roc_curves.png",
     "pr_curves.png",
+    "reliability.png",
     "learning_curves.png",
     "class_distribution.png",
     "privacy_epsilon.png",
     "gradcam.png",
 }
+
+
+CALIBRATION = Calibration(
+    temperature=(1.7,), threshold=(0.45,), positive=("glioma", "meningioma", "pituitary"), target_sensitivity=0.9,
+    source="fitted on 40 validation images of 2 hospital(s)",
+)  # fmt: skip
 
 
 def _predictions(n: int = 36, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -122,10 +131,11 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = {"model": "cnn3", "image-size": 32, "dp-enabled": True, "dp-target-epsilon": 3.0, "num-server-rounds": 2}
     write_json(run / "config.json", parse_run_config({**config, "data-root": str(data_root)}).to_run_config())
     write_json(run / "history.json", _history())
-    write_json(run / "report.json", classification_report(y, probs, CLASSES, loss=0.9))
+    report, probs = calibrated_report(y, probs, CLASSES, CALIBRATION, loss=0.9, multilabel=False)
+    write_json(run / "report.json", report)
     write_predictions_csv(run / "predictions.csv", paths=paths, y_true=y.tolist(), probabilities=probs, classes=CLASSES)
     spec = ModelSpec("cnn3", tuple(CLASSES), 32, 1, (0.5,), (0.25,))
-    save_model_dir(run / "model", build_from_spec(spec, seed=0), spec)
+    write_calibration(save_model_dir(run / "model", build_from_spec(spec, seed=0), spec), CALIBRATION)
     build_report(run, title="medsilo central evaluation")
     return run
 
@@ -169,7 +179,9 @@ def test_html_is_self_contained(run_dir: Path) -> None:
 
 def test_every_report_number_is_in_the_html(run_dir: Path) -> None:
     report = json.loads((run_dir / "report.json").read_text())
-    expected = {k: v for k, v in flatten(report).items() if not k.startswith("classes.")}
+    numbers = {k: v for k, v in flatten(report).items() if not isinstance(v, str | bool)}  # names, rules, flags
+    expected = {k: v for k, v in numbers.items() if not k.startswith("classes.")}
+    assert {"calibration.after.ece", "operating_point.sensitivity.low", "operating_point.threshold"} <= set(expected)
     page = read_page(run_dir)
     assert set(page.keyed) == set(expected)
     for key, value in expected.items():
@@ -183,7 +195,7 @@ def test_every_report_number_is_in_the_html(run_dir: Path) -> None:
 
 
 def test_roc_legend_auc_matches_sklearn(run_dir: Path) -> None:
-    y, probs = _predictions()
+    _, y, probs, _ = read_predictions_csv(run_dir / "predictions.csv")  # the calibrated probabilities
     alt = read_page(run_dir).alts["figure-roc_curves"]
     legend = dict(re.findall(r"(\w+) \(AUC ([0-9.]+|n/a)\)", alt))
     assert set(legend) == set(CLASSES)
@@ -333,7 +345,7 @@ def test_cli_evaluate_writes_the_same_report(run_dir: Path, tmp_path: Path) -> N
     )
     assert result.exit_code == 0, result.output
     figures = {p.name for p in (out / "figures").iterdir()}
-    assert figures == {"confusion_matrix.png", "roc_curves.png", "pr_curves.png", "gradcam.png"}
+    assert figures == {"confusion_matrix.png", "roc_curves.png", "pr_curves.png", "reliability.png", "gradcam.png"}
     markdown = (out / "report.md").read_text()
     assert "# medsilo evaluation" in markdown and "- **skipped files**: 0" in markdown
     assert "## Learning curves\n\n_Left out:" in markdown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import shutil
 import sys
 from pathlib import Path
 
@@ -11,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.special import softmax
 from streamlit.testing.v1 import AppTest
 
 from common import ui_app
+from common.calibration import Calibration, write_calibration
 from common.models import ModelSpec, build_from_spec, save_model_dir
 
 PAGE = str(Path(ui_app.__file__).resolve())
@@ -78,6 +81,26 @@ def test_upload_an_image_shows_the_prediction_and_its_grad_cam(page: AppTest, tm
     assert len(page.progress) == len(CLASSES)  # one probability bar per class
     assert len(page.image) == 1 and page.image[0].value[0].startswith("/mock/media/")
     assert "Grad-CAM" in page.image[0].captions[0]
+
+
+def test_the_page_applies_the_models_temperature_and_shows_its_operating_point(model_dir: Path, tmp_path: Path,
+                                                                               monkeypatch, no_pydicom):  # fmt: skip
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(model_dir, calibrated)
+    write_calibration(calibrated, Calibration(temperature=(0.5,), threshold=(0.4,), positive=("glioma", "pituitary")))
+    monkeypatch.setattr(sys, "argv", [PAGE, "--model", str(calibrated)])
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.run()
+    data = _png(tmp_path)
+    at.file_uploader[0].set_value(("scan.png", data, "image/png"))
+    at.run()
+    assert not at.exception and not at.error
+    probs = softmax(np.log(_expected_probabilities(data)) / 0.5)
+    best = int(probs.argmax())
+    assert [s.value for s in at.subheader] == [f"Prediction: {CLASSES[best]} (p = {probs[best]:.2f})"]
+    assert "temperature 0.5" in at.caption[0].value
+    score = probs[0] + probs[3]
+    assert any(f"p(glioma or pituitary) = {score:.4f}" in m.value for m in at.markdown)
 
 
 @pytest.mark.parametrize(

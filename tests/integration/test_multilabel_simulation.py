@@ -30,7 +30,12 @@ def test_a_multilabel_run_under_he_and_dp_reports_per_label_metrics(flower: Flow
     assert (run / "report.json").is_file(), proc.stdout[-3000:]
     report = json.loads((run / "report.json").read_text())
     assert report["task"] == "multilabel" and report["classes"] == list(LABELS) and report["n"] == 16
-    assert report["thresholds"] == [0.4, 0.5, 0.6]
+    history = json.loads((run / "history.json").read_text())
+    fitted = history["calibration"]  # per label, best F1 on the hospitals' summed validation histograms
+    assert report["thresholds"] == fitted["threshold"]
+    for i, given in enumerate((0.4, 0.5, 0.6)):  # a label the validation images cannot set keeps label-threshold
+        assert fitted["validation_sensitivity"][i] is not None or fitted["threshold"][i] == given
+    assert len(report["calibration"]["temperature"]) == 3 and fitted["encrypted"]
 
     paths, truth, probs, classes = read_predictions_csv(run / "predictions.csv")
     assert classes == list(LABELS) and truth.shape == probs.shape == (16, 3) and len(set(paths)) == 16
@@ -45,13 +50,12 @@ def test_a_multilabel_run_under_he_and_dp_reports_per_label_metrics(flower: Flow
         assert row["specificity"] == pytest.approx(float((~predicted[negatives]).mean()))
     assert report["micro"]["auroc"] == pytest.approx(roc_auc_score(truth.ravel(), probs.ravel()))
 
-    history = json.loads((run / "history.json").read_text())
     stopping = history["early_stopping"]
     best = stopping["best_round"]
     losses = {r["round"]: r["federated_evaluate"]["eval-loss"] for r in history["rounds"][1:]}
     assert best == min(losses, key=losses.get) and stopping["best_validation_loss"] == pytest.approx(losses[best])
-    central = {r["round"]: r["central"]["accuracy"] for r in history["rounds"]}
-    assert report["accuracy"] == pytest.approx(central[best])  # model/ and report.json are the best round's
+    central = {r["round"]: r["central"]["loss"] for r in history["rounds"]}
+    assert report["loss"] == pytest.approx(central[best])  # model/ and report.json are the best round's
     for record in history["rounds"][1:]:
         for hospital in record["hospitals"].values():
             assert 0 < hospital["epsilon"] <= 8.0 and hospital["encrypt_seconds"] > 0

@@ -11,6 +11,7 @@ from flower_env import DEFAULT_LOCAL_SUPERLINK_PORT, SimulatedRun
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
 from typer.testing import CliRunner
 
+from common.calibration import read_calibration
 from common.cli import app
 from common.models import load_model_dir
 from common.run_files import read_predictions_csv
@@ -25,6 +26,7 @@ REPORT_KEYS = {
     "weighted",
     "per_class",
     "confusion_matrix",
+    "calibration",
 }
 PER_CLASS_KEYS = {"precision", "recall", "f1", "specificity", "npv", "auroc", "average_precision", "support"}
 
@@ -80,6 +82,10 @@ def test_flwr_run_writes_the_run_directory(simulated_run: SimulatedRun, tmp_path
 
     model, spec = load_model_dir(run_dir / "model")
     assert spec.architecture == "cnn3" and spec.image_size == 32 and list(spec.classes) == classes
+    calibration = read_calibration(run_dir / "model")  # fitted on the 3 hospitals' validation splits
+    assert history["calibration"]["nll"]["hospitals"] == 3 and report["calibration"]["fitted"]
+    temperature = history["calibration"]["temperature"]
+    assert list(calibration.temperature) == report["calibration"]["temperature"] == temperature
 
     evaluated = tmp_path / "evaluated"
     cli = CliRunner().invoke(

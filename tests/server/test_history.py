@@ -42,3 +42,12 @@ def test_round_summary_says_what_happened_and_how_long_it_took(tmp_path: Path) -
         "hospital evaluation accuracy 0.500 (0.9 s), central accuracy 0.712, macro F1 0.700, macro AUROC 0.812 (2.0 s)"
     )
     assert history.round_summary(4, 10).endswith("no central evaluation")
+
+
+def test_a_multilabel_round_line_leads_with_macro_auroc_and_f1(tmp_path: Path) -> None:
+    history = RunHistory(tmp_path / "history.json", multilabel=True)
+    history.round(0)["central"] = {"accuracy": 0.92, "macro_f1": 0.0, "macro_auroc": 0.61}
+    history.round(0)["timings"]["central_evaluate_s"] = 1.0
+    assert history.round_summary(0, 5) == (
+        "round 0/5: central macro AUROC 0.610, macro F1 0.000, label-wise accuracy 0.920 (1.0 s)"
+    )
