@@ -221,6 +221,28 @@ DP_UTILITY: list[Column] = [
     ("seconds", "seconds", "s, the whole run"),
 ]
 
+ROBUSTNESS: list[Column] = [
+    ("hostile", "text", "what hospital 0 sends (—: nothing harmful)"),
+    ("keys.strategy", "text", "the server's aggregation"),
+    ("keys.he-enabled", "text", "under HE, with the hospitals' guard at its default"),
+    ("final", "accuracy", "central accuracy, last round run"),
+    ("last2_mean", "accuracy", "central accuracy, mean of the last 2 rounds run"),
+    ("rounds_completed", "count", "rounds with a central evaluation"),
+    ("declines", "count", "rounds in which a hospital declined the global model (computed here)"),
+    ("status", "text", "how the run ended (`stopped`: a majority declined, with one line)"),
+    ("seconds", "seconds", "s, the whole run"),
+]
+
+VERDICTS: list[Column] = [
+    ("clean_last2_mean", "accuracy", "the clean run's accuracy, mean of the last 2 rounds"),
+    ("scaled.fedavg_drop_points", "points", "points: clean − plain FedAvg under `scaled`"),
+    ("scaled.best_robust", "text", "the best robust strategy under `scaled`"),
+    ("scaled.best_robust_gap_points", "points", "points: clean − that strategy"),
+    ("label-flip.fedavg_drop_points", "points", "points: clean − plain FedAvg under `label-flip`"),
+    ("label-flip.best_robust", "text", "the best robust strategy under `label-flip`"),
+    ("label-flip.best_robust_gap_points", "points", "points: clean − that strategy"),
+]
+
 DP_OVERHEAD: list[Column] = [
     ("throughput_ratio", "ratio", "ratio: images/s without DP ÷ with DP-SGD in `mode`"),
     ("mode", "text", "the DP-SGD mode medsilo trains with: the fastest that ran correctly"),
@@ -312,6 +334,14 @@ def dp_precision(name: str, data: Any) -> str:
     return f"{provenance(name, data)} {trains}.\n\n{rows_table('model · clipper · precision', rows, DP_PRECISION)}"
 
 
+def robustness(name: str, data: Any) -> str:
+    """The verdicts, then one row per run: the attack, the strategy, the accuracy and the declines."""
+    runs = [(f"`{run}`", {**row, "declines": len(row.get("declined_rounds") or [])})
+            for run, row in mappings(get(data, "runs"))]  # fmt: skip
+    verdicts = key_table(get(data, "verdicts"), VERDICTS)
+    return f"{provenance(name, data)}\n\n{verdicts}\n\n{rows_table('run', runs, ROBUSTNESS)}"
+
+
 Builder = Callable[[str, Any], str]
 BUILDERS: dict[str, Builder] = {
     "train_throughput": train_throughput,
@@ -322,6 +352,7 @@ BUILDERS: dict[str, Builder] = {
     "dp_utility": dp_utility,
     "dp_overhead": dp_overhead,
     "dp_precision": dp_precision,
+    "robustness": robustness,
 }
 
 
