@@ -105,12 +105,12 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True)
 
-    num_server_rounds: Int = Field(40, ge=1)
+    num_server_rounds: Int = Field(20, ge=1)
     fraction_train: Float = Field(1.0, gt=0.0, le=1.0)
     fraction_evaluate: Float = Field(1.0, ge=0.0, le=1.0)
     min_train_nodes: Int = Field(2, ge=1)
     min_evaluate_nodes: Int = Field(2, ge=0)
-    local_epochs: Float = Field(0.125, gt=0.0, le=1000.0)
+    local_epochs: Float = Field(0.25, gt=0.0, le=1000.0)
     local_steps: Int = Field(0, ge=0, le=1_000_000)
     batch_size: Int = Field(32, ge=1, le=4096)
     learning_rate: Float = Field(1e-3, gt=0.0, le=10.0)
@@ -155,7 +155,7 @@ class RunConfig(BaseModel):
     lr_step_rounds: Annotated[str, AfterValidator(_rounds)] = ""
     lr_step_factor: Float = Field(0.1, gt=0.0, le=1.0)
     class_weights: Literal["none", "balanced"] = "none"
-    lr_warmup_rounds: Int = Field(8, ge=0)
+    lr_warmup_rounds: Int = Field(4, ge=0)
     norm_layer: Literal["batch", "group"] = "batch"
     loss: Literal["auto", "cross-entropy", "logit-adjusted"] = "auto"
     task: Literal["auto", "multiclass", "multilabel"] = "auto"

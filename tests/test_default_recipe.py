@@ -16,11 +16,11 @@ def _defaults() -> dict:
 
 
 def test_the_defaults_are_the_best_configuration() -> None:
-    """Kept optimiser state, logit-adjusted loss and rounds of an eighth of an epoch, under warm-up and cosine decay."""
+    """Kept optimiser state, logit-adjusted loss and rounds of a quarter epoch, under warm-up and cosine decay."""
     defaults = _defaults()
     assert defaults["optimizer-state"] == "keep"
-    assert defaults["local-epochs"] == 0.125 and defaults["local-steps"] == 0
-    assert defaults["lr-schedule"] == "cosine" and defaults["lr-warmup-rounds"] == 8  # one epoch of warm-up
+    assert defaults["local-epochs"] == 0.25 and defaults["local-steps"] == 0
+    assert defaults["lr-schedule"] == "cosine" and defaults["lr-warmup-rounds"] == 4  # one epoch of warm-up
     assert defaults["loss"] == "auto"
     assert defaults["strategy"] == "auto" and defaults["server-momentum"] == 0.5  # FedAvgM, or FedAvg under HE
     cfg = parse_run_config(defaults, source="pyproject.toml")
