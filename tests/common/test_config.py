@@ -17,12 +17,12 @@ PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 # The documented defaults, written out by hand (not read from the model).
 DEFAULTS = {
-    "num-server-rounds": 40,
+    "num-server-rounds": 20,
     "fraction-train": 1.0,
     "fraction-evaluate": 1.0,
     "min-train-nodes": 2,
     "min-evaluate-nodes": 2,
-    "local-epochs": 0.125,
+    "local-epochs": 0.25,
     "local-steps": 0,
     "batch-size": 32,
     "learning-rate": 1e-3,
@@ -67,7 +67,7 @@ DEFAULTS = {
     "lr-step-rounds": "",
     "lr-step-factor": 0.1,
     "class-weights": "none",
-    "lr-warmup-rounds": 8,
+    "lr-warmup-rounds": 4,
     "norm-layer": "batch",
     "loss": "auto",
     "task": "auto",
