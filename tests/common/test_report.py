@@ -229,7 +229,7 @@ def test_markdown_shows_every_decline_and_the_largest_step(run_dir: Path) -> Non
     section = markdown.split("## Declined rounds", 1)[1].split("\n## ", 1)[0]
     assert "| 3 (abandoned: resumed after 1) | hospital-0 | the global step jumped |" in section
     assert "| 2 | hospital-1 | privacy budget: 3.1 > 3.0 |" in section
-    assert "update-norm-limit 8.0; the largest step ratio a hospital saw was 0.91." in section
+    assert "update-norm-limit 2.5; the largest step ratio a hospital saw was 0.91." in section
 
 
 def test_select_examples_picks_confident_correct_then_wrong() -> None:

@@ -87,7 +87,8 @@ def test_fedadam_follows_the_published_update(tmp_path: Path) -> None:
 
 
 def test_fedavgm_follows_heavy_ball_momentum(tmp_path: Path) -> None:
-    strategy = _strategy(tmp_path, strategy="fedavgm", **{"server-learning-rate": 1.0, "server-momentum": 0.9})
+    keys = {"server-learning-rate": 1.0, "server-momentum": 0.9, "update-norm-limit": 0.0}
+    strategy = _strategy(tmp_path, strategy="fedavgm", **keys)
     w, averages = _run(strategy, 3, np.random.default_rng(1))
     x, buf = np.zeros((3, 2)), None
     for avg in averages:
@@ -162,7 +163,8 @@ def test_a_server_step_that_diverges_keeps_the_global_model(tmp_path: Path) -> N
 
 def test_a_server_optimiser_steps_weights_and_averages_buffers(tmp_path: Path) -> None:
     """BatchNorm statistics are averaged: momentum would push a running variance below zero."""
-    strategy = _strategy(tmp_path, strategy="fedavgm", **{"server-learning-rate": 1.0, "server-momentum": 0.9})
+    keys = {"server-learning-rate": 1.0, "server-momentum": 0.9, "update-norm-limit": 0.0}
+    strategy = _strategy(tmp_path, strategy="fedavgm", **keys)
     strategy.buffer_keys = frozenset({"bn.num_batches_tracked"})
     _run(strategy, 2, np.random.default_rng(3))
     sent = list(strategy.configure_train(3, _record(np.zeros((3, 2)), tracked=5), ConfigRecord(), _Nodes([1, 2])))
