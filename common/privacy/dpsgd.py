@@ -19,6 +19,7 @@ from common.data.images import ImageSet, TensorImageDataset
 from common.optimizers import build_optimizer
 from common.privacy.accounting import is_finite_number, poisson_schedule
 from common.privacy.clipping import BookKeepingClipper  # importing it also registers ghost clipping's Conv2d norms
+from common.privacy.compat import WSConv2d
 from common.privacy.recipe import DPRecipe, IterateEMA, MultiViewDataset
 from common.tasks import TaskLoss, hits, task_loss
 from common.trainable import train_mode
@@ -109,9 +110,9 @@ class PrivateTraining:
             self.optimizer.step()
             return (float(loss.detach()) * len(y), hits(logits.detach(), y), len(y)) if len(y) else None
         views = self.clipper.views
+        part = (self.examples_per_pass or len(y)) * views  # rows of one forward pass
         x = x.flatten(0, 1) if views > 1 else x  # (B·K, C, H, W): example b's views are rows bK to bK + K - 1
         y = y.repeat_interleave(views, dim=0)
-        part = (self.examples_per_pass or len(y)) * views
         loss_sum, correct = 0.0, 0.0
         for start in range(0, len(y), part):  # the clipper adds each part's clipped sum to .grad
             inputs = x[start : start + part].detach().requires_grad_(True)  # the backward pass reaches every layer
@@ -153,6 +154,8 @@ def make_private(
     if mode not in GRAD_SAMPLE_MODES:
         raise ValueError(f"grad_sample_mode = {mode!r} is invalid; expected one of {GRAD_SAMPLE_MODES}")
     recipe = recipe or DPRecipe()
+    if mode == "ew" and any(isinstance(m, WSConv2d) for m in model.modules()):
+        raise ValueError("grad_sample_mode = 'ew' is invalid with weight-standardised convolutions; expected another")
     if mode != "bk" and recipe.needs_book_keeping:
         raise ValueError(
             f"grad_sample_mode = {mode!r} is invalid with augmentation multiplicity, normalize clipping or "

@@ -81,15 +81,15 @@ def test_group_norm_takes_the_gcd_of_groups_and_channels(groups: int) -> None:
         make_dp_compatible(plain, groups=0)
 
 
+def _images(n: int) -> ImageSet:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 1, 32, 32), dtype=torch.uint8, generator=g)
+    return ImageSet(images, torch.randint(0, 4, (n,), generator=g), tuple(map(str, range(n))), ("a", "b", "c", "d"))
+
+
 def test_every_clipping_mode_trains_a_ws_model_alike() -> None:
     """Book-keeping (exact ws norms), ghost (its norm sampler) and hooks (torch.func) give the same weights."""
-    g = torch.Generator().manual_seed(0)
-    images = ImageSet(
-        torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8, generator=g),
-        torch.randint(0, 4, (8,), generator=g),
-        tuple(f"{i}.png" for i in range(8)),
-        ("a", "b", "c", "d"),
-    )
+    images = _images(8)
     states = {}
     for mode in ("bk", "ghost", "hooks"):
         model = make_dp_compatible(
@@ -103,6 +103,16 @@ def test_every_clipping_mode_trains_a_ws_model_alike() -> None:
     for mode in ("ghost", "hooks"):
         for key, value in states["bk"].items():
             torch.testing.assert_close(states[mode][key], value, rtol=1e-4, atol=1e-5, msg=f"{mode}: {key}")
+
+
+def test_expanded_weights_cannot_train_a_ws_model() -> None:
+    model = make_dp_compatible(build_model("cnn3", num_classes=4, in_channels=1, seed=0), weight_standardization=True)
+    with pytest.raises(ValueError, match="grad_sample_mode = 'ew' is invalid with weight-standardised convolutions"):
+        train_private(
+            model, _images(4), transform=normalize([0.5], [0.25]), batch_size=4, epochs=1, lr=0.5,
+            optimizer_name="sgd", noise_multiplier=0.0, max_grad_norm=1.0, seed=0, device=torch.device("cpu"),
+            grad_sample_mode="ew",
+        )  # fmt: skip
 
 
 def test_a_saved_model_rebuilds_its_groups_and_standardisation(tmp_path: Path) -> None:
