@@ -240,7 +240,10 @@ class BookKeepingClipper:
             if x.dim() != 2:
                 raise NotImplementedError(f"book-keeping supports Linear on (batch, features) inputs, not {x.dim()}-D")
             xs, gs = x.reshape(-1, self.views, x.shape[1]), g.reshape(-1, self.views, g.shape[1])
-            sq.append((torch.bmm(gs, gs.transpose(1, 2)) * torch.bmm(xs, xs.transpose(1, 2))).sum(dim=(1, 2)))
+            if self.views == 1:  # ‖g‖²‖x‖²
+                sq.append(g.square().sum(dim=1) * x.square().sum(dim=1))
+            else:  # Σ_kl (g_k·g_l)(x_k·x_l)
+                sq.append((torch.bmm(gs, gs.transpose(1, 2)) * torch.bmm(xs, xs.transpose(1, 2))).sum(dim=(1, 2)))
             if bias is not None:
                 sq.append(gs.sum(dim=1).square().sum(dim=1))
 

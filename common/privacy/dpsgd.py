@@ -120,7 +120,7 @@ class PrivateTraining:
             logits = self.model(inputs)
             per_view = task_loss(logits + self.log_prior, targets, reduction="none")
             self.clipper.backward(per_view, inputs)
-            loss_sum += float(per_view.detach().sum())
+            loss_sum += float(per_view.detach().mean()) * len(targets)
             correct += hits(logits.detach(), targets)
         self.optimizer.step()
         return loss_sum, correct, len(y)

@@ -42,9 +42,9 @@ class DPRecipe:
     max_physical_batch: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.augmentation_multiplicity, bool) or not 1 <= self.augmentation_multiplicity <= 1024:
+        if isinstance(self.augmentation_multiplicity, bool) or self.augmentation_multiplicity < 1:
             raise ValueError(
-                f"augmentation_multiplicity = {self.augmentation_multiplicity!r} is invalid; expected 1 to 1024"
+                f"augmentation_multiplicity = {self.augmentation_multiplicity!r} is invalid; expected an integer >= 1"
             )
         if self.clipping not in CLIPPING:
             raise ValueError(f"clipping = {self.clipping!r} is invalid; expected one of {CLIPPING}")
