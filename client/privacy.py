@@ -1,8 +1,9 @@
 """The hospital's privacy budget: plan DP-SGD once, persist the ledger, decline when spent.
 
 The noise multiplier is set once from the target (epsilon, delta) over the whole planned
-training (rounds x local epochs). The ledger lives in the hospital's state directory, so a
-restarted node continues its accounting instead of starting from zero.
+training (rounds x local epochs, at the run's sample rate). The ledger lives in the hospital's
+state directory, so a restarted node continues its accounting instead of starting from zero.
+The recipe's other options (views, clipping form, EMA, frozen blocks) leave the plan as it is.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from common.data import ImageSet, build_transform
 from common.experiment import preset_for
 from common.privacy.accounting import PrivacyLedger, default_delta, fits_budget, noise_multiplier_for, poisson_schedule
 from common.privacy.dpsgd import PrivateTrainResult, train_private
+from common.privacy.recipe import DPRecipe
+from common.trainable import freeze_blocks
 
-__all__ = ["LEDGER_FILE", "DPPlan", "PrivateRound", "dp_plan", "train_within_budget"]
+__all__ = ["LEDGER_FILE", "DPPlan", "PrivateRound", "dp_plan", "dp_recipe", "train_within_budget"]
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,9 @@ class DPPlan:
 
 def dp_plan(cfg: RunConfig, *, num_examples: int) -> DPPlan:
     """The plan for a hospital with ``num_examples`` training images."""
-    sample_rate, steps = poisson_schedule(num_examples=num_examples, batch_size=cfg.batch_size, epochs=cfg.local_epochs)
+    sample_rate, steps = poisson_schedule(
+        num_examples=num_examples, batch_size=cfg.batch_size, epochs=cfg.local_epochs, sample_rate=cfg.dp_sample_rate
+    )
     delta = cfg.dp_delta or default_delta(num_examples)
     if delta >= 1.0 / num_examples:
         raise ValueError(
@@ -66,6 +71,16 @@ def dp_plan(cfg: RunConfig, *, num_examples: int) -> DPPlan:
         target_epsilon=cfg.dp_target_epsilon, delta=delta, sample_rate=sample_rate, steps=steps * cfg.num_server_rounds
     )
     return DPPlan(sigma, sample_rate, steps, delta, cfg.dp_max_grad_norm, cfg.dp_target_epsilon)
+
+
+def dp_recipe(cfg: RunConfig) -> DPRecipe:
+    """The run's DP-SGD options beyond σ, q and C; with ``dp-sample-rate``, ``batch-size`` bounds a forward pass."""
+    return DPRecipe(
+        augmentation_multiplicity=cfg.dp_augmentation_multiplicity,
+        clipping=cfg.dp_clipping,
+        ema_decay=cfg.dp_ema_decay,
+        max_physical_batch=cfg.batch_size if cfg.dp_sample_rate else 0,
+    )
 
 
 @dataclass(frozen=True)
@@ -103,18 +118,21 @@ def train_within_budget(
         )
         log.warning("declining to train: %s", reason)
         return reason
+    freeze_blocks(model, architecture=cfg.model, train_from=cfg.train_from_block)
     result = train_private(
         model,
         images,
         transform=build_transform(preset_for(cfg), train=True),
         batch_size=cfg.batch_size,
         epochs=cfg.local_epochs,
-        lr=cfg.learning_rate,
-        optimizer_name=cfg.optimizer,
+        lr=cfg.dp_learning_rate or cfg.learning_rate,
+        optimizer_name=cfg.optimizer if cfg.dp_optimizer == "auto" else cfg.dp_optimizer,
         noise_multiplier=plan.noise_multiplier,
         max_grad_norm=plan.max_grad_norm,
         seed=seed,
         device=device,
+        sample_rate=plan.sample_rate,
+        recipe=dp_recipe(cfg),
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
         log_prior=class_log_prior(images.labels, len(cfg.class_names)) if cfg.logit_adjusted else None,

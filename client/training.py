@@ -18,6 +18,7 @@ from common.optimizers import build_optimizer, lr_factor
 from common.precision import Precision, channels_last, resolve_precision
 from common.presets import DatasetPreset
 from common.tasks import AUX_LOSS_WEIGHT, hits, split_outputs, task_loss
+from common.trainable import freeze_blocks, train_mode
 
 __all__ = [
     "TrainResult",
@@ -104,7 +105,9 @@ def train_local(
 
     A fraction of an epoch (``local-epochs = 0.25``) is that share of the shard's batches, at least one.
 
-    ``seed`` fixes the shuffling and the augmentation, so a round is reproducible.
+    ``seed`` fixes the shuffling and the augmentation, so a round is reproducible. Only blocks
+    ``cfg.train_from_block`` onwards train; the frozen ones run in eval mode, so not even their
+    BatchNorm statistics move.
     ``optimizer_state`` (this hospital's from its previous round, with ``optimizer-state =
     "keep"``) continues the optimizer's moments; the result carries the new state. The
     forward pass runs under ``precision`` (default: ``cfg.precision`` on ``device``), in
@@ -115,7 +118,8 @@ def train_local(
     start = time.perf_counter()
     torch.manual_seed(seed)
     precision = precision or resolve_precision(cfg.precision, device)
-    model.to(device).train()
+    freeze_blocks(model, architecture=cfg.model, train_from=cfg.train_from_block)
+    train_mode(model.to(device))
     with channels_last(model, enabled=precision.channels_last(cfg.image_size)):
         optimizer = make_optimizer(model, cfg)
         if optimizer_state is not None:

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from common.architectures import ARCHITECTURES, IMAGENET_ARCHITECTURES, MIN_IMAGE_SIZE
+from common.architectures import ARCHITECTURES, BLOCKS, IMAGENET_ARCHITECTURES, MIN_IMAGE_SIZE
 from common.presets import PRESETS, positive_classes
 from common.robust import ROBUST_STRATEGIES, updates_needed
 
@@ -126,6 +126,7 @@ class RunConfig(BaseModel):
     local_val_fraction: Float = Field(0.1, ge=0.0, le=0.5)
     model: Annotated[str, _one_of(ARCHITECTURES)] = "resnet18"
     pretrained_weights: str = ""
+    train_from_block: Int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     decoded_cache_mb: Int = Field(4096, ge=0)
@@ -138,6 +139,12 @@ class RunConfig(BaseModel):
     dp_delta: Float = Field(0.0, ge=0.0, lt=1.0)
     dp_max_grad_norm: Float = Field(1.0, gt=0.0)
     dp_noise_multiplier: Float = Field(0.0, ge=0.0, le=100.0)
+    dp_sample_rate: Float = Field(0.0, ge=0.0, le=1.0)
+    dp_augmentation_multiplicity: Int = Field(1, ge=1, le=64)
+    dp_clipping: Literal["clip", "normalize"] = "clip"
+    dp_ema_decay: Float = Field(0.0, ge=0.0, lt=1.0)
+    dp_optimizer: Literal["auto", "sgd", "adam", "adamw"] = "auto"
+    dp_learning_rate: Float = Field(0.0, ge=0.0, le=10.0)
     seed: Int = Field(42, ge=0)
     output_dir: str = Field("runs", min_length=1)
     run_name: str = ""
@@ -157,6 +164,8 @@ class RunConfig(BaseModel):
     class_weights: Literal["none", "balanced"] = "none"
     lr_warmup_rounds: Int = Field(4, ge=0)
     norm_layer: Literal["batch", "group"] = "batch"
+    norm_groups: Int = Field(32, ge=1, le=1024)
+    weight_standardization: Annotated[bool, Field(strict=True)] = False
     loss: Literal["auto", "cross-entropy", "logit-adjusted"] = "auto"
     task: Literal["auto", "multiclass", "multilabel"] = "auto"
     label_threshold: Annotated[str, AfterValidator(_thresholds)] = "0.5"
@@ -169,6 +178,24 @@ class RunConfig(BaseModel):
         minimum = MIN_IMAGE_SIZE.get(self.model, 32)
         if self.image_size < minimum:
             raise _KeyConflict("image-size", f"image-size >= {minimum} for model {self.model!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _block_exists(self) -> RunConfig:
+        blocks = [name for name, _ in BLOCKS[self.model]]
+        if self.train_from_block >= len(blocks):
+            raise _KeyConflict(
+                "train-from-block", f"0 to {len(blocks) - 1} for model {self.model!r} (blocks: {', '.join(blocks)})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _group_norm_options_need_group_norm(self) -> RunConfig:
+        variant = "unless the model is the GroupNorm variant (norm-layer 'group' or dp-enabled)"
+        if self.norm_groups != 32 and not (self.dp_enabled or self.norm_layer == "group"):
+            raise _KeyConflict("norm-groups", f"32 {variant}")
+        if self.weight_standardization and not (self.dp_enabled or self.norm_layer == "group"):
+            raise _KeyConflict("weight-standardization", f"false {variant}")
         return self
 
     @model_validator(mode="after")

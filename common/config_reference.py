@@ -26,9 +26,10 @@ MEANINGS: dict[str, str] = {
     "local-epochs": "epochs of its shard each hospital trains per round, a fraction being that share of its batches "
     "(when `local-steps` is 0)",
     "local-steps": "batches each hospital trains per round (0: `local-epochs` of its shard; refused with DP)",
-    "batch-size": "local batch size (under DP: the expected Poisson batch)",
-    "learning-rate": "local learning rate (the peak of the schedule)",
-    "optimizer": "local optimizer",
+    "batch-size": "local batch size; under DP the expected Poisson batch, or with `dp-sample-rate` the most images "
+    "(views) one forward pass holds",
+    "learning-rate": "local learning rate (the peak of the schedule; under DP see `dp-learning-rate`)",
+    "optimizer": "local optimizer (under DP see `dp-optimizer`)",
     "momentum": "SGD's momentum",
     "weight-decay": "the optimizer's weight decay",
     "dataset": "preset: class list, channels, normalisation and augmentation",
@@ -42,6 +43,9 @@ MEANINGS: dict[str, str] = {
     "pretrained-weights": "starting weights: a `medsilo pretrain` model directory, a local `.safetensors`/`.pt` "
     "file, or `imagenet` (torchvision's, downloaded into `$TORCH_HOME/hub/checkpoints/`: the only download); "
     "'': fresh",
+    "train-from-block": "only this block and the later ones train; the earlier ones stay frozen (0: all train). "
+    "Blocks: cnn3 conv1–3, classifier; resnets stem, layer1–4, fc; densenet121 stem, denseblock1–4, classifier; "
+    "alexnet conv1–5, fc6–8; vgg11 conv1–5, fc6–8; inception_v3 stem, mixed5–7, fc",
     "device": "`auto`: CUDA when present",
     "precision": "`auto`: bf16 autocast where the hardware has native bf16, fp16 with a scaler on older GPUs, "
     "else float32 (fp16 is refused on a CPU; DP-SGD always trains in float32)",
@@ -55,6 +59,16 @@ MEANINGS: dict[str, str] = {
     "dp-delta": "δ of the guarantee (0: min(1e-5, 1/(10 n)) per hospital)",
     "dp-max-grad-norm": "per-example clipping bound C",
     "dp-noise-multiplier": "σ; 0: planned once from `dp-target-epsilon` over the whole run",
+    "dp-sample-rate": "Poisson sampling rate q of each DP-SGD step, an epoch being round(1/q) steps "
+    "(0: q = 1/⌈n / batch-size⌉); σ is planned for it",
+    "dp-augmentation-multiplicity": "K augmented views of each sampled image, their gradients averaged before the "
+    "image's one clip (De et al., 2022): no privacy cost",
+    "dp-clipping": "`clip`: each image's gradient g times min(1, C/‖g‖); `normalize`: times C/(‖g‖ + 0.01), every "
+    "image (automatic clipping, Bu et al., 2022); both add at most C",
+    "dp-ema-decay": "each hospital sends the bias-corrected EMA of its round's DP-SGD iterates with this decay "
+    "(0: the last iterate); free post-processing",
+    "dp-optimizer": "the optimizer under DP (`auto`: `optimizer`)",
+    "dp-learning-rate": "the learning rate under DP, constant through the run (0: `learning-rate`)",
     "seed": "seeds the initial weights, the split and local shuffling and augmentation",
     "output-dir": "where run directories are written",
     "run-name": "the run directory's name ('': dataset, UTC time and run id)",
@@ -80,6 +94,8 @@ MEANINGS: dict[str, str] = {
     "class-weights": "`balanced`: each hospital weights its loss by its own shard's class counts (refused under DP)",
     "lr-warmup-rounds": "rounds of linear learning-rate warm-up",
     "norm-layer": "`batch` (BatchNorm, statistics averaged) or `group` (GroupNorm, the variant DP builds)",
+    "norm-groups": "GroupNorm's groups in the GroupNorm variant: gcd(norm-groups, channels) per layer",
+    "weight-standardization": "the GroupNorm variant's convolutions use their filters centred and scaled to unit norm",
     "loss": "`logit-adjusted`: each hospital trains on logits plus the log of its own class frequencies",
     "task": "`multiclass` or `multilabel`, as the preset says (`auto`; a contradicting value is an error)",
     "label-threshold": "multi-label decision threshold in the rounds' evaluations: one for all labels, or a "

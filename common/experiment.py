@@ -34,6 +34,8 @@ def model_spec(cfg: RunConfig) -> ModelSpec:
         std=preset.std,
         dp_compatible=cfg.dp_enabled or cfg.norm_layer == "group",  # the GroupNorm variant
         multilabel=cfg.multilabel,
+        norm_groups=cfg.norm_groups,
+        weight_standardization=cfg.weight_standardization,
     )
 
 

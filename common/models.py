@@ -175,7 +175,10 @@ class Pretraining:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to rebuild a model and feed it images (``model.json``)."""
+    """Everything needed to rebuild a model and feed it images (``model.json``).
+
+    ``norm_groups`` and ``weight_standardization`` shape the GroupNorm variant (``dp_compatible``).
+    """
 
     architecture: str
     classes: tuple[str, ...]
@@ -185,6 +188,8 @@ class ModelSpec:
     std: tuple[float, ...]
     dp_compatible: bool = False
     multilabel: bool = False
+    norm_groups: int = 32
+    weight_standardization: bool = False
     pretrained_on: Pretraining | None = None
 
     def to_json(self) -> dict[str, object]:
@@ -213,7 +218,7 @@ def build_from_spec(spec: ModelSpec, *, seed: int | None = None) -> nn.Module:
     if spec.dp_compatible:
         from common.privacy.compat import make_dp_compatible  # opacus is imported only when DP is on
 
-        model = make_dp_compatible(model)
+        model = make_dp_compatible(model, groups=spec.norm_groups, weight_standardization=spec.weight_standardization)
     return model
 
 

@@ -258,12 +258,16 @@ def fits_budget(
     return epsilon <= target_epsilon * (1 + 1e-9), epsilon
 
 
-def poisson_schedule(*, num_examples: int, batch_size: int, epochs: float = 1) -> tuple[float, int]:
+def poisson_schedule(
+    *, num_examples: int, batch_size: int, epochs: float = 1, sample_rate: float = 0.0
+) -> tuple[float, int]:
     """The sample rate and number of steps :func:`train_private` uses for ``epochs`` epochs.
 
-    As Opacus' ``DPDataLoader``: ``steps_per_epoch = ceil(num_examples / batch_size)`` and
-    ``sample_rate = 1 / steps_per_epoch`` (each example is in each step with this probability).
-    A fraction of an epoch is that share of the steps, at least one.
+    With ``sample_rate`` 0, as Opacus' ``DPDataLoader``: ``steps_per_epoch = ceil(num_examples /
+    batch_size)`` and ``sample_rate = 1 / steps_per_epoch`` (each example is in each step with
+    this probability). A ``sample_rate`` q in (0, 1] is taken as it is, with ``steps_per_epoch =
+    max(1, round(1 / q))``: one pass over the examples in expectation. A fraction of an epoch is
+    that share of the steps, at least one.
 
     Returns:
         ``(sample_rate, steps)`` with ``steps = max(1, round(epochs * steps_per_epoch))``.
@@ -273,5 +277,9 @@ def poisson_schedule(*, num_examples: int, batch_size: int, epochs: float = 1) -
             raise ValueError(f"{name} = {value!r} is invalid; expected an integer >= 1")
     if not is_finite_number(epochs) or epochs <= 0:
         raise ValueError(f"epochs = {epochs!r} is invalid; expected a finite number > 0")
+    if not is_finite_number(sample_rate) or not 0 <= sample_rate <= 1:
+        raise ValueError(f"sample_rate = {sample_rate!r} is invalid; expected a number in [0, 1] (0: from batch_size)")
+    if sample_rate:
+        return float(sample_rate), max(1, round(epochs * max(1, round(1 / sample_rate))))
     per_epoch = math.ceil(num_examples / batch_size)
     return 1.0 / per_epoch, max(1, round(epochs * per_epoch))

@@ -38,6 +38,7 @@ DEFAULTS = {
     "local-val-fraction": 0.1,
     "model": "resnet18",
     "pretrained-weights": "",
+    "train-from-block": 0,
     "device": "auto",
     "precision": "auto",
     "decoded-cache-mb": 4096,
@@ -50,6 +51,12 @@ DEFAULTS = {
     "dp-delta": 0.0,
     "dp-max-grad-norm": 1.0,
     "dp-noise-multiplier": 0.0,
+    "dp-sample-rate": 0.0,
+    "dp-augmentation-multiplicity": 1,
+    "dp-clipping": "clip",
+    "dp-ema-decay": 0.0,
+    "dp-optimizer": "auto",
+    "dp-learning-rate": 0.0,
     "seed": 42,
     "output-dir": "runs",
     "run-name": "",
@@ -69,6 +76,8 @@ DEFAULTS = {
     "class-weights": "none",
     "lr-warmup-rounds": 4,
     "norm-layer": "batch",
+    "norm-groups": 32,
+    "weight-standardization": False,
     "loss": "auto",
     "task": "auto",
     "label-threshold": "0.5",
@@ -268,6 +277,22 @@ def test_non_finite_float_is_rejected(key):
         ("local-epochs", 0, "a value > 0"),
         ("local-epochs", -0.25, "a value > 0"),
         ("local-epochs", 1001, "a value <= 1000"),
+        ("train-from-block", -1, "a value >= 0"),
+        ("train-from-block", 1.0, "an integer"),
+        ("dp-sample-rate", -0.1, "a value >= 0"),
+        ("dp-sample-rate", 1.5, "a value <= 1"),
+        ("dp-augmentation-multiplicity", 0, "a value >= 1"),
+        ("dp-augmentation-multiplicity", 65, "a value <= 64"),
+        ("dp-augmentation-multiplicity", True, "not a boolean"),
+        ("dp-clipping", "automatic", "one of 'clip' or 'normalize'"),
+        ("dp-ema-decay", 1.0, "a value < 1"),
+        ("dp-ema-decay", -0.5, "a value >= 0"),
+        ("dp-optimizer", "lamb", "one of 'auto', 'sgd', 'adam' or 'adamw'"),
+        ("dp-learning-rate", -1.0, "a value >= 0"),
+        ("dp-learning-rate", 11.0, "a value <= 10"),
+        ("norm-groups", 0, "a value >= 1"),
+        ("norm-groups", 2048, "a value <= 1024"),
+        ("weight-standardization", 1, "true or false"),
     ],
 )
 def test_out_of_range_is_rejected(key, value, expected):
@@ -332,6 +357,28 @@ def test_step_rounds_and_the_step_schedule_go_together():
 def test_class_weights_are_refused_under_dp():
     message = _error({"dp-enabled": True, "class-weights": "balanced"})
     _assert_names(message, "class-weights", "balanced", "'none' under dp-enabled")
+
+
+def test_train_from_block_names_the_models_blocks():
+    message = _error({"model": "resnet18", "train-from-block": 6})
+    _assert_names(message, "train-from-block", 6, "0 to 5 for model 'resnet18'", "stem, layer1, layer2")
+    assert parse_run_config({"model": "cnn3", "train-from-block": 3}).train_from_block == 3
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"), [("norm-groups", 16, "32"), ("weight-standardization", True, "false")]
+)
+def test_group_norm_options_need_the_group_norm_variant(key, value, expected):
+    _assert_names(_error({key: value}), key, value, f"{expected} unless the model is the GroupNorm variant")
+    for variant in ({"dp-enabled": True}, {"norm-layer": "group"}):
+        assert parse_run_config({key: value, **variant}).to_run_config()[key] == value
+
+
+def test_the_dp_recipe_keys_are_kept_without_dp():
+    """A no-DP baseline may share the DP run's config: the recipe keys then train nothing differently."""
+    recipe = {"dp-sample-rate": 0.5, "dp-augmentation-multiplicity": 8, "dp-clipping": "normalize",
+              "dp-ema-decay": 0.99, "dp-optimizer": "sgd", "dp-learning-rate": 2.0}  # fmt: skip
+    assert {k: parse_run_config(recipe).to_run_config()[k] for k in recipe} == recipe
 
 
 def test_local_steps_are_refused_under_dp():

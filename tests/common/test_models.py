@@ -35,6 +35,8 @@ SPEC_KEYS = {
     "std",
     "dp_compatible",
     "multilabel",
+    "norm_groups",
+    "weight_standardization",
     "pretrained_on",
     "format_version",
 }
@@ -146,8 +148,18 @@ def test_model_json_contents(tmp_path):
         "std": [0.25],
         "dp_compatible": False,
         "multilabel": False,
+        "norm_groups": 32,
+        "weight_standardization": False,
         "pretrained_on": None,
     }
+
+
+def test_a_model_json_written_before_the_group_norm_options_loads_with_their_defaults(tmp_path):
+    directory, _, spec = _saved(tmp_path)
+    data = json.loads((directory / "model.json").read_text())
+    del data["norm_groups"], data["weight_standardization"]
+    (directory / "model.json").write_text(json.dumps(data))
+    assert load_model_dir(directory)[1] == spec
 
 
 @pytest.mark.parametrize("keep", ["model.json", "model.safetensors", None])

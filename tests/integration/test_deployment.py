@@ -23,6 +23,8 @@ from flower_env import free_port
 TIMEOUT = 45  # round-timeout (s): a healthy encrypted private round here took 23-29 s, idle
 # DP-SGD at each hospital: 36 training images (40 less the 10% local validation split), expected batch 12.
 SIGMA, Q, STEPS_PER_ROUND, DELTA = 1.5, 1 / 3, 3, 1e-5
+# The DP recipe's free options: 2 views per image and the EMA of the iterates leave q and the steps as they are.
+RECIPE = "dp-augmentation-multiplicity=2 dp-ema-decay=0.9"
 
 
 def _epsilon(steps: int, sigma: float = SIGMA, q: float = Q, delta: float = DELTA) -> float:
@@ -82,7 +84,8 @@ def test_the_server_refuses_a_keys_folder_that_holds_the_secret(consortium: Cons
 def test_the_readme_run_rides_out_a_crash_stops_when_none_remain_and_resumes_within_budget(
     consortium: Consortium,
 ) -> None:
-    """README step 6 as written: HE + DP, 2 rounds, min-train-nodes 1, a budget of one round per hospital.
+    """README step 6 as written: HE + DP (with augmentation multiplicity and EMA), 2 rounds, min-train-nodes 1,
+    a budget of one round per hospital.
 
     A fourth, misconfigured node (started with the consortium) fails to describe itself: the run goes on without it, and
     records it. Round 1: hospital-b crashes (SIGKILL) as its ClientApp starts; round-timeout, or
@@ -97,7 +100,7 @@ def test_the_readme_run_rides_out_a_crash_stops_when_none_remain_and_resumes_wit
     target = (_epsilon(STEPS_PER_ROUND) + _epsilon(2 * STEPS_PER_ROUND)) / 2  # one round fits, two do not
     training = (
         f"{TINY} batch-size=12 num-server-rounds=2 min-train-nodes=1 round-timeout={TIMEOUT} dp-enabled=true "
-        f"dp-noise-multiplier={SIGMA} dp-delta={DELTA} dp-target-epsilon={target} run-name='fault'"
+        f"dp-noise-multiplier={SIGMA} dp-delta={DELTA} dp-target-epsilon={target} {RECIPE} run-name='fault'"
     )
     run = consortium.start("run", consortium.commands["run"], TRAINING=training)
     _wait_for(run_dir / "checkpoints" / "round-0000", run)  # round 0's central evaluation: training comes next
@@ -161,6 +164,7 @@ def test_the_readme_run_rides_out_a_crash_stops_when_none_remain_and_resumes_wit
     assert "partitioner" not in report_md
     config = json.loads((run_dir / "config.json").read_text())
     assert config["he-enabled"] is True and config["dp-enabled"] is True
+    assert config["dp-augmentation-multiplicity"] == 2 and config["dp-ema-decay"] == 0.9
     assert not {"data-root", "partitioner", "dirichlet-alpha"} & set(config)
     typo = consortium.log("hospital-c")
     assert "Traceback" not in typo and typo.count("unknown key 'data-pth'") == 2, typo[-3000:]  # once per run
