@@ -7,13 +7,12 @@ reported as one line naming the key, the value given and what is expected.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -21,6 +20,17 @@ from pydantic import (
 )
 
 from common.architectures import ARCHITECTURES, BLOCKS, IMAGENET_ARCHITECTURES, MIN_IMAGE_SIZE
+from common.config_values import (
+    ConfigError,
+    Float,
+    Int,
+    KeyConflict,
+    classes_list,
+    kebab,
+    one_of,
+    rounds_list,
+    thresholds_list,
+)
 from common.presets import PRESETS, positive_classes
 from common.robust import ROBUST_STRATEGIES, updates_needed
 
@@ -32,78 +42,14 @@ WEIGHTED_SUM_STRATEGIES = ("fedavg", "fedprox")
 """The server steps that are a weighted sum of the updates, hence possible on ciphertexts."""
 
 
-class ConfigError(ValueError):
-    """A bad configuration value; the message is one line a user can act on."""
-
-
 MOMENTUM_FOR_DEFAULT_LIMIT, LIMIT_UNDER_HIGH_MOMENTUM = 0.5, 8.0
 """Above this server momentum, ``update-norm-limit`` must be at least 8, or 0 (``_guard_fits_the_server_momentum``)."""
-
-
-class _KeyConflict(Exception):
-    """A value that conflicts with another key (raised past pydantic, which would drop the key)."""
-
-    def __init__(self, key: str, expected: str) -> None:
-        super().__init__(key, expected)
-        self.key, self.expected = key, expected
-
-
-def _no_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("a number, not a boolean")
-    return value
-
-
-def _one_of(choices: Collection[str]) -> Any:
-    def check(value: str) -> str:
-        if value not in choices:
-            raise ValueError(f"one of {', '.join(repr(c) for c in choices)}")
-        return value
-
-    return AfterValidator(check)
-
-
-def _classes(value: str) -> str:
-    names = [c.strip() for c in value.split(",")] if value else []
-    if any(not n for n in names) or len(set(names)) != len(names):
-        raise ValueError("a comma-separated list of distinct, non-empty class names, or ''")
-    if value and len(names) < 2:
-        raise ValueError("at least two class names")
-    return value
-
-
-Int = Annotated[int, BeforeValidator(_no_bool), Field(strict=True)]
-Float = Annotated[float, BeforeValidator(_no_bool), Field(strict=True, allow_inf_nan=False)]
-
-
-def _rounds(value: str) -> str:
-    try:
-        rounds = [int(r) for r in value.split(",")] if value else []
-    except ValueError:
-        rounds = [0]
-    if any(r < 1 for r in rounds) or rounds != sorted(set(rounds)):
-        raise ValueError("a comma-separated, increasing list of rounds >= 1 (e.g. '80,120'), or ''")
-    return value
-
-
-def _thresholds(value: str) -> str:
-    try:
-        numbers = [float(v) for v in value.split(",")]
-    except ValueError:
-        numbers = [-1.0]
-    if not all(0.0 < n < 1.0 for n in numbers):
-        raise ValueError("a probability in (0, 1), or a comma-separated one per label (e.g. '0.5' or '0.3,0.6,...')")
-    return value
-
-
-def _kebab(name: str) -> str:
-    return name.replace("_", "-")
 
 
 class RunConfig(BaseModel):
     """Every run-config key with its type, range and default (mirrors pyproject)."""
 
-    model_config = ConfigDict(alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(alias_generator=kebab, populate_by_name=True, extra="forbid", frozen=True)
 
     num_server_rounds: Int = Field(20, ge=1)
     fraction_train: Float = Field(1.0, gt=0.0, le=1.0)
@@ -117,14 +63,14 @@ class RunConfig(BaseModel):
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     momentum: Float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: Float = Field(0.0, ge=0.0)
-    dataset: Annotated[str, _one_of(PRESETS)] = "brain-mri"
-    classes: Annotated[str, AfterValidator(_classes)] = ""
+    dataset: Annotated[str, one_of(PRESETS)] = "brain-mri"
+    classes: Annotated[str, AfterValidator(classes_list)] = ""
     data_root: str = Field("data/samples/brain-mri", min_length=1)
     image_size: Int = Field(96, ge=32, le=1024)
     partitioner: Literal["iid", "dirichlet", "natural"] = "dirichlet"
     dirichlet_alpha: Float = Field(0.5, gt=0.0)
     local_val_fraction: Float = Field(0.1, ge=0.0, le=0.5)
-    model: Annotated[str, _one_of(ARCHITECTURES)] = "resnet18"
+    model: Annotated[str, one_of(ARCHITECTURES)] = "resnet18"
     pretrained_weights: str = ""
     train_from_block: Int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -150,7 +96,7 @@ class RunConfig(BaseModel):
     run_name: str = ""
     round_timeout: Float = Field(600.0, gt=0.0, le=86400.0)
     resume_from: str = ""
-    strategy: Annotated[str, _one_of(dict.fromkeys(STRATEGIES))] = "auto"
+    strategy: Annotated[str, one_of(dict.fromkeys(STRATEGIES))] = "auto"
     server_learning_rate: Float = Field(1.0, gt=0.0, le=100.0)
     server_momentum: Float = Field(0.5, ge=0.0, lt=1.0)
     proximal_mu: Float = Field(0.0, ge=0.0, le=100.0)
@@ -159,7 +105,7 @@ class RunConfig(BaseModel):
     update_norm_limit: Float = Field(2.5, ge=0.0)
     optimizer_state: Literal["reset", "keep"] = "keep"
     lr_schedule: Literal["constant", "cosine", "step"] = "cosine"
-    lr_step_rounds: Annotated[str, AfterValidator(_rounds)] = ""
+    lr_step_rounds: Annotated[str, AfterValidator(rounds_list)] = ""
     lr_step_factor: Float = Field(0.1, gt=0.0, le=1.0)
     class_weights: Literal["none", "balanced"] = "none"
     lr_warmup_rounds: Int = Field(4, ge=0)
@@ -168,7 +114,7 @@ class RunConfig(BaseModel):
     weight_standardization: Annotated[bool, Field(strict=True)] = False
     loss: Literal["auto", "cross-entropy", "logit-adjusted"] = "auto"
     task: Literal["auto", "multiclass", "multilabel"] = "auto"
-    label_threshold: Annotated[str, AfterValidator(_thresholds)] = "0.5"
+    label_threshold: Annotated[str, AfterValidator(thresholds_list)] = "0.5"
     early_stopping_patience: Int = Field(0, ge=0)
     calibrate: Annotated[bool, Field(strict=True)] = True
     target_sensitivity: Float = Field(0.0, ge=0.0, lt=1.0)
@@ -177,14 +123,14 @@ class RunConfig(BaseModel):
     def _image_size_fits_model(self) -> RunConfig:
         minimum = MIN_IMAGE_SIZE.get(self.model, 32)
         if self.image_size < minimum:
-            raise _KeyConflict("image-size", f"image-size >= {minimum} for model {self.model!r}")
+            raise KeyConflict("image-size", f"image-size >= {minimum} for model {self.model!r}")
         return self
 
     @model_validator(mode="after")
     def _block_exists(self) -> RunConfig:
         blocks = [name for name, _ in BLOCKS[self.model]]
         if self.train_from_block >= len(blocks):
-            raise _KeyConflict(
+            raise KeyConflict(
                 "train-from-block", f"0 to {len(blocks) - 1} for model {self.model!r} (blocks: {', '.join(blocks)})"
             )
         return self
@@ -193,15 +139,15 @@ class RunConfig(BaseModel):
     def _group_norm_options_need_group_norm(self) -> RunConfig:
         variant = "unless the model is the GroupNorm variant (norm-layer 'group' or dp-enabled)"
         if self.norm_groups != 32 and not (self.dp_enabled or self.norm_layer == "group"):
-            raise _KeyConflict("norm-groups", f"32 {variant}")
+            raise KeyConflict("norm-groups", f"32 {variant}")
         if self.weight_standardization and not (self.dp_enabled or self.norm_layer == "group"):
-            raise _KeyConflict("weight-standardization", f"false {variant}")
+            raise KeyConflict("weight-standardization", f"false {variant}")
         return self
 
     @model_validator(mode="after")
     def _imagenet_weights_exist(self) -> RunConfig:
         if self.pretrained_weights == "imagenet" and self.model not in IMAGENET_ARCHITECTURES:
-            raise _KeyConflict(
+            raise KeyConflict(
                 "pretrained-weights",
                 f"a model directory or a local weights file for model {self.model!r} (torchvision has no ImageNet "
                 f"weights for it)",
@@ -211,7 +157,7 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _precision_fits_device(self) -> RunConfig:
         if self.precision == "fp16" and self.device == "cpu":
-            raise _KeyConflict("precision", "'auto', 'fp32' or 'bf16' on device 'cpu' (fp16 autocast is for GPUs)")
+            raise KeyConflict("precision", "'auto', 'fp32' or 'bf16' on device 'cpu' (fp16 autocast is for GPUs)")
         return self
 
     @model_validator(mode="after")
@@ -224,7 +170,7 @@ class RunConfig(BaseModel):
             if self.strategy in ROBUST_STRATEGIES
             else "is not a weighted sum, and the server only adds ciphertexts"
         )
-        raise _KeyConflict(
+        raise KeyConflict(
             "strategy",
             f"one of {', '.join(repr(s) for s in WEIGHTED_SUM_STRATEGIES)} under he-enabled: {self.strategy!r} {why}",
         )
@@ -237,7 +183,7 @@ class RunConfig(BaseModel):
             self.strategy, num_malicious_nodes=self.num_malicious_nodes, trim_fraction=self.trim_fraction
         )
         if self.min_train_nodes < needed:
-            raise _KeyConflict("min-train-nodes", f">= {needed} for strategy {self.strategy!r} ({rule})")
+            raise KeyConflict("min-train-nodes", f">= {needed} for strategy {self.strategy!r} ({rule})")
         return self
 
     @model_validator(mode="after")
@@ -249,7 +195,7 @@ class RunConfig(BaseModel):
             and self.server_momentum > MOMENTUM_FOR_DEFAULT_LIMIT
             and 0 < self.update_norm_limit < LIMIT_UNDER_HIGH_MOMENTUM
         ):
-            raise _KeyConflict(
+            raise KeyConflict(
                 "update-norm-limit",
                 f">= {LIMIT_UNDER_HIGH_MOMENTUM:g} or 0 (off) with server-momentum {self.server_momentum:g}: "
                 "ordinary rounds reach step ratios of 3.8 with server momentum 0.9",
@@ -259,15 +205,15 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _step_rounds_fit_the_schedule(self) -> RunConfig:
         if self.lr_schedule == "step" and not self.lr_step_rounds:
-            raise _KeyConflict("lr-step-rounds", "the rounds after which the learning rate steps down, e.g. '80,120'")
+            raise KeyConflict("lr-step-rounds", "the rounds after which the learning rate steps down, e.g. '80,120'")
         if self.lr_step_rounds and self.lr_schedule != "step":
-            raise _KeyConflict("lr-step-rounds", f"'' unless lr-schedule is 'step' (it is {self.lr_schedule!r})")
+            raise KeyConflict("lr-step-rounds", f"'' unless lr-schedule is 'step' (it is {self.lr_schedule!r})")
         return self
 
     @model_validator(mode="after")
     def _class_weights_fit_privacy(self) -> RunConfig:
         if self.dp_enabled and self.class_weights != "none":
-            raise _KeyConflict("class-weights", "'none' under dp-enabled (DP-SGD trains on the unweighted loss)")
+            raise KeyConflict("class-weights", "'none' under dp-enabled (DP-SGD trains on the unweighted loss)")
         return self
 
     @model_validator(mode="after")
@@ -275,25 +221,25 @@ class RunConfig(BaseModel):
         multilabel = PRESETS[self.dataset].multilabel
         if self.task != "auto" and multilabel != (self.task == "multilabel"):
             kind = "'multilabel'" if multilabel else "'multiclass'"
-            raise _KeyConflict("task", f"{kind} for dataset {self.dataset!r}")
+            raise KeyConflict("task", f"{kind} for dataset {self.dataset!r}")
         if not multilabel:
             if self.label_threshold != "0.5":
-                raise _KeyConflict("label-threshold", "'0.5' unless task is 'multilabel' (argmax picks one class)")
+                raise KeyConflict("label-threshold", "'0.5' unless task is 'multilabel' (argmax picks one class)")
             return self
         if self.loss == "logit-adjusted":
-            raise _KeyConflict(
+            raise KeyConflict(
                 "loss", "'auto' or 'cross-entropy' under task 'multilabel' (it trains on BCE with logits)"
             )
         if self.class_weights != "none":
-            raise _KeyConflict("class-weights", "'none' under task 'multilabel' (it trains on BCE with logits)")
+            raise KeyConflict("class-weights", "'none' under task 'multilabel' (it trains on BCE with logits)")
         if len(self.label_threshold.split(",")) not in (1, len(self.class_names)):
-            raise _KeyConflict("label-threshold", f"one threshold, or one per label ({len(self.class_names)})")
+            raise KeyConflict("label-threshold", f"one threshold, or one per label ({len(self.class_names)})")
         return self
 
     @model_validator(mode="after")
     def _patience_has_a_signal(self) -> RunConfig:
         if self.early_stopping_patience and (self.fraction_evaluate == 0 or self.local_val_fraction == 0):
-            raise _KeyConflict(
+            raise KeyConflict(
                 "early-stopping-patience",
                 "0 unless the hospitals hold out validation images (local-val-fraction > 0, fraction-evaluate > 0)",
             )
@@ -304,12 +250,12 @@ class RunConfig(BaseModel):
         if not self.target_sensitivity:
             return self
         if self.local_val_fraction == 0:
-            raise _KeyConflict(
+            raise KeyConflict(
                 "target-sensitivity",
                 "0 (unset) unless the hospitals hold out validation images (local-val-fraction > 0)",
             )
         if not self.multilabel and not self.positive_classes:
-            raise _KeyConflict(
+            raise KeyConflict(
                 "target-sensitivity",
                 f"0 (unset) for the classes {', '.join(self.class_names)}: dataset {self.dataset!r} names none of "
                 "them abnormal, so there is no finding to detect",
@@ -319,7 +265,7 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _step_count_fits_privacy(self) -> RunConfig:
         if self.dp_enabled and self.local_steps:
-            raise _KeyConflict(
+            raise KeyConflict(
                 "local-steps", "0 under dp-enabled (a DP-SGD round is local-epochs epochs of Poisson sampling)"
             )
         return self
@@ -412,7 +358,7 @@ def validate_keys(model: type[BaseModel], values: Mapping[str, Any], *, source: 
             raise ConfigError(f"{source}: unknown key {key!r}{hint}")
     try:
         return model.model_validate(dict(values))
-    except _KeyConflict as err:
+    except KeyConflict as err:
         given = values.get(err.key, model.model_fields[err.key.replace("-", "_")].default)
         raise ConfigError(f"{source}: {err.key!r} = {given!r} is invalid; expected {err.expected}") from None
     except ValidationError as err:
