@@ -42,6 +42,11 @@ MUST_MATCH = (
     "optimizer",
     "optimizer-state",
     "norm-layer",
+    "norm-groups",
+    "weight-standardization",
+    "batch-size",
+    "dp-sample-rate",
+    "train-from-block",
 )
 
 
