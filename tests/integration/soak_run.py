@@ -96,8 +96,13 @@ class FaultedRun:
         return (self.run_dir / "history.json").stat().st_mtime
 
     def under_way(self) -> int:
-        """The round after the last one ``history.json`` records."""
-        return max((int(r["round"]) for r in self.history()["rounds"]), default=-1) + 1
+        """The round after the last one ``history.json`` records as done (centrally evaluated, or failing to be).
+
+        A round's record can exist before it is done: a node that fails to describe itself is recorded
+        in the first round of the run (or of the resumed run) at once.
+        """
+        done = [int(r["round"]) for r in self.history()["rounds"] if r.get("central") or "central_error" in r]
+        return max(done, default=-1) + 1
 
     def finished(self) -> bool:
         """The ``flwr run`` has exited; check :meth:`history` for how."""

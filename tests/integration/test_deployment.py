@@ -168,7 +168,7 @@ def test_the_readme_run_rides_out_a_crash_stops_when_none_remain_and_resumes_wit
 
 
 def test_a_short_soak_keeps_every_round_once_and_every_ledger_exact(consortium: Consortium) -> None:
-    """``benchmarks/soak.py`` in brief: README step 6 less HE, DP on, 3 rounds, one kill and one stop.
+    """``benchmarks/soak.py`` in brief: README step 6 less HE, DP on, 2 rounds, one kill and one stop.
 
     hospital-b is SIGKILLed as its round-1 ClientApp starts, and restarted with its README line once
     round 1 is over; the run is stopped (``flwr stop``) as hospital-a starts round 2, then resumed
@@ -177,7 +177,7 @@ def test_a_short_soak_keeps_every_round_once_and_every_ledger_exact(consortium: 
     budget the history never saw); every kept checkpoint loads.
     """
     training = (
-        f"{TINY} batch-size=12 num-server-rounds=3 min-train-nodes=1 round-timeout={TIMEOUT} dp-enabled=true "
+        f"{TINY} batch-size=12 num-server-rounds=2 min-train-nodes=1 round-timeout={TIMEOUT} dp-enabled=true "
         f"dp-noise-multiplier={SIGMA} dp-delta={DELTA} dp-target-epsilon=20"
     )
     run = FaultedRun(consortium, training, run_name="soak")
@@ -192,8 +192,8 @@ def test_a_short_soak_keeps_every_round_once_and_every_ledger_exact(consortium: 
     run.join_restarts()
     run.launch()
     assert run.wait_until_done(300) == 0, consortium.log(run.log_name)[-4000:]
-    outcome = soak_outcome(run, rounds=3, delta=DELTA)
+    outcome = soak_outcome(run, rounds=2, delta=DELTA)
     figures = ("rounds_completed", "lost_rounds", "ledger_mismatches", "unreadable_checkpoints", "kills", "resumes")
-    assert [outcome[k] for k in figures] == [3, 0, 0, 0, 1, 1], outcome
+    assert [outcome[k] for k in figures] == [2, 0, 0, 0, 1, 1], outcome
     assert outcome["resumed_after"] == [1] and outcome["restarts"] == 1
     assert outcome["hospitals"]["hospital-a"]["not_in_history"] == 1, outcome["hospitals"]
