@@ -156,7 +156,9 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"  # every process it starts: 7 nodes on 2 cores, where torch's spinning threads
     start = time.monotonic()  # cost about a third of each round (8 rounds: 353 s against 547 s)
     with tempfile.TemporaryDirectory(prefix="medsilo-soak-") as tmp:
-        with open_consortium(Path(tmp), extra_hospitals=EXTRA_HOSPITALS, misconfigured_node=False) as site:
+        with open_consortium(
+            Path(tmp), extra_hospitals=EXTRA_HOSPITALS, misconfigured_node=False, free_ports=True
+        ) as site:
             setup_s = time.monotonic() - start
             run = FaultedRun(site, config, run_name="soak")
             try:

@@ -65,7 +65,7 @@ def chunks(block: str) -> list[tuple[bool, str]]:
 
 @dataclass
 class Consortium:
-    """The checkout the README's steps ran in, their environment, and the servers they started."""
+    """The checkout the README's steps ran in, their environment, its hospitals, and the servers they started."""
 
     checkout: Path
     env: dict[str, str]
@@ -149,13 +149,16 @@ class Consortium:
             time.sleep(0.2)
 
     def kill(self, node: str) -> None:
-        """SIGKILL ``node``'s SuperNode and the ClientApp processes it started."""
+        """SIGKILL ``node``'s SuperNode and every process under it: its SuperExec and the ClientApps that started."""
         proc = self.procs.pop(node)
-        children = [p for p in processes_of(self.home) if p.ppid() == proc.pid]
+        tree = psutil.Process(proc.pid).children(recursive=True)
         proc.kill()
         proc.wait(timeout=10)
-        for child in children:
-            child.kill()
+        for child in tree:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                continue
 
     def shut_down(self, node: str) -> None:
         """SIGTERM ``node``'s SuperNode, as its operator would stop it, and wait until it has left."""
@@ -186,9 +189,14 @@ def _node_data(root: Path, extra_hospitals: Sequence[str]) -> None:
         )
 
 
+def _on_a_free_port(block: str) -> str:
+    """A README node block whose SuperNode serves its ClientApps on a free local port."""
+    return re.sub(r"--port \d+", f"--port {free_port()}", block)
+
+
 def _extra_hospital_block(block: str, name: str) -> str:
     """hospital-a's README block (node check, SuperNode) for hospital ``name``: its own key, folders and port."""
-    return re.sub(r"--port \d+", f"--port {free_port()}", block.replace("hospital-a", name))
+    return _on_a_free_port(block.replace("hospital-a", name))
 
 
 def _enrol(site: Consortium, name: str) -> None:
@@ -202,7 +210,7 @@ def _enrol(site: Consortium, name: str) -> None:
 
 @contextmanager
 def open_consortium(
-    root: Path, *, extra_hospitals: Sequence[str] = (), misconfigured_node: bool = True
+    root: Path, *, extra_hospitals: Sequence[str] = (), misconfigured_node: bool = True, free_ports: bool = False
 ) -> Iterator[Consortium]:
     """README steps 0-5 as written, in ``root``: PKI, HE keys, a TLS SuperLink, every node enrolled and running.
 
@@ -210,7 +218,8 @@ def open_consortium(
     set here, and must be exactly the ones step 0 names. ``extra_hospitals`` are enrolled and
     started beyond the guide's two, each as hospital-a is (its README block with its own name,
     key and port); ``misconfigured_node`` adds hospital-c, whose node config has a typo.
-    Every process is stopped by PID on exit.
+    ``free_ports`` moves the guide's SuperNodes off its local ports 9094-9096, so that a long
+    benchmark and a test on the same host do not collide. Every process is stopped by PID on exit.
     """
     if set(extra_hospitals) & {*NODES, *(["hospital-c"] if misconfigured_node else [])}:
         raise ValueError(f"extra_hospitals {list(extra_hospitals)} reuse a name the consortium already has")
@@ -252,7 +261,8 @@ def open_consortium(
         assert "superlink" in site.commands, "the README starts no SuperLink before the SuperNodes"
         # Each node block is one node's host: they run side by side, with the extra nodes.
         with ThreadPoolExecutor(len(NODES) + len(extra_hospitals) + 1) as pool:
-            started = [pool.submit(run_block, block, node) for block, node in zip(node_blocks, NODES, strict=True)]
+            blocks = [_on_a_free_port(b) for b in node_blocks] if free_ports else node_blocks
+            started = [pool.submit(run_block, block, node) for block, node in zip(blocks, NODES, strict=True)]
             started += [pool.submit(start_extra, name) for name in extra_hospitals]
             if misconfigured_node:
                 started.append(pool.submit(start_misconfigured_node, site))

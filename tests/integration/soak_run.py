@@ -135,8 +135,14 @@ class FaultedRun:
             time.sleep(0.5)
 
     def busy(self, hospital: str) -> bool:
-        """Whether ``hospital``'s SuperNode is running a ClientApp now."""
-        return bool(_alive(psutil.Process(self.site.procs[hospital].pid).children(recursive=True)))
+        """Whether a ClientApp of ``hospital``'s SuperNode is running now (its SuperExec always is)."""
+        for proc in _alive(psutil.Process(self.site.procs[hospital].pid).children(recursive=True)):
+            try:
+                if "flwr-clientapp" in " ".join(proc.cmdline()):
+                    return True
+            except psutil.NoSuchProcess:
+                continue
+        return False
 
     def kill(self, hospital: str) -> None:
         """SIGKILL ``hospital``'s SuperNode and its ClientApp, noting whether it was training."""
