@@ -159,14 +159,16 @@ class CentralEvaluator:
         self.latest_arrays: ArrayRecord | None = None
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Score ``arrays``, record the round, checkpoint the model, write history.
+        """Score ``arrays``, record the round, write history, then checkpoint the model.
+
+        The checkpoint comes last: a run stopped in between resumes from the round before
+        (``resume-from`` keeps the history up to its checkpoint), so no round that
+        ``history.json`` lacks is ever skipped.
 
         Raises:
             AggregateRejected: under HE, the evaluator found the decrypted aggregate not finite.
         """
         start = time.perf_counter()
-        self.run_dir.checkpoint(server_round, arrays, self.spec, server_state=self.server_state())
-        self.latest_arrays = arrays
         record = self.history.round(server_round)
         try:
             scored = self.scorer(arrays)
@@ -181,6 +183,7 @@ class CentralEvaluator:
             log.error("round %d central evaluation failed: %s", server_round, err)
             record["central_error"] = str(err)
             self.history.flush()
+            self._checkpoint(server_round, arrays)
             return None
         report = evaluation_report(
             scored.y_true, scored.probabilities, self.spec.classes, loss=scored.loss, thresholds=self.thresholds
@@ -198,4 +201,9 @@ class CentralEvaluator:
         if scored.decrypt_seconds is not None:
             record["timings"]["evaluator_decrypt_s"] = scored.decrypt_seconds
         self.history.flush()
+        self._checkpoint(server_round, arrays)
         return MetricRecord({"accuracy": float(report["accuracy"]), "loss": float(scored.loss)})
+
+    def _checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
+        self.run_dir.checkpoint(server_round, arrays, self.spec, server_state=self.server_state())
+        self.latest_arrays = arrays

@@ -87,12 +87,19 @@ class RunDirectory:
         """Save the global model (and the server optimiser's state) after ``server_round``.
 
         The latest :data:`CHECKPOINTS_KEPT` rounds are kept: when the hospitals decline the latest
-        model (``update-norm-limit``), the one before it is the last good checkpoint.
+        model (``update-norm-limit``), the one before it is the last good checkpoint. The folder
+        is written under a temporary name and renamed, so a stopped server never leaves a partial
+        ``round-NNNN``.
         """
         target = self.path / "checkpoints" / f"round-{server_round:04d}"
-        _save_global(target, arrays, spec)
+        partial = target.with_name(f".partial-{target.name}")
+        shutil.rmtree(partial, ignore_errors=True)
+        _save_global(partial, arrays, spec)
         if server_state:
-            save_file(server_state, str(target / SERVER_STATE_FILE))
+            save_file(server_state, str(partial / SERVER_STATE_FILE))
+        if target.exists():
+            shutil.rmtree(target)
+        partial.rename(target)
         for old in sorted((self.path / "checkpoints").glob("round-*"))[:-CHECKPOINTS_KEPT]:
             shutil.rmtree(old)
         return target

@@ -14,8 +14,9 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,11 +65,12 @@ def chunks(block: str) -> list[tuple[bool, str]]:
 
 @dataclass
 class Consortium:
-    """The checkout the README's steps ran in, their environment, and the servers they started."""
+    """The checkout the README's steps ran in, their environment, its hospitals, and the servers they started."""
 
     checkout: Path
     env: dict[str, str]
     logs: Path
+    hospitals: tuple[str, ...] = HOSPITALS
     commands: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -147,13 +149,16 @@ class Consortium:
             time.sleep(0.2)
 
     def kill(self, node: str) -> None:
-        """SIGKILL ``node``'s SuperNode and the ClientApp processes it started."""
+        """SIGKILL ``node``'s SuperNode and every process under it: its SuperExec and the ClientApps that started."""
         proc = self.procs.pop(node)
-        children = [p for p in processes_of(self.home) if p.ppid() == proc.pid]
+        tree = psutil.Process(proc.pid).children(recursive=True)
         proc.kill()
         proc.wait(timeout=10)
-        for child in children:
-            child.kill()
+        for child in tree:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                continue
 
     def shut_down(self, node: str) -> None:
         """SIGTERM ``node``'s SuperNode, as its operator would stop it, and wait until it has left."""
@@ -175,22 +180,49 @@ def start_misconfigured_node(site: Consortium) -> None:
     )
 
 
-def _node_data(root: Path) -> None:
+def _node_data(root: Path, extra_hospitals: Sequence[str]) -> None:
     """Each node's own small synthetic images: 40 training images per hospital, 24 test images at the evaluator."""
-    for seed, (node, train, test) in enumerate((("hospital-a", 10, 0), ("hospital-b", 10, 0), ("evaluator", 1, 6))):
+    nodes = [(node, 10, 0) for node in (*HOSPITALS, *extra_hospitals)] + [("evaluator", 1, 6)]
+    for seed, (node, train, test) in enumerate(nodes):
         write_synthetic_tree(
             root / node, modality="brain-mri", train_per_class=train, test_per_class=test, size=40, seed=seed
         )
 
 
-@pytest.fixture(scope="module")
-def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]:
-    """README steps 0-5 as written: PKI, HE keys, a TLS SuperLink, every node enrolled and running.
+def _on_a_free_port(block: str) -> str:
+    """A README node block whose SuperNode serves its ClientApps on a free local port."""
+    return re.sub(r"--port \d+", f"--port {free_port()}", block)
 
-    Step 6 (the run) is left to the tests, with their own ``TRAINING``; every other variable is
-    set here, and must be exactly the ones step 0 names.
+
+def _extra_hospital_block(block: str, name: str) -> str:
+    """hospital-a's README block (node check, SuperNode) for hospital ``name``: its own key, folders and port."""
+    return _on_a_free_port(block.replace("hospital-a", name))
+
+
+def _enrol(site: Consortium, name: str) -> None:
+    """A key of its own for hospital ``name`` where make-pki.sh puts the guide's, registered as step 4 does."""
+    key = f"pki/nodes/{name}/node.key"
+    site.sh(
+        f'mkdir -p pki/nodes/{name} && ssh-keygen -q -t ecdsa -b 384 -N "" -f {key} && '
+        f"flwr supernode register {key}.pub consortium --name {name}"
+    )
+
+
+@contextmanager
+def open_consortium(
+    root: Path, *, extra_hospitals: Sequence[str] = (), misconfigured_node: bool = True, free_ports: bool = False
+) -> Iterator[Consortium]:
+    """README steps 0-5 as written, in ``root``: PKI, HE keys, a TLS SuperLink, every node enrolled and running.
+
+    Step 6 (the run) is left to the caller, with its own ``TRAINING``; every other variable is
+    set here, and must be exactly the ones step 0 names. ``extra_hospitals`` are enrolled and
+    started beyond the guide's two, each as hospital-a is (its README block with its own name,
+    key and port); ``misconfigured_node`` adds hospital-c, whose node config has a typo.
+    ``free_ports`` moves the guide's SuperNodes off its local ports 9094-9096, so that a long
+    benchmark and a test on the same host do not collide. Every process is stopped by PID on exit.
     """
-    root = tmp_path_factory.mktemp("consortium")
+    if set(extra_hospitals) & {*NODES, *(["hospital-c"] if misconfigured_node else [])}:
+        raise ValueError(f"extra_hospitals {list(extra_hospitals)} reuse a name the consortium already has")
     values = {
         "SUPERLINK_HOST": "127.0.0.1",
         "SUPERLINK_PORT": str(free_port()),
@@ -198,13 +230,13 @@ def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]
         "NODE_STATE": str(root / "node-state"),
         "TRAINING": TINY,
     }
-    _node_data(root / "node-data")
+    _node_data(root / "node-data", extra_hospitals)
     home = root / "flwr-home"
     home.mkdir()
     (root / "logs").mkdir()
     path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
     env = {**os.environ, **FLOWER_ENV, **values, "FLWR_HOME": str(home), "PATH": path}
-    site = Consortium(build_app(root / "checkout"), env, root / "logs")
+    site = Consortium(build_app(root / "checkout"), env, root / "logs", hospitals=(*HOSPITALS, *extra_hospitals))
     settings, *steps, run = readme_blocks()
     assert set(re.findall(r"^export (\w+)=", settings, re.M)) == set(values), "step 0 names other variables"
     assert run.lstrip().startswith("flwr run"), "the last step is no longer the run"
@@ -219,22 +251,36 @@ def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]
             else:
                 checked.append(site.sh(text))
 
+    def start_extra(name: str) -> None:
+        _enrol(site, name)
+        run_block(_extra_hospital_block(node_blocks[0], name), name)
+
     try:
         for block in steps[: steps.index(node_blocks[0])]:  # PKI, keys, the SuperLink, its connection, enrolment
             run_block(block, "superlink")
         assert "superlink" in site.commands, "the README starts no SuperLink before the SuperNodes"
-        # Each node block is one node's host: they run side by side, with the misconfigured extra node.
-        with ThreadPoolExecutor(len(NODES) + 1) as pool:
-            started = [pool.submit(run_block, block, node) for block, node in zip(node_blocks, NODES, strict=True)]
-            started.append(pool.submit(start_misconfigured_node, site))
+        # Each node block is one node's host: they run side by side, with the extra nodes.
+        with ThreadPoolExecutor(len(NODES) + len(extra_hospitals) + 1) as pool:
+            blocks = [_on_a_free_port(b) for b in node_blocks] if free_ports else node_blocks
+            started = [pool.submit(run_block, block, node) for block, node in zip(blocks, NODES, strict=True)]
+            started += [pool.submit(start_extra, name) for name in extra_hospitals]
+            if misconfigured_node:
+                started.append(pool.submit(start_misconfigured_node, site))
             for future in started:
                 future.result()
         assert steps[-1] is node_blocks[-1], "a step follows the SuperNodes other than the run"
-        for node in NODES:
+        for node in (*NODES, *extra_hospitals):
             role = "evaluator" if node == "evaluator" else "hospital"
             assert any(f"node config: ok ({role} '{node}')" in out for out in checked)
         site.commands["run"] = run.strip()
         yield site
     finally:
         stop_all(home)
-        assert not processes_of(home), "processes outlived the test"
+        assert not processes_of(home), "processes outlived the consortium"
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]:
+    """README steps 0-5 as written, with a misconfigured fourth node (``open_consortium``)."""
+    with open_consortium(tmp_path_factory.mktemp("consortium")) as site:
+        yield site

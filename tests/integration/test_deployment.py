@@ -19,6 +19,7 @@ import pytest
 from deployment import HOSPITALS, TINY, Consortium
 from dp_accounting.rdp import RdpAccountant
 from flower_env import free_port
+from soak_run import FaultedRun, soak_outcome
 
 TIMEOUT = 45  # round-timeout (s): a healthy encrypted private round here took 23-29 s, idle
 # DP-SGD at each hospital: 36 training images (40 less the 10% local validation split), expected batch 12.
@@ -168,3 +169,35 @@ def test_the_readme_run_rides_out_a_crash_stops_when_none_remain_and_resumes_wit
     assert not {"data-root", "partitioner", "dirichlet-alpha"} & set(config)
     typo = consortium.log("hospital-c")
     assert "Traceback" not in typo and typo.count("unknown key 'data-pth'") == 2, typo[-3000:]  # once per run
+
+
+def test_a_short_soak_keeps_every_round_once_and_every_ledger_exact(consortium: Consortium) -> None:
+    """``benchmarks/soak.py`` in brief: README step 6 less HE, DP on, 2 rounds, one kill and one stop.
+
+    hospital-b is SIGKILLed as its round-1 ClientApp starts, and restarted with its README line once
+    round 1 is over; the run is stopped (``flwr stop``) as hospital-a starts round 2, then resumed
+    with ``resume-from``. history.json holds each round once; each hospital's ledger matches its own
+    log, dp-accounting and every epsilon the history reports (hospital-a's stopped round 2 spent
+    budget the history never saw); every kept checkpoint loads.
+    """
+    training = (
+        f"{TINY} batch-size=12 num-server-rounds=2 min-train-nodes=1 round-timeout={TIMEOUT} dp-enabled=true "
+        f"dp-noise-multiplier={SIGMA} dp-delta={DELTA} dp-target-epsilon=20"
+    )
+    run = FaultedRun(consortium, training, run_name="soak")
+    run.launch()
+    run.wait_for_round(0)
+    consortium.wait_busy("hospital-b", since=run.recorded_at())
+    run.kill("hospital-b")
+    run.wait_for_round(1)
+    run.restart("hospital-b")
+    consortium.wait_busy("hospital-a", since=run.recorded_at())
+    run.stop()
+    run.join_restarts()
+    run.launch()
+    assert run.wait_until_done(300) == 0, consortium.log(run.log_name)[-4000:]
+    outcome = soak_outcome(run, rounds=2, delta=DELTA)
+    figures = ("rounds_completed", "lost_rounds", "ledger_mismatches", "unreadable_checkpoints", "kills", "resumes")
+    assert [outcome[k] for k in figures] == [2, 0, 0, 0, 1, 1], outcome
+    assert outcome["resumed_after"] == [1] and outcome["restarts"] == 1
+    assert outcome["hospitals"]["hospital-a"]["not_in_history"] == 1, outcome["hospitals"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flwr.app import ArrayRecord
 from safetensors.numpy import load_file
 
 from common.config import ConfigError, parse_run_config
@@ -18,7 +19,9 @@ from common.he.keys import create_key_pair, load_secret_context
 from common.he.model_dir import save_encrypted_dir
 from common.he.payload import EncryptedPayload
 from common.models import save_model_dir, state_dict_to_cpu
+from server import run_directory
 from server.resume import load_resume_point
+from server.run_directory import RunDirectory
 
 CONFIG = {"model": "cnn3", "image-size": 32, "num-server-rounds": 3}
 
@@ -65,6 +68,23 @@ def test_dp_runs_keep_their_planned_rounds(tmp_path: Path) -> None:
     run = _stopped_run(tmp_path, **{"dp-enabled": True})
     with pytest.raises(ConfigError, match="'num-server-rounds' = 5 differs .* expected the same under DP"):
         load_resume_point(run, parse_run_config({**CONFIG, "dp-enabled": True, "num-server-rounds": 5}))
+
+
+def test_a_checkpoint_cut_short_is_never_the_resume_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server stopped while it writes round 3's checkpoint leaves round 2 as the last one."""
+    cfg = parse_run_config(CONFIG)
+    run = _stopped_run(tmp_path)
+
+    def cut_short(directory: Path, *args: object) -> Path:
+        directory.mkdir(parents=True)
+        (directory / "model.safetensors").write_bytes(b"half a file")
+        raise KeyboardInterrupt  # stands for the stop
+
+    monkeypatch.setattr(run_directory, "_save_global", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        RunDirectory(run).checkpoint(3, ArrayRecord(), model_spec(cfg), server_state={})
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [".partial-round-0003", "round-0002"]
+    assert load_resume_point(run, cfg).last_round == 2
 
 
 def test_missing_or_broken_run_directories(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from common import records as rk
 from common.config import parse_run_config
 from server.central import AggregateRejected, CentralEvaluator, EvaluatorNodeScorer, Scored
 from server.history import RunHistory
+from server.resume import load_resume_point
 from server.rounds import run_rounds
 from server.run_directory import RunDirectory
 from server.strategy import MedsiloFedAvg
@@ -110,3 +111,37 @@ def test_a_rejected_aggregate_keeps_the_previous_model_and_the_run_goes_on(tmp_p
     assert "predictions on the central test set are not finite" in history.round(2)["aggregate_rejected"]
     assert history.round(1)["central"]["accuracy"] == 1.0  # the kept model was scored and checkpointed
     assert sorted(p.name for p in (run_dir.path / "checkpoints").iterdir()) == ["round-0002", "round-0003"]
+
+
+class _Stopped(Exception):
+    """Stands for the error the Grid raises once ``flwr stop`` has ended the run."""
+
+
+def test_a_run_stopped_during_central_evaluation_resumes_from_the_round_history_records(tmp_path: Path) -> None:
+    """No checkpoint before its round is in history.json, so resume-from never skips a round (the soak found it)."""
+    cfg = parse_run_config({"model": "cnn3", "image-size": 32, "num-server-rounds": 3, "classes": "a,b"})
+    run_dir = RunDirectory.create(cfg, run_id=1, output_dir=tmp_path)
+    history = RunHistory(run_dir.history_file)
+    strategy = MedsiloFedAvg(history=history, min_train_nodes=2, min_available_nodes=2, fraction_evaluate=0.0)
+    scored = {"rounds": 0}
+
+    def score(arrays: ArrayRecord) -> Scored:
+        scored["rounds"] += 1
+        if scored["rounds"] == 3:  # round 2's central evaluation: the run is stopped under it
+            raise _Stopped("Runtime task-token authentication failed")
+        return Scored(("a.png", "b.png"), np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]), 0.3, 0)
+
+    evaluator = CentralEvaluator(cfg, scorer=score, history=history, run_dir=run_dir)
+    with pytest.raises(_Stopped):
+        run_rounds(
+            strategy,
+            _Grid(),  # type: ignore[arg-type]
+            arrays=_arrays(0.0),
+            first_round=1,
+            last_round=3,
+            train_config=ConfigRecord(),
+            evaluate_fn=evaluator,
+        )
+    assert sorted(p.name for p in (run_dir.path / "checkpoints").iterdir()) == ["round-0000", "round-0001"]
+    point = load_resume_point(run_dir.path, cfg)
+    assert point.last_round == 1 and [r["round"] for r in point.rounds] == [0, 1]
