@@ -15,10 +15,11 @@ from client.calibration_stats import hospital_statistics, read_statistics_sum, s
 from client.config_errors import config_errors_as_one_line
 from client.crypto import decode_global, encrypt_update, secret_context
 from client.hostile import SCALED_FROM_ROUND, flipped_labels, scaled_update
+from client.local_baseline import compare_with_local_only
 from client.optimizer_state import load_optimizer_state, save_optimizer_state
 from client.site import central_test_set, hospital_data, node_identity, state_dir
 from client.step_guard import StepCheck, guard_global_step
-from client.training import non_finite_reason, non_finite_weights, train_local
+from client.training import non_finite_reason, non_finite_weights, round_seed, train_local
 from common import records as rk
 from common.calibration_fit import PICK_PREFIX
 from common.config import RunConfig, parse_run_config
@@ -128,7 +129,7 @@ def train(msg: Message, context: Context) -> Message:
     unusable = non_finite_weights(setup.model)
     if unusable is not None:
         return _decline(msg, site.name, f"the global model is unusable: {unusable}")
-    seed = cfg.seed + 7919 * server_round
+    seed = round_seed(cfg, server_round)
     privacy: dict[str, float] = {}
     keep = cfg.optimizer_state == "keep"
     # This hospital's folder for this run: its privacy ledger, kept optimiser state and global-step guard.
@@ -286,3 +287,39 @@ def calibrate(msg: Message, context: Context) -> Message:
     record = statistics_record(stats, ctx=setup.ctx, config=config)
     log.info("%s: calibration %s statistics of %d validation images", site.name, stage, len(site.val))
     return Message(RecordDict({rk.STATISTICS: record, rk.HOSPITAL: ConfigRecord({"name": site.name})}), reply_to=msg)
+
+
+@app.query(rk.LOCAL_BASELINE)
+def local_baseline(msg: Message, context: Context) -> Message:
+    """After the last round: this hospital's validation accuracy of a local-only model and of the global model."""
+    setup = _setup(msg, context)
+    site = hospital_data(setup.cfg, context.node_config)
+    config = msg.content[rk.CONFIG]
+    rounds = [int(r) for r in config[rk.BASELINE_ROUNDS]]  # type: ignore[union-attr]
+    starting = {name: torch.from_numpy(a.numpy()) for name, a in msg.content[rk.STARTING_WEIGHTS].items()}
+    scores = compare_with_local_only(
+        setup.model,
+        starting,
+        site.train,
+        site.val,
+        cfg=setup.cfg,
+        rounds=rounds,
+        device=setup.device,
+        precision=setup.precision,
+        name=site.name,
+    )
+    log.info(
+        "%s: validation accuracy %.4f local-only (%d rounds), %.4f global",
+        site.name,
+        scores.local_only,
+        len(rounds),
+        scores.global_model,
+    )
+    metrics = MetricRecord(
+        {
+            rk.NUM_EXAMPLES: scores.validation_images,
+            rk.LOCAL_ONLY_ACCURACY: scores.local_only,
+            rk.GLOBAL_ACCURACY: scores.global_model,
+        }
+    )
+    return Message(RecordDict({rk.METRICS: metrics, rk.HOSPITAL: ConfigRecord({"name": site.name})}), reply_to=msg)

@@ -27,6 +27,7 @@ __all__ = [
     "make_optimizer",
     "non_finite_reason",
     "non_finite_weights",
+    "round_seed",
     "train_local",
 ]
 
@@ -43,6 +44,11 @@ class TrainResult:
     seconds: float
     optimizer_state: dict[str, Any] | None = None
     precision: str = "fp32"
+
+
+def round_seed(cfg: RunConfig, server_round: int) -> int:
+    """The seed of a hospital's training in ``server_round``: its shuffling and augmentation."""
+    return cfg.seed + 7919 * server_round
 
 
 def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:

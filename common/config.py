@@ -118,6 +118,7 @@ class RunConfig(BaseModel):
     early_stopping_patience: Int = Field(0, ge=0)
     calibrate: Annotated[bool, Field(strict=True)] = True
     target_sensitivity: Float = Field(0.0, ge=0.0, lt=1.0)
+    local_baseline: Annotated[bool, Field(strict=True)] = False
 
     @model_validator(mode="after")
     def _image_size_fits_model(self) -> RunConfig:
@@ -242,6 +243,21 @@ class RunConfig(BaseModel):
             raise KeyConflict(
                 "early-stopping-patience",
                 "0 unless the hospitals hold out validation images (local-val-fraction > 0, fraction-evaluate > 0)",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _local_baseline_is_scored_outside_dp(self) -> RunConfig:
+        if not self.local_baseline:
+            return self
+        if self.local_val_fraction == 0:
+            raise KeyConflict(
+                "local-baseline", "false unless the hospitals hold out validation images (local-val-fraction > 0)"
+            )
+        if self.dp_enabled:
+            raise KeyConflict(
+                "local-baseline",
+                "false under dp-enabled (the local-only model's score would be released outside the privacy ledger)",
             )
         return self
 

@@ -108,6 +108,9 @@ MEANINGS: dict[str, str] = {
     "target-sensitivity": "pick the decision threshold on the positive (abnormal) classes' summed probability so that "
     "the hospitals' pooled validation sensitivity reaches this, federatedly (each sends score histograms); "
     "multi-label: one threshold per label, by best F1 when 0; stored with the model (0: unset)",
+    "local-baseline": "after the last round, each hospital also trains a model on its shard alone for the rounds it "
+    "trained and scores it and the global model on its validation split: the report's per-hospital gain table "
+    "(doubles the hospitals' training; refused under `dp-enabled`)",
 }
 
 

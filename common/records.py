@@ -43,6 +43,11 @@ __all__ = [
     "CALIBRATION_STAGE",
     "STATISTICS",
     "TEMPERATURE",
+    "LOCAL_BASELINE",
+    "STARTING_WEIGHTS",
+    "BASELINE_ROUNDS",
+    "LOCAL_ONLY_ACCURACY",
+    "GLOBAL_ACCURACY",
 ]
 
 ARRAYS = "arrays"
@@ -103,3 +108,12 @@ STATISTICS = "statistics"
 """A hospital's calibration statistics: fixed-size sums, plaintext or encrypted."""
 TEMPERATURE = "temperature"
 """The fitted temperature(s) the hospitals apply before their score histograms."""
+
+# What each hospital gains, after the last round (query.local-baseline, with local-baseline = true)
+LOCAL_BASELINE = "local_baseline"
+STARTING_WEIGHTS = "starting-weights"
+"""The run's starting weights (plaintext: the server's own), from which the local-only model trains."""
+BASELINE_ROUNDS = "baseline-rounds"
+"""The rounds this hospital trained in the federation: its local-only model trains the same rounds."""
+LOCAL_ONLY_ACCURACY = "local-only-accuracy"
+GLOBAL_ACCURACY = "global-accuracy"

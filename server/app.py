@@ -23,6 +23,7 @@ from server.early_stopping import EarlyStopping
 from server.encrypted_strategy import EncryptedFedAvg
 from server.history import RunHistory
 from server.keys import check_public_key, refuse_secret_keys, server_context
+from server.local_baseline import LocalBaseline
 from server.resume import ResumePoint, load_resume_point
 from server.roster import NodeRoster
 from server.rounds import run_rounds
@@ -37,8 +38,8 @@ app = ServerApp()
 
 def _strategy(
     cfg: RunConfig, grid: Grid, history: RunHistory, run_dir: RunDirectory, layout: ParamLayout, first_round: int
-) -> tuple[MedsiloFedAvg, CentralEvaluator, FederatedCalibration]:
-    """The plaintext or the encrypted strategy, with the matching central evaluation and calibration.
+) -> tuple[MedsiloFedAvg, CentralEvaluator, FederatedCalibration, LocalBaseline | None]:
+    """The plaintext or the encrypted strategy, with the matching central evaluation, calibration and local baseline.
 
     A ``query.describe`` first learns every node's role and n_k. The central test set is
     scored on the evaluator node when there is one (always under HE; in deployment it
@@ -81,7 +82,8 @@ def _strategy(
         cfg, scorer=scorer, history=history, run_dir=run_dir, server_state=lambda: server_state(strategy)
     )
     calibration = FederatedCalibration(cfg, grid, roster=roster, base_config=base, public=public)
-    return strategy, evaluator, calibration
+    baseline = LocalBaseline(cfg, grid, roster=roster, base_config=base) if cfg.local_baseline else None
+    return strategy, evaluator, calibration, baseline
 
 
 def _in_model_order(arrays: ArrayRecord, state: dict[str, object]) -> ArrayRecord:
@@ -172,7 +174,9 @@ def _run(grid: Grid, context: Context) -> tuple[Outcome, str, Path | None]:
         run_dir.path,
     )
     try:
-        strategy, evaluator, calibrator = _strategy(cfg, grid, history, run_dir, ParamLayout.of(state), first_round)
+        strategy, evaluator, calibrator, baseline = _strategy(
+            cfg, grid, history, run_dir, ParamLayout.of(state), first_round
+        )
         if point is not None:
             load_server_state(strategy, point.server_state)
         stopping = EarlyStopping(cfg.early_stopping_patience) if cfg.early_stopping_patience else None
@@ -202,6 +206,8 @@ def _run(grid: Grid, context: Context) -> tuple[Outcome, str, Path | None]:
     if final is None or arrays is None:
         raise RuntimeError("the run ended without any central evaluation; see the log for the evaluator's error")
     calibration, history.calibration = calibrator.fit(arrays)
+    if baseline is not None:
+        history.local_baseline = baseline.compare(arrays, ArrayRecord(state), history)
     history.finish()
     history.flush()
     spec = saved_spec(cfg)

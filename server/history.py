@@ -37,6 +37,7 @@ class RunHistory:
         self.nodes: dict[str, Any] | None = None
         self.early_stopping: dict[str, Any] | None = None
         self.calibration: dict[str, Any] | None = None
+        self.local_baseline: dict[str, Any] | None = None
         self._clock = time.monotonic()
 
     def restore(
@@ -140,6 +141,7 @@ class RunHistory:
             **({"nodes": self.nodes} if self.nodes is not None else {}),
             **({"early_stopping": self.early_stopping} if self.early_stopping is not None else {}),
             **({"calibration": self.calibration} if self.calibration is not None else {}),
+            **({"local_baseline": self.local_baseline} if self.local_baseline is not None else {}),
             "rounds": [self.rounds[r] for r in sorted(self.rounds)],
         }
 

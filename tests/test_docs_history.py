@@ -20,6 +20,7 @@ from server.calibration import FederatedCalibration
 from server.central import AggregateRejected, CentralEvaluator, Scored
 from server.early_stopping import EarlyStopping
 from server.history import RunHistory
+from server.local_baseline import LocalBaseline
 from server.roster import NodeRoster
 from server.run_directory import RunDirectory
 from server.strategy import MedsiloFedAvg
@@ -74,6 +75,10 @@ class _Hospitals:
         z, y = np.array([[2.0, -1.0], [0.5, 0.2], [-1.0, 1.0]]), np.array([0, 1, 1])
         replies = []
         for msg in messages:
+            if msg.metadata.message_type.endswith(rk.LOCAL_BASELINE):
+                metrics = {rk.NUM_EXAMPLES: 3, rk.LOCAL_ONLY_ACCURACY: 1 / 3, rk.GLOBAL_ACCURACY: 2 / 3}
+                replies.append(Message(RecordDict({rk.METRICS: MetricRecord(metrics)}), reply_to=msg))
+                continue
             if msg.content[rk.CONFIG][rk.CALIBRATION_STAGE] == "nll":
                 stats = nll_statistics(z, y, multilabel=False)
             else:
@@ -121,6 +126,8 @@ def written(tmp_path: Path) -> dict[str, Any]:
     history.early_stopping = EarlyStopping(3).to_json()
     calibration = FederatedCalibration(cfg, _Hospitals(), roster=roster, base_config=ConfigRecord(), public=None)
     _, history.calibration = calibration.fit(_arrays(1.0))
+    baseline = LocalBaseline(cfg, _Hospitals(), roster=roster, base_config=ConfigRecord())  # type: ignore[arg-type]
+    history.local_baseline = baseline.compare(_arrays(1.0), _arrays(0.0), history)
     history.stop("round 4: too few hospitals")
     history.flush()
     return json.loads(history.path.read_text())
@@ -145,6 +152,8 @@ def test_the_page_lists_every_key_the_server_writes_and_no_other(written: dict[s
         "A resume": _union(written["resumed"]),
         "Calibration": set(written["calibration"]),
         "A calibration stage": _union([written["calibration"][stage] for stage in ("nll", "histograms")]),
+        "Local baseline": set(written["local_baseline"]),
+        "A hospital's comparison": _union(written["local_baseline"]["hospitals"]),
     }
     page = documented()
     assert set(page) == set(real), "the page's sections changed: map them to the history here"

@@ -18,6 +18,7 @@ from common.report import clinical, sections
 from common.report.content import Note, Section
 from common.report.gradcam import TITLE as GRADCAM_TITLE
 from common.report.gradcam import gradcam_section, plaintext_model
+from common.report.hospital_gain import hospital_gain_section
 from common.report.html import render_html
 from common.report.inputs import ReportInputs, is_multilabel, read_inputs
 from common.report.markdown import render_markdown
@@ -93,6 +94,8 @@ def _steps(
             ("learning curves", lambda: sections.learning_section(rounds, out)),
             ("data", lambda: sections.data_section(rounds, classes, out)),
         ]
+    if history is not None and isinstance(history.get("local_baseline"), dict):
+        steps.append(("hospital gains", lambda: hospital_gain_section(history["local_baseline"])))
     if history is not None and sections.has_declines_or_steps(history):
         steps.append(("declines", lambda: sections.declines_section(config, history)))
     if dp_enabled(config, rounds):

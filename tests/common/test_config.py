@@ -84,6 +84,7 @@ DEFAULTS = {
     "early-stopping-patience": 0,
     "calibrate": True,
     "target-sensitivity": 0.0,
+    "local-baseline": False,
 }
 
 
@@ -540,3 +541,16 @@ def test_pyproject_config_validates():
 def test_pyproject_value_equals_run_config_default(key):
     from_pyproject = parse_run_config(_pyproject_config()).to_run_config()
     assert from_pyproject[key] == RunConfig().to_run_config()[key]
+
+
+@pytest.mark.parametrize(
+    ("keys", "why"),
+    [
+        ({"local-val-fraction": 0.0}, "unless the hospitals hold out validation images"),
+        ({"dp-enabled": True}, "under dp-enabled"),
+    ],
+)
+def test_a_local_baseline_without_validation_images_or_under_dp_is_refused(keys, why):
+    message = _error({"local-baseline": True, **keys})
+    _assert_names(message, "local-baseline", True, "expected false", why)
+    assert "\n" not in message

@@ -202,7 +202,10 @@ another (measured); the HE test compares weights to 1e-5. The resume test checks
 
 @pytest.fixture(scope="session")
 def simulated_run(tmp_path_factory: pytest.TempPathFactory, flower: Flower) -> SimulatedRun:
-    """One 3-round plaintext simulation on 3 hospitals, shared by the tests that only read what it wrote."""
+    """One 3-round plaintext simulation on 3 hospitals, shared by the tests that only read what it wrote.
+
+    With ``local-baseline``: each hospital's local-only model is checked in ``test_simulation.py``.
+    """
     root = tmp_path_factory.mktemp("simulated")
     data_root = write_synthetic_tree(
         root / "data" / "synthetic-mri", modality="brain-mri", train_per_class=24, test_per_class=8, size=40, seed=3
@@ -210,7 +213,8 @@ def simulated_run(tmp_path_factory: pytest.TempPathFactory, flower: Flower) -> S
     out = root / "runs"
     with default_port_held():
         proc = flower.simulate(
-            f"{SIMULATION} num-server-rounds=3 data-root='{data_root}' output-dir='{out}' run-name='whole'",
+            f"{SIMULATION} num-server-rounds=3 data-root='{data_root}' output-dir='{out}' run-name='whole' "
+            "local-baseline=true",
             supernodes=3,
             cwd=root,
         )

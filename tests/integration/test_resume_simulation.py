@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from flower_env import SIMULATION, Flower, SimulatedRun
 
@@ -65,7 +66,9 @@ def test_a_resumed_encrypted_run_equals_the_uninterrupted_plaintext_run(
     kept = sorted(p.name for p in (stopped / "state" / "hospital-0").glob("optimizer-round-*.pt"))
     assert kept == ["optimizer-round-0001.pt", "optimizer-round-0002.pt"]  # each hospital's optimiser state
     flower.simulate(
-        f"{config} num-server-rounds=3 run-name='ignored' resume-from='{stopped}'", supernodes=4, cwd=tmp_path
+        f"{config} num-server-rounds=3 run-name='ignored' resume-from='{stopped}' local-baseline=true",
+        supernodes=4,
+        cwd=tmp_path,
     )
 
     assert not (out / "ignored").exists()  # the resumed run continues in its own directory
@@ -101,3 +104,13 @@ def test_a_resumed_encrypted_run_equals_the_uninterrupted_plaintext_run(
     assert set(he_report) == set(plain_report) and he_report["n"] == plain_report["n"] == 32
     assert abs(plain_report["accuracy"] - he_report["accuracy"]) <= 0.005
     assert (stopped / "report.html").is_file()
+
+    # Each hospital's local-only model (its shard, the rounds it trained before and after the resume, the same
+    # seeds) is the plaintext run's; the global model it scores was decrypted at the hospital.
+    plain_rows = {r["hospital"]: r for r in whole_history["local_baseline"]["hospitals"]}
+    he_rows = {r["hospital"]: r for r in history["local_baseline"]["hospitals"]}
+    assert sorted(he_rows) == sorted(plain_rows) == HOSPITALS
+    for name, row in he_rows.items():
+        assert row["rounds"] == 3
+        assert row["local_only_accuracy"] == pytest.approx(plain_rows[name]["local_only_accuracy"])
+        assert row["global_accuracy"] == pytest.approx(plain_rows[name]["global_accuracy"])

@@ -7,13 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from flower_env import DEFAULT_LOCAL_SUPERLINK_PORT, SimulatedRun
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
 from typer.testing import CliRunner
 
+from client.site import hospital_data
+from client.training import train_local
 from common.calibration import read_calibration
 from common.cli import app
+from common.config import parse_run_config
+from common.data import build_transform
+from common.experiment import initial_model, preset_for
+from common.inference import predict
 from common.models import load_model_dir
+from common.precision import resolve_precision
 from common.run_files import read_predictions_csv
 
 REPORT_KEYS = {
@@ -94,3 +102,30 @@ def test_flwr_run_writes_the_run_directory(simulated_run: SimulatedRun, tmp_path
     assert cli.exit_code == 0, cli.output
     again = json.loads((evaluated / "report.json").read_text())
     assert again["n"] == report["n"] and abs(again["accuracy"] - report["accuracy"]) < 1e-9
+
+
+def test_each_hospitals_local_only_figure_equals_an_independent_recomputation(simulated_run: SimulatedRun) -> None:
+    """local-baseline: the report's per-hospital table, each local-only figure recomputed here from the shard."""
+    run_dir = simulated_run.run_dir
+    cfg = parse_run_config(json.loads((run_dir / "config.json").read_text()))
+    history = json.loads((run_dir / "history.json").read_text())
+    rows = {row["hospital"]: row for row in history["local_baseline"]["hospitals"]}
+    assert sorted(rows) == ["hospital-0", "hospital-1", "hospital-2"] and history["local_baseline"]["failures"] == []
+    cpu, fp32 = torch.device("cpu"), resolve_precision("fp32", torch.device("cpu"))
+    for pid in range(3):
+        site = hospital_data(cfg, {"partition-id": pid, "num-partitions": 3})
+        model, state = initial_model(cfg), None
+        for r in (1, 2, 3):
+            result = train_local(
+                model, site.train, cfg=cfg, preset=preset_for(cfg), device=cpu, seed=cfg.seed + 7919 * r,
+                server_round=r, optimizer_state=state, precision=fp32,
+            )  # fmt: skip
+            state = result.optimizer_state
+        probs, _ = predict(model, site.val, build_transform(preset_for(cfg), train=False), device=cpu, precision=fp32)
+        row = rows[f"hospital-{pid}"]
+        assert row["rounds"] == 3 and row["validation_images"] == len(site.val)
+        assert abs(row["local_only_accuracy"] - accuracy_score(site.val.labels.numpy(), probs.argmax(1))) <= 0.01
+    report = (run_dir / "report.md").read_text()
+    assert "## What each hospital gains" in report
+    for name, row in rows.items():
+        assert f"| {name} | {row['validation_images']} | 3 | {row['local_only_accuracy']:.3f} |" in report
