@@ -133,6 +133,7 @@ def run_one(attack: str, keys: dict[str, Any], *, out_dir: Path, name: str) -> d
         "declined_rounds": _declines(history),
         "max_step_ratio": [_max_ratio(r) for r in history["rounds"] if r["round"] > 0],
         "seconds": round(seconds, 1),
+        "machine": provenance()["machine"],  # runs land in pieces, on whichever machine a session has
     }
 
 

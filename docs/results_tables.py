@@ -230,7 +230,8 @@ ROBUSTNESS: list[Column] = [
     ("rounds_completed", "count", "rounds with a central evaluation"),
     ("declines", "count", "rounds in which a hospital declined the global model (computed here)"),
     ("status", "text", "how the run ended (`stopped`: a majority declined, with one line)"),
-    ("seconds", "seconds", "s, the whole run"),
+    ("seconds", "seconds", "s, the whole run, on a machine shared with other jobs: not a timing"),
+    ("machine", "text", "the CPU it ran on (the file's header names the last run's)"),
 ]
 
 VERDICTS: list[Column] = [

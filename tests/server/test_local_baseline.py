@@ -81,12 +81,16 @@ def test_each_hospitals_figures_equal_an_independent_recomputation(setting: dict
     history = _history(tmp_path, {"hospital-0": [1, 2, 3], "hospital-1": [1, 3]})
     assert rounds_trained(history, "hospital-1") == [1, 3]
     nodes = [{"partition-id": i, "num-partitions": HOSPITALS} for i in range(HOSPITALS)]
-    grid = InProcessGrid(app, nodes, setting["run_config"])
+    grid = _Recording(app, nodes, setting["run_config"])
     roster = NodeRoster({1: 10, 2: 10}, {1: "hospital-0", 2: "hospital-1"}, None)
     record = LocalBaseline(cfg, grid, roster=roster, base_config=ConfigRecord()).compare(
         ArrayRecord(setting["final"]), ArrayRecord(setting["starting"]), history
     )
     assert record["failures"] == []
+    for reply in grid.replies:  # two accuracies, a count and a name: no weights, image, logit or score
+        assert not reply.content.array_records and set(reply.content.metric_records) == {rk.METRICS}
+        assert set(reply.content[rk.METRICS]) == {rk.NUM_EXAMPLES, rk.LOCAL_ONLY_ACCURACY, rk.GLOBAL_ACCURACY}
+        assert dict(reply.content[rk.HOSPITAL]).keys() == {"name"}
     rows = {row["hospital"]: row for row in record["hospitals"]}
     assert sorted(rows) == ["hospital-0", "hospital-1"]
     for pid, rounds in ((0, [1, 2, 3]), (1, [1, 3])):
@@ -107,6 +111,19 @@ def test_each_hospitals_figures_equal_an_independent_recomputation(setting: dict
         assert abs(row["local_only_accuracy"] - _score(local, site.val, cfg)) <= 0.01
         assert row["global_accuracy"] == pytest.approx(_score(joined, site.val, cfg))
         assert row["gain"] == pytest.approx(row["global_accuracy"] - row["local_only_accuracy"])
+
+
+class _Recording(InProcessGrid):
+    """The in-process grid, keeping every reply a hospital sent."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.replies: list[Message] = []
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        replies = list(super().send_and_receive(messages, timeout=timeout))
+        self.replies += replies
+        return replies
 
 
 class _Replies:
