@@ -343,6 +343,26 @@ def robustness(name: str, data: Any) -> str:
     return f"{provenance(name, data)}\n\n{verdicts}\n\n{rows_table('run', runs, ROBUSTNESS)}"
 
 
+SOAK: list[Column] = [
+    ("rounds", "count", "rounds the run was asked for"),
+    ("rounds_completed", "count", "rounds in `history.json`, each exactly once"),
+    ("lost_rounds", "count", "rounds missing or recorded twice"),
+    ("ledger_mismatches", "count", "hospitals whose epsilon differs from Google's dp-accounting (rounds it trained)"),
+    ("unreadable_checkpoints", "count", "kept checkpoints that failed to load"),
+    ("kills", "count", "hospitals SIGKILLed (SuperNode and ClientApps) and restarted later"),
+    ("kills_while_training", "count", "of them, killed while their ClientApp was running"),
+    ("stops", "count", "times the operator stopped the run with `flwr stop`"),
+    ("resumes", "count", "`resume-from` restarts (one that found too few hospitals stopped by itself: resumed again)"),
+    ("seconds", "seconds", "s, the whole soak, on a machine shared with other jobs"),
+    ("seconds_per_round", "seconds", "s per round, the same"),
+]
+
+
+def soak(name: str, data: Any) -> str:
+    """What the soak checks at its end, then its faults and its time."""
+    return f"{provenance(name, data)}\n\n{key_table(data, SOAK)}"
+
+
 Builder = Callable[[str, Any], str]
 BUILDERS: dict[str, Builder] = {
     "train_throughput": train_throughput,
@@ -354,6 +374,7 @@ BUILDERS: dict[str, Builder] = {
     "dp_overhead": dp_overhead,
     "dp_precision": dp_precision,
     "robustness": robustness,
+    "soak": soak,
 }
 
 
