@@ -19,7 +19,7 @@ from client.local_baseline import compare_with_local_only
 from client.optimizer_state import load_optimizer_state, save_optimizer_state
 from client.site import central_test_set, hospital_data, node_identity, state_dir
 from client.step_guard import StepCheck, guard_global_step
-from client.training import non_finite_reason, non_finite_weights, round_seed, train_local
+from client.training import non_finite_reason, non_finite_weights, round_seed, split_scores, train_local
 from common import records as rk
 from common.calibration_fit import PICK_PREFIX
 from common.config import RunConfig, parse_run_config
@@ -32,7 +32,6 @@ from common.logs import use_flower_logging
 from common.models import ModelSpec, build_from_spec, state_dict_to_cpu
 from common.node_config import parse_node_config
 from common.precision import Precision, cpu_bf16_flags, resolve_precision
-from common.tasks import label_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -219,17 +218,14 @@ def evaluate(msg: Message, context: Context) -> Message:
     site = hospital_data(setup.cfg, context.node_config)
     metrics = MetricRecord({rk.NUM_EXAMPLES: 0, rk.EVAL_LOSS: 0.0, rk.EVAL_ACCURACY: 0.0})
     if len(site.val):
-        transform = build_transform(preset_for(setup.cfg), train=False)
-        probs, loss = predict(
+        accuracy, loss = split_scores(
             setup.model,
             site.val,
-            transform,
-            batch_size=setup.cfg.batch_size,
+            cfg=setup.cfg,
+            preset=preset_for(setup.cfg),
             device=setup.device,
             precision=setup.precision,
         )
-        thresholds = setup.cfg.thresholds if setup.cfg.multilabel else None
-        accuracy = label_accuracy(site.val.labels.numpy(), probs, thresholds)
         metrics = MetricRecord({rk.NUM_EXAMPLES: len(site.val), rk.EVAL_LOSS: loss, rk.EVAL_ACCURACY: accuracy})
     content = RecordDict({rk.METRICS: metrics, rk.HOSPITAL: ConfigRecord({"name": site.name})})
     return Message(content=content, reply_to=msg)
@@ -296,7 +292,7 @@ def local_baseline(msg: Message, context: Context) -> Message:
     site = hospital_data(setup.cfg, context.node_config)
     config = msg.content[rk.CONFIG]
     rounds = [int(r) for r in config[rk.BASELINE_ROUNDS]]  # type: ignore[union-attr]
-    starting = {name: torch.from_numpy(a.numpy()) for name, a in msg.content[rk.STARTING_WEIGHTS].items()}
+    starting = msg.content[rk.STARTING_WEIGHTS].to_torch_state_dict()
     scores = compare_with_local_only(
         setup.model,
         starting,

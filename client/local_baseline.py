@@ -17,14 +17,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from client.training import round_seed, train_local
+from client.training import round_seed, split_scores, train_local
 from common.config import RunConfig
-from common.data import ImageSet, build_transform
+from common.data import ImageSet
 from common.experiment import model_spec, preset_for
-from common.inference import predict
 from common.models import build_from_spec
 from common.precision import Precision
-from common.tasks import label_accuracy
 
 __all__ = ["BaselineScores", "compare_with_local_only", "train_local_only"]
 
@@ -72,12 +70,6 @@ def train_local_only(
     return model
 
 
-def _accuracy(model: nn.Module, val: ImageSet, cfg: RunConfig, device: torch.device, precision: Precision) -> float:
-    transform = build_transform(preset_for(cfg), train=False)
-    probs, _ = predict(model, val, transform, batch_size=cfg.batch_size, device=device, precision=precision)
-    return label_accuracy(val.labels.numpy(), probs, cfg.thresholds if cfg.multilabel else None)
-
-
 def compare_with_local_only(
     global_model: nn.Module,
     starting_weights: dict[str, torch.Tensor],
@@ -97,8 +89,10 @@ def compare_with_local_only(
     """
     if len(val) == 0:
         raise ValueError(f"{name} holds no validation images to compare the models on (local-val-fraction)")
-    global_accuracy = _accuracy(global_model, val, cfg, device, precision)
+    scoring = {"cfg": cfg, "preset": preset_for(cfg), "device": device, "precision": precision}
+    global_accuracy, _ = split_scores(global_model, val, **scoring)
     local = train_local_only(
         starting_weights, train, cfg=cfg, rounds=rounds, device=device, precision=precision, name=name
     )
-    return BaselineScores(len(val), _accuracy(local, val, cfg, device, precision), global_accuracy)
+    local_accuracy, _ = split_scores(local, val, **scoring)
+    return BaselineScores(len(val), local_accuracy, global_accuracy)

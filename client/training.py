@@ -13,11 +13,11 @@ from torch import nn
 
 from common.config import RunConfig
 from common.data import ImageSet, build_transform
-from common.inference import loader
+from common.inference import loader, predict
 from common.optimizers import build_optimizer, lr_factor
 from common.precision import Precision, channels_last, resolve_precision
 from common.presets import DatasetPreset
-from common.tasks import AUX_LOSS_WEIGHT, hits, split_outputs, task_loss
+from common.tasks import AUX_LOSS_WEIGHT, hits, label_accuracy, split_outputs, task_loss
 from common.trainable import freeze_blocks, train_mode
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "non_finite_reason",
     "non_finite_weights",
     "round_seed",
+    "split_scores",
     "train_local",
 ]
 
@@ -49,6 +50,21 @@ class TrainResult:
 def round_seed(cfg: RunConfig, server_round: int) -> int:
     """The seed of a hospital's training in ``server_round``: its shuffling and augmentation."""
     return cfg.seed + 7919 * server_round
+
+
+def split_scores(
+    model: nn.Module,
+    images: ImageSet,
+    *,
+    cfg: RunConfig,
+    preset: DatasetPreset,
+    device: torch.device,
+    precision: Precision,
+) -> tuple[float, float]:
+    """Accuracy (multi-label: label-wise at the run's thresholds) and mean loss of ``model`` on a hospital's split."""
+    transform = build_transform(preset, train=False)
+    probs, loss = predict(model, images, transform, batch_size=cfg.batch_size, device=device, precision=precision)
+    return label_accuracy(images.labels.numpy(), probs, cfg.thresholds if cfg.multilabel else None), loss
 
 
 def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:

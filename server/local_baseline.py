@@ -64,11 +64,11 @@ class LocalBaseline:
     def compare(self, final: ArrayRecord, starting: ArrayRecord, history: RunHistory) -> dict[str, Any]:
         """The ``history.json`` record: one row per hospital that answered, and why the others are missing."""
         start = time.perf_counter()
-        messages, names = [], {}
+        messages, names, trained = [], {}, {}
         for node in sorted(self.roster.hospitals):
-            name = self.roster.names.get(node, f"node-{node}")
-            names[node] = name
-            config = ConfigRecord({**dict(self.base_config), rk.BASELINE_ROUNDS: rounds_trained(history, name)})
+            name = names[node] = self.roster.names.get(node, f"node-{node}")
+            trained[node] = rounds_trained(history, name)
+            config = ConfigRecord({**dict(self.base_config), rk.BASELINE_ROUNDS: trained[node]})
             content = RecordDict({rk.ARRAYS: final, rk.STARTING_WEIGHTS: starting, rk.CONFIG: config})
             message_type = f"{MessageType.QUERY}.{rk.LOCAL_BASELINE}"
             messages.append(Message(content, dst_node_id=node, message_type=message_type))
@@ -91,7 +91,7 @@ class LocalBaseline:
                     "hospital": names[node],
                     "node_id": node,
                     "validation_images": int(metrics[rk.NUM_EXAMPLES]),
-                    "rounds": len(rounds_trained(history, names[node])),
+                    "rounds": len(trained[node]),
                     "local_only_accuracy": local,
                     "global_accuracy": joined,
                     "gain": joined - local,

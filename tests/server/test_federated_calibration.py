@@ -6,15 +6,14 @@ hospital sends must be fixed-size sums: the same sizes whatever its number of va
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from recording_grid import RecordingGrid
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
@@ -36,26 +35,10 @@ from server.app import _headline
 from server.calibration import FederatedCalibration, _Summed
 from server.roster import NodeRoster
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-from in_process_grid import InProcessGrid  # noqa: E402
-
 pytestmark = pytest.mark.usefixtures("task_identity")
 HOSPITALS = 3
 FP32 = resolve_precision("fp32", torch.device("cpu"))
 
-
-class _Recording(InProcessGrid):
-    """The in-process grid, keeping every reply a node sent."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.replies: list[Message] = []
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        replies = list(super().send_and_receive(messages, timeout=timeout))
-        self.replies += replies
-        return replies
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +62,9 @@ def setting(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "secret": secret, "public": public}  # fmt: skip
 
 
-def _plaintext(setting: dict[str, Any]) -> tuple[FederatedCalibration, _Recording]:
+def _plaintext(setting: dict[str, Any]) -> tuple[FederatedCalibration, RecordingGrid]:
     nodes = [{"partition-id": i, "num-partitions": HOSPITALS} for i in range(HOSPITALS)]
-    grid = _Recording(app, nodes, setting["run_config"])
+    grid = RecordingGrid(app, nodes, setting["run_config"])
     roster = NodeRoster({n: 10 for n in range(1, HOSPITALS + 1)}, {}, None)
     return FederatedCalibration(setting["cfg"], grid, roster=roster, base_config=ConfigRecord(), public=None), grid
 
@@ -142,7 +125,7 @@ def test_under_he_the_server_adds_ciphertexts_and_only_the_evaluator_reads_the_s
     cfg = parse_run_config(run_config)
     public = load_public_context(setting["public"])
     nodes = [{"partition-id": i, "num-partitions": HOSPITALS + 1} for i in range(HOSPITALS + 1)]  # last: evaluator
-    grid = _Recording(app, nodes, run_config)
+    grid = RecordingGrid(app, nodes, run_config)
     roster = NodeRoster({n: 20 for n in range(1, HOSPITALS + 1)}, {}, HOSPITALS + 1)
     base = ConfigRecord({rk.HE_KEY_ID: public.key_id, rk.NUM_EXAMPLES_TOTAL: roster.total_examples})
     encrypted, record = FederatedCalibration(cfg, grid, roster=roster, base_config=base, public=public).fit(

@@ -7,7 +7,6 @@ scikit-learn on its validation split. Bad replies are left out with their reason
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from recording_grid import RecordingGrid
 from sklearn.metrics import accuracy_score
 
 from client.app import app
@@ -32,10 +32,6 @@ from common.report.hospital_gain import HOSPITAL_GAIN_TITLE, hospital_gain_secti
 from server.history import RunHistory
 from server.local_baseline import LocalBaseline, rounds_trained
 from server.roster import NodeRoster
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-from in_process_grid import InProcessGrid  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 HOSPITALS = 2
@@ -81,7 +77,7 @@ def test_each_hospitals_figures_equal_an_independent_recomputation(setting: dict
     history = _history(tmp_path, {"hospital-0": [1, 2, 3], "hospital-1": [1, 3]})
     assert rounds_trained(history, "hospital-1") == [1, 3]
     nodes = [{"partition-id": i, "num-partitions": HOSPITALS} for i in range(HOSPITALS)]
-    grid = _Recording(app, nodes, setting["run_config"])
+    grid = RecordingGrid(app, nodes, setting["run_config"])
     roster = NodeRoster({1: 10, 2: 10}, {1: "hospital-0", 2: "hospital-1"}, None)
     record = LocalBaseline(cfg, grid, roster=roster, base_config=ConfigRecord()).compare(
         ArrayRecord(setting["final"]), ArrayRecord(setting["starting"]), history
@@ -112,18 +108,6 @@ def test_each_hospitals_figures_equal_an_independent_recomputation(setting: dict
         assert row["global_accuracy"] == pytest.approx(_score(joined, site.val, cfg))
         assert row["gain"] == pytest.approx(row["global_accuracy"] - row["local_only_accuracy"])
 
-
-class _Recording(InProcessGrid):
-    """The in-process grid, keeping every reply a hospital sent."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.replies: list[Message] = []
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        replies = list(super().send_and_receive(messages, timeout=timeout))
-        self.replies += replies
-        return replies
 
 
 class _Replies:
