@@ -66,7 +66,7 @@ test: install
 
 # The unit tests only (no `flwr run`, no SuperLink, no browser, no killed processes): the inner loop, under 2 minutes.
 test-fast: install
-	$(BIN)/python -m pytest --ignore=tests/integration
+	$(BIN)/python -m pytest --ignore=tests/integration -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

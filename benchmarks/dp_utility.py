@@ -1,134 +1,230 @@
-"""Privacy-utility trade-off: the same federation without DP, at epsilon 8 and at epsilon 1.
+"""Privacy against utility: DP-SGD at epsilon 8, 3 and 1 against no DP, from three starting points.
 
-Runs three real ``flwr run`` simulations side by side (same seed, data, model and
-schedule; only the DP keys differ) and writes ``benchmarks/results/dp_utility.json``.
+GroupNorm ResNet-18 at 64 px (the model every DP run builds), 4 IID hospitals, the same rounds,
+local epochs and recipe for every setting; only the DP keys and the starting weights differ:
 
-    python benchmarks/dp_utility.py --data-root $DATA/brain-mri
+- ``scratch``: random weights;
+- ``public-slice``: pretrained (``medsilo pretrain``, no DP) on a stratified 20 % of
+  ``brain-mri/train`` that no hospital holds;
+- ``public-xray``: pretrained on the chest X-ray set's ``train/``.
+
+Settings: ``no-dp``, ``eps-8``, ``eps-3``, ``eps-1``, with delta 1e-5 per hospital and every round
+counted by the accountant. Each run is medsilo's own ServerApp ``main`` and ClientApp in this process
+(``in_process_grid``), and its central accuracy is the mean of the last 2 rounds on ``test/``
+(``--validation``: a held-out 15 % of the hospitals' part, for choosing the recipe).
+
+Each (dataset, start, setting, seed) is written as its own piece under ``results/dp_utility/``
+as it lands, and a rerun skips every piece made by the same request; ``dp_utility.json`` and
+its figure are assembled from the pieces.
+
+    python benchmarks/dp_utility.py --data-dir DATA                      # brain MRI, 3 starts x 4 settings
+    python benchmarks/dp_utility.py --data-dir DATA --datasets chest-xray --starts public-slice --settings eps-8
+    python benchmarks/dp_utility.py --quick                              # generated data, a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
+import logging
+import shutil
+import statistics
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
+from typing import Any
 
-import psutil
+import torch
+from flwr.app import Context, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
 
-from common.privacy.utility import compare_runs, comparison_note, plot
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy_store import load_piece, piece_path, write_piece  # noqa: E402
+from dp_starts import STARTS, hospital_tree, starting_weights  # noqa: E402
+from dp_utility_figure import plot_utility  # noqa: E402
+from in_process_grid import InProcessGrid  # noqa: E402
 from provenance import provenance  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "dp_utility.json"
-FIGURE = REPO / "benchmarks" / "results" / "dp_utility.png"
-SETTINGS = {
-    "no-DP": "dp-enabled=false",
-    "epsilon-8": "dp-enabled=true dp-target-epsilon=8.0",
-    "epsilon-1": "dp-enabled=true dp-target-epsilon=1.0",
+from client.app import app as client_app  # noqa: E402
+from common.data.synth import write_synthetic_tree  # noqa: E402
+from common.privacy.utility import epsilon_spent  # noqa: E402
+from common.run_outcome import read_outcome  # noqa: E402
+from server.app import main as server_main  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+DOCS_FIGURE = Path(__file__).parents[1] / "docs" / "dp-utility.png"  # the results page shows it
+HOSPITALS = 4
+DELTA = 1e-5
+SETTINGS: dict[str, dict[str, Any]] = {
+    "no-dp": {"dp-enabled": False},
+    "eps-8": {"dp-enabled": True, "dp-target-epsilon": 8.0},
+    "eps-3": {"dp-enabled": True, "dp-target-epsilon": 3.0},
+    "eps-1": {"dp-enabled": True, "dp-target-epsilon": 1.0},
 }
+BASE: dict[str, Any] = {
+    "model": "resnet18",
+    "norm-layer": "group",
+    "image-size": 64,
+    "partitioner": "iid",
+    "num-server-rounds": 10,
+    "local-epochs": 0.5,
+    "batch-size": 128,
+    "learning-rate": 1e-3,
+    "optimizer": "adam",
+    "lr-warmup-rounds": 1,
+    "dp-delta": DELTA,
+    "dp-max-grad-norm": 1.0,
+    "dp-clipping": "normalize",
+    "dp-ema-decay": 0.9,
+    "dp-augmentation-multiplicity": 1,
+    "min-train-nodes": HOSPITALS,
+    "fraction-evaluate": 0.0,
+    "update-norm-limit": 0.0,
+    "calibrate": False,
+    "device": "cpu",
+}
+PRETRAIN = {"model": "resnet18", "norm-layer": "group", "image-size": 64, "epochs": 30, "batch-size": 64,
+            "learning-rate": 1e-3, "seed": 0}  # fmt: skip
+QUICK = {"model": "cnn3", "image-size": 32, "num-server-rounds": 3, "batch-size": 32}
+QUICK_PRETRAIN = {"model": "cnn3", "image-size": 32, "epochs": 2, "batch-size": 32}
 
 
-def _stop(flwr_home: str) -> None:
-    procs = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("FLWR_HOME") == flwr_home and proc.pid != os.getpid():
-                procs.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    for proc in procs:
-        proc.terminate()
-    psutil.wait_procs(procs, timeout=10)
+def run_one(keys: dict[str, Any], *, out_dir: Path) -> dict[str, Any]:
+    """One federation: the central accuracy per round, its mean over the last 2, macro AUROC and epsilon spent."""
+    run_config = {**keys, "output-dir": str(out_dir), "run-name": "run"}
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1  # what a ServerApp process has
+    nodes = [{"partition-id": i, "num-partitions": HOSPITALS} for i in range(HOSPITALS)]
+    grid = InProcessGrid(client_app, nodes, run_config)
+    start = time.perf_counter()
+    server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
+    seconds = time.perf_counter() - start
+    outcome = read_outcome(out_dir, 1)
+    if outcome is None or outcome.get("status") != "completed" or not outcome.get("run_dir"):
+        raise SystemExit(f"the run did not complete: {outcome['line'] if outcome else 'no outcome recorded'}")
+    history = json.loads((Path(outcome["run_dir"]) / "history.json").read_text())
+    central = [r["central"] for r in history["rounds"] if r["round"] > 0 and r["central"] is not None]
+    curve = [c["accuracy"] for c in central]
+    aurocs = [c["macro_auroc"] for c in central[-2:] if c.get("macro_auroc") is not None]
+    return {
+        "last2_mean": statistics.fmean(curve[-2:]),
+        "final": curve[-1],
+        "auroc_macro": statistics.fmean(aurocs) if aurocs else None,
+        "epsilon_spent": epsilon_spent(history),
+        "per_round": [round(a, 4) for a in curve],
+        "seconds": round(seconds, 1),
+    }
 
 
-def _mean_last_rounds(run_dir: Path, rounds: int) -> float:
-    """Central accuracy averaged over the last ``rounds`` rounds: less noisy than the final round alone."""
-    history = json.loads((run_dir / "history.json").read_text())
-    accuracies = [r["central"]["accuracy"] for r in history["rounds"][1:] if r["central"] is not None]
-    return sum(accuracies[-rounds:]) / len(accuracies[-rounds:])
+def assemble(folder: Path, out: Path) -> dict[str, Any]:
+    """``{dataset: {"<start>/<setting>": {last2_mean, seeds, epsilon_spent, auroc_macro, ...}}}`` from the pieces.
+
+    With several seeds, ``last2_mean``, ``auroc_macro`` and ``epsilon_spent`` are their means and
+    ``by_seed`` holds each seed's run.
+    """
+    runs: dict[str, dict[str, dict[int, Any]]] = {}
+    made: dict[str, Any] = {}
+    for path in sorted(folder.glob("*--seed*.json")):
+        piece = json.loads(path.read_text())
+        request = piece["request"]
+        name = f"{request['start']}/{request['setting']}"
+        runs.setdefault(request["keys"]["dataset"], {}).setdefault(name, {})[request["keys"]["seed"]] = {
+            **piece["results"]["run"], **{k: piece[k] for k in ("commit", "date", "machine")},
+            "pretrained_on": request.get("pretrained_on"), "scored_on": request["scored_on"],
+        }  # fmt: skip
+        made.update({k: request[k] for k in ("hospitals", "recipe", "scored_on")})
+        made["pretraining"] = request["pretraining"] or made.get("pretraining")
+    assembled: dict[str, Any] = {**provenance(), **made}
+    for dataset, named in runs.items():
+        rows = {}
+        for name, seeds in named.items():
+            first = seeds[min(seeds)]
+            mean = {key: _mean([run[key] for run in seeds.values()])
+                    for key in ("last2_mean", "auroc_macro", "epsilon_spent")}  # fmt: skip
+            rows[name] = {**first, **mean, "seeds": sorted(seeds), "by_seed": {str(s): seeds[s] for s in sorted(seeds)}}
+        assembled[dataset] = dict(sorted(rows.items(), key=lambda item: _order(item[0])))
+    out.write_text(json.dumps(assembled, indent=1, allow_nan=False) + "\n")
+    return assembled
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def _order(name: str) -> tuple[int, int]:
+    start, setting = name.split("/")
+    return (STARTS.index(start) if start in STARTS else len(STARTS), list(SETTINGS).index(setting))
+
+
+def _keys(items: list[str]) -> dict[str, Any]:
+    return {k: v for item in items for k, v in tomllib.loads(item.replace("=", " = ", 1)).items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", required=True, type=Path)
-    parser.add_argument("--hospitals", type=int, default=4)
-    parser.add_argument(
-        "--config",
-        default="model='cnn3' image-size=64 num-server-rounds=10 local-epochs=1 batch-size=128 learning-rate=0.003 "
-        "partitioner='iid' min-train-nodes=4 min-evaluate-nodes=4 fraction-evaluate=0.0 seed=7",
-    )
-    parser.add_argument("--runs-dir", type=Path, help="keep the run directories here (default: a temporary folder)")
-    parser.add_argument(
-        "--skip-existing", action="store_true", help="reuse finished runs already in --runs-dir instead of rerunning"
-    )
+    parser.add_argument("--data-dir", type=Path, help="folder holding brain-mri/ and chest-xray/")
+    parser.add_argument("--datasets", default="brain-mri")
+    parser.add_argument("--starts", default=",".join(STARTS))
+    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--validation", action="store_true", help="score a held-out 15%% of the hospitals' part")
+    parser.add_argument("--base", action="append", default=[], help="override a run-config key: key=value (TOML)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "medsilo" / "dp_utility",
+                        help="where the pretrained starts are kept between runs")  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="generated data, cnn3 at 32 px, 3 rounds")
     args = parser.parse_args()
-    seconds: dict[str, float] = {}
+    for handler in logging.getLogger("flwr").handlers:  # the apps log through Flower's handlers: warnings only
+        handler.setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    base = {**BASE, **(QUICK if args.quick else {}), **_keys(args.base)}
+    pretrain = {**PRETRAIN, **(QUICK_PRETRAIN if args.quick else {})}
+    name = "dp_utility-quick" if args.quick else "dp_utility-validation" if args.validation else "dp_utility"
+    folder, work = RESULTS / name, args.work / ("quick" if args.quick else "full")
     with tempfile.TemporaryDirectory() as tmp:
-        env = {
-            **os.environ,
-            "FLWR_HOME": tmp,
-            "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        }
-        runs = (args.runs_dir or Path(tmp) / "runs").resolve()
-        try:
-            for name, dp in SETTINGS.items():
-                if args.skip_existing and (runs / name / "report.json").is_file():
-                    print(f"{name}: reusing {runs / name}", flush=True)
-                    continue
-                paths = f"data-root='{args.data_root.resolve()}' output-dir='{runs}' run-name='{name}'"
-                start = time.perf_counter()
-                subprocess.run(
-                    [
-                        str(Path(sys.executable).parent / "flwr"),
-                        "run",
-                        str(REPO),
-                        "--stream",
-                        "--federation-config",
-                        f"num-supernodes={args.hospitals}",
-                        "--run-config",
-                        f"{args.config} {dp} {paths}",
-                    ],
-                    env=env,
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                )
-                seconds[name] = time.perf_counter() - start
-                print(f"{name}: {seconds[name]:.0f} s", flush=True)
-        finally:
-            _stop(tmp)
-        rows = compare_runs([runs / name for name in SETTINGS])
-        for r in rows:
-            print(f"{r['run']:10s} accuracy {r['accuracy']:.4f}  epsilon spent {r['epsilon_spent']}")
-        print(comparison_note(rows))
-        plot(rows, FIGURE)
-        results = {
-            r["run"]: {
-                "accuracy": r["accuracy"],
-                "accuracy_mean_last_3_rounds": _mean_last_rounds(runs / r["run"], 3),
-                "balanced_accuracy": r["balanced_accuracy"],
-                "macro_f1": r["macro_f1"],
-                "target_epsilon": r["target_epsilon"],
-                "max_epsilon_spent": r["epsilon_spent"],
-                "accuracy_ratio_to_no_dp": r["accuracy"] / rows[0]["accuracy"],
-                "seconds": seconds.get(r["run"]),
-            }
-            for r in rows
-        }
-    output = {**provenance(), "data_root": str(args.data_root), "hospitals": args.hospitals, "config": args.config,
-              "results": results}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(output, indent=2))
-    print(f"wrote {RESULTS} and {FIGURE}")
+        data = args.data_dir
+        if args.quick:
+            data = Path(tmp) / "data"
+            for dataset in ("brain-mri", "chest-xray"):
+                write_synthetic_tree(data / dataset, modality=dataset, train_per_class=60, test_per_class=20, size=32,
+                                     seed=1)  # fmt: skip
+        elif data is None:
+            parser.error("--data-dir is required (or --quick)")
+        slice_tree = work / "public-slice-data"
+        shutil.rmtree(slice_tree, ignore_errors=True)
+        hospital_tree(data, "brain-mri", slice_tree, validation=False, carve_public=True)
+        for dataset in args.datasets.split(","):
+            tree = Path(tmp) / f"tree-{dataset}"
+            counts = hospital_tree(data, dataset, tree, validation=args.validation, carve_public=dataset == "brain-mri")
+            for start in args.starts.split(","):
+                weights = starting_weights(start, work=work, public_slice=slice_tree / "public-slice",
+                                           xray=data / "chest-xray", pretrain=pretrain)  # fmt: skip
+                for setting in args.settings.split(","):
+                    for seed in map(int, args.seeds.split(",")):
+                        keys = {**base, **SETTINGS[setting], "dataset": dataset, "seed": seed,
+                                "data-root": str(tree / "hospitals"), "pretrained-weights": weights}  # fmt: skip
+                        recorded = {k: v for k, v in keys.items() if k not in ("data-root", "pretrained-weights")}
+                        request = {"keys": recorded, "start": start, "setting": setting, "hospitals": HOSPITALS,
+                                   "scored_on": counts["scored_on"], "images": counts, "recipe": base,
+                                   "pretraining": None if start == "scratch" else pretrain,
+                                   "pretrained_on": None if start == "scratch" else start}  # fmt: skip
+                        path = piece_path(folder, dataset, f"{start}--{setting}", seed)
+                        if load_piece(path, request) is not None:
+                            print(f"{dataset} {start}/{setting} seed {seed}: kept ({path.name})", flush=True)
+                            continue
+                        with tempfile.TemporaryDirectory() as runs:
+                            result = run_one(keys, out_dir=Path(runs))
+                        write_piece(path, request, {"run": result})
+                        eps = "n/a" if result["epsilon_spent"] is None else f"{result['epsilon_spent']:.2f}"
+                        print(f"{dataset} {start}/{setting} seed {seed}: last 2 {result['last2_mean']:.4f}, "
+                              f"epsilon {eps}, {result['seconds']:.0f} s, per round {result['per_round']}",
+                              flush=True)  # fmt: skip
+    assembled = assemble(folder, RESULTS / f"{name}.json")
+    figure = plot_utility(assembled, DOCS_FIGURE if name == "dp_utility" else RESULTS / f"{name}.png")
+    print(f"wrote {RESULTS / f'{name}.json'} and {figure}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["compare_runs", "comparison_note", "config_differences", "plot"]
+__all__ = ["compare_runs", "comparison_note", "config_differences", "epsilon_spent", "plot"]
 
 # Keys that differ between runs of one comparison by design, or that do not change the model.
 _EXPECTED_TO_DIFFER = frozenset(
@@ -25,7 +25,7 @@ def _read(run_dir: Path, name: str) -> Any:
         raise ValueError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
 
 
-def _epsilon_spent(history: dict[str, Any]) -> float | None:
+def epsilon_spent(history: dict[str, Any]) -> float | None:
     """The largest epsilon any hospital reported (its latest report counts)."""
     latest: dict[str, float] = {}
     for record in history.get("rounds", []):
@@ -55,7 +55,7 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
                 "run": run_dir.name,
                 "dp_enabled": dp,
                 "target_epsilon": float(config["dp-target-epsilon"]) if dp else None,
-                "epsilon_spent": _epsilon_spent(history) if dp else None,
+                "epsilon_spent": epsilon_spent(history) if dp else None,
                 "accuracy": report["accuracy"],
                 "balanced_accuracy": report["balanced_accuracy"],
                 "macro_f1": report["macro"]["f1"],

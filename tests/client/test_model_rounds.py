@@ -109,7 +109,14 @@ def _federated_round(cfg: RunConfig, train: ImageSet, test: ImageSet, *, dp: boo
     return {"probabilities": probs, "loss": loss, "model": model}
 
 
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
+FAST = ("cnn3", "resnet18")  # the rest take seconds each: `make test` runs them, `make test-fast` does not
+
+
+def _marked(architectures: tuple[str, ...]) -> list[Any]:
+    return [a if a in FAST else pytest.param(a, marks=pytest.mark.slow) for a in architectures]
+
+
+@pytest.mark.parametrize("architecture", _marked(ARCHITECTURES))
 def test_every_registry_model_completes_a_federated_round(tree: Path, architecture: str) -> None:
     size = max(32, MIN_IMAGE_SIZE.get(architecture, 32))
     cfg = parse_run_config(
@@ -121,7 +128,7 @@ def test_every_registry_model_completes_a_federated_round(tree: Path, architectu
     np.testing.assert_allclose(out["probabilities"].sum(axis=1), 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("architecture", ["resnet18", "densenet121"])
+@pytest.mark.parametrize("architecture", _marked(("resnet18", "densenet121")))
 def test_a_dp_round_for_resnet18_and_densenet121(tree: Path, architecture: str) -> None:
     cfg = parse_run_config(
         {"model": architecture, "image-size": 32, "batch-size": 4, "dp-enabled": True, "data-root": str(tree)}
@@ -149,6 +156,7 @@ def test_a_multilabel_round_trains_on_bce(tmp_path: Path, dp: bool) -> None:
     assert out["loss"] == pytest.approx(float(bce), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_inception_v3_trains_its_auxiliary_classifier(tree: Path) -> None:
     cfg = parse_run_config({"model": "inception_v3", "image-size": 75, "local-steps": 1, "batch-size": 4})
     model = initial_model(cfg)

@@ -1,0 +1,104 @@
+"""The DP-utility benchmark's data and starting points.
+
+A public slice of ``brain-mri/train`` (a stratified, seeded 20 %) is set aside: no hospital holds
+it, and ``public-slice`` is pretrained on it. The hospitals share what is left, as a data tree of
+symbolic links (``train/`` and, scored by the server, ``test/`` or a validation split carved from
+the hospitals' part). ``public-xray`` is pretrained on the chest X-ray set's ``train/``. Each
+starting model is trained once with ``medsilo pretrain`` and kept, with the request that made it,
+under the work folder.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PUBLIC_FRACTION", "STARTS", "VALIDATION_FRACTION", "hospital_tree", "starting_weights"]
+
+PUBLIC_FRACTION = 0.2
+VALIDATION_FRACTION = 0.15
+SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+STARTS = ("scratch", "public-slice", "public-xray")
+Files = dict[str, list[Path]]
+
+
+def _images(split: Path) -> Files:
+    """``{class: sorted image paths}`` of one split folder."""
+    return {
+        folder.name: sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
+        for folder in sorted(split.iterdir())
+        if folder.is_dir()
+    }
+
+
+def _carve(files: Files, fraction: float, seed: int) -> tuple[Files, Files]:
+    """A stratified, seeded share ``fraction`` of every class, and the rest."""
+    rng = np.random.default_rng(seed)
+    taken, rest = {}, {}
+    for name, paths in files.items():
+        order = rng.permutation(len(paths))
+        cut = int(round(fraction * len(paths)))
+        taken[name] = sorted(paths[i] for i in order[:cut])
+        rest[name] = sorted(paths[i] for i in order[cut:])
+    return taken, rest
+
+
+def _link(files: Files, folder: Path) -> int:
+    """Symbolic links to ``files`` under ``folder/<class>/``; how many."""
+    for name, paths in files.items():
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for path in paths:
+            (folder / name / path.name).symlink_to(path.resolve())
+    return sum(len(p) for p in files.values())
+
+
+def hospital_tree(
+    data: Path, dataset: str, out: Path, *, validation: bool, carve_public: bool, seed: int = 0
+) -> dict[str, Any]:
+    """Write the hospitals' data tree under ``out`` (``out/hospitals``) and, when ``carve_public``, the
+    public slice (``out/public-slice``); their image counts.
+
+    With ``validation`` the server scores a stratified 15 % of the hospitals' part instead of ``test/``.
+    """
+    train = _images(data / dataset / "train")
+    counts: dict[str, Any] = {}
+    if carve_public:
+        public, train = _carve(train, PUBLIC_FRACTION, seed)
+        counts["public_slice"] = _link(public, out / "public-slice" / "train")
+    if validation:
+        scored, train = _carve(train, VALIDATION_FRACTION, seed + 1)
+        counts["scored_on"] = "validation (15% of the hospitals' part of train/)"
+    else:
+        scored = _images(data / dataset / "test")
+        counts["scored_on"] = "test/"
+    counts["hospitals_train"] = _link(train, out / "hospitals" / "train")
+    counts["scored"] = _link(scored, out / "hospitals" / "test")
+    return counts
+
+
+def starting_weights(
+    start: str, *, work: Path, public_slice: Path, xray: Path, pretrain: dict[str, Any]
+) -> str:
+    """The ``pretrained-weights`` value of ``start`` ('' for scratch), pretraining it once per request."""
+    if start == "scratch":
+        return ""
+    data, dataset = (public_slice, "brain-mri") if start == "public-slice" else (xray, "chest-xray")
+    out = work / "starts" / start
+    request = {**pretrain, "data": f"{dataset}: {data.name}", "dataset": dataset}
+    made = out / "request.json"
+    if made.is_file() and json.loads(made.read_text()) == request and (out / "model" / "model.json").is_file():
+        print(f"start {start}: kept ({out / 'model'})", flush=True)
+        return str(out / "model")
+    command = [str(Path(sys.executable).parent / "medsilo"), "pretrain", "--data", str(data), "--out",
+               str(out / "model"), "--dataset", dataset, "--overwrite"]  # fmt: skip
+    for key, value in pretrain.items():
+        command += [f"--{key}", str(value)]
+    print(f"start {start}: {' '.join(command[1:])}", flush=True)
+    subprocess.run(command, check=True)
+    made.write_text(json.dumps(request, indent=1))
+    return str(out / "model")
