@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import statistics
 import sys
 import tempfile
@@ -75,6 +74,9 @@ BASE: dict[str, Any] = {
     "learning-rate": 1e-3,
     "optimizer": "adam",
     "lr-warmup-rounds": 1,
+    "train-from-block": 3,  # layer3, layer4 and the head train; chosen on the validation split with the two below
+    "dp-optimizer": "sgd",
+    "dp-learning-rate": 0.05,
     "dp-delta": DELTA,
     "dp-max-grad-norm": 1.0,
     "dp-clipping": "normalize",
@@ -86,6 +88,8 @@ BASE: dict[str, Any] = {
     "calibrate": False,
     "device": "cpu",
 }
+START_KEYS: dict[str, dict[str, Any]] = {"scratch": {"train-from-block": 0}}
+"""Per start: from random weights every block trains (a frozen block would stay random)."""
 PRETRAIN = {"model": "resnet18", "norm-layer": "group", "image-size": 64, "epochs": 30, "batch-size": 64,
             "learning-rate": 1e-3, "seed": 0}  # fmt: skip
 QUICK = {"model": "cnn3", "image-size": 32, "num-server-rounds": 3, "batch-size": 32}
@@ -108,11 +112,13 @@ def run_one(keys: dict[str, Any], *, out_dir: Path) -> dict[str, Any]:
     central = [r["central"] for r in history["rounds"] if r["round"] > 0 and r["central"] is not None]
     curve = [c["accuracy"] for c in central]
     aurocs = [c["macro_auroc"] for c in central[-2:] if c.get("macro_auroc") is not None]
+    before = next((r["central"]["accuracy"] for r in history["rounds"] if r["round"] == 0 and r["central"]), None)
     return {
         "last2_mean": statistics.fmean(curve[-2:]),
         "final": curve[-1],
         "auroc_macro": statistics.fmean(aurocs) if aurocs else None,
         "epsilon_spent": epsilon_spent(history),
+        "start_accuracy": before,  # the starting weights' own score, before any round
         "per_round": [round(a, 4) for a in curve],
         "seconds": round(seconds, 1),
     }
@@ -129,13 +135,15 @@ def assemble(folder: Path, out: Path) -> dict[str, Any]:
     for path in sorted(folder.glob("*--seed*.json")):
         piece = json.loads(path.read_text())
         request = piece["request"]
-        name = f"{request['start']}/{request['setting']}"
+        variant = request.get("variant")
+        name = f"{request['start']}/{request['setting']}" + (f" · {variant}" if variant else "")
         runs.setdefault(request["keys"]["dataset"], {}).setdefault(name, {})[request["keys"]["seed"]] = {
             **piece["results"]["run"], **{k: piece[k] for k in ("commit", "date", "machine")},
             "pretrained_on": request.get("pretrained_on"), "scored_on": request["scored_on"],
         }  # fmt: skip
-        made.update({k: request[k] for k in ("hospitals", "recipe", "scored_on")})
-        made["pretraining"] = request["pretraining"] or made.get("pretraining")
+        if not variant:  # the recipe every plain row ran
+            made.update({k: request[k] for k in ("hospitals", "recipe", "scored_on")})
+            made["pretraining"] = request["pretraining"] or made.get("pretraining")
     assembled: dict[str, Any] = {**provenance(), **made}
     for dataset, named in runs.items():
         rows = {}
@@ -154,9 +162,10 @@ def _mean(values: list[float | None]) -> float | None:
     return statistics.fmean(present) if present else None
 
 
-def _order(name: str) -> tuple[int, int]:
+def _order(name: str) -> tuple[int, int, str]:
     start, setting = name.split("/")
-    return (STARTS.index(start) if start in STARTS else len(STARTS), list(SETTINGS).index(setting))
+    setting, _, variant = setting.partition(" · ")
+    return (STARTS.index(start) if start in STARTS else len(STARTS), list(SETTINGS).index(setting), variant)
 
 
 def _keys(items: list[str]) -> dict[str, Any]:
@@ -176,6 +185,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "medsilo" / "dp_utility",
                         help="where the pretrained starts are kept between runs")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="generated data, cnn3 at 32 px, 3 rounds")
+    parser.add_argument("--variant", default="", help="a label for the --base changes: its pieces and rows carry it")
     args = parser.parse_args()
     for handler in logging.getLogger("flwr").handlers:  # the apps log through Flower's handlers: warnings only
         handler.setLevel(logging.WARNING)
@@ -193,8 +203,7 @@ def main() -> None:
                                      seed=1)  # fmt: skip
         elif data is None:
             parser.error("--data-dir is required (or --quick)")
-        slice_tree = work / "public-slice-data"
-        shutil.rmtree(slice_tree, ignore_errors=True)
+        slice_tree = Path(tmp) / "public-slice-data"  # each process its own: runs may go side by side
         hospital_tree(data, "brain-mri", slice_tree, validation=False, carve_public=True)
         for dataset in args.datasets.split(","):
             tree = Path(tmp) / f"tree-{dataset}"
@@ -204,14 +213,18 @@ def main() -> None:
                                            xray=data / "chest-xray", pretrain=pretrain)  # fmt: skip
                 for setting in args.settings.split(","):
                     for seed in map(int, args.seeds.split(",")):
-                        keys = {**base, **SETTINGS[setting], "dataset": dataset, "seed": seed,
-                                "data-root": str(tree / "hospitals"), "pretrained-weights": weights}  # fmt: skip
+                        keys = {**base, **START_KEYS.get(start, {}), **SETTINGS[setting], "dataset": dataset,
+                                "seed": seed, "data-root": str(tree / "hospitals"),
+                                "pretrained-weights": weights}  # fmt: skip
                         recorded = {k: v for k, v in keys.items() if k not in ("data-root", "pretrained-weights")}
                         request = {"keys": recorded, "start": start, "setting": setting, "hospitals": HOSPITALS,
                                    "scored_on": counts["scored_on"], "images": counts, "recipe": base,
                                    "pretraining": None if start == "scratch" else pretrain,
                                    "pretrained_on": None if start == "scratch" else start}  # fmt: skip
-                        path = piece_path(folder, dataset, f"{start}--{setting}", seed)
+                        if args.variant:
+                            request["variant"] = args.variant
+                        tag = f"--{args.variant}" if args.variant else ""
+                        path = piece_path(folder, dataset, f"{start}--{setting}{tag}", seed)
                         if load_piece(path, request) is not None:
                             print(f"{dataset} {start}/{setting} seed {seed}: kept ({path.name})", flush=True)
                             continue

@@ -20,6 +20,8 @@ def plot_utility(assembled: dict[str, Any], path: Path) -> Path:
     for ax, dataset in zip(axes[0], datasets, strict=False):
         starts: dict[str, dict[str, Any]] = {}
         for name, row in assembled[dataset].items():
+            if " · " in name:  # a recipe variant: the table shows it
+                continue
             start, setting = name.split("/")
             starts.setdefault(start, {})[setting] = row
         for i, (start, settings) in enumerate(starts.items()):

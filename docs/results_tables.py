@@ -214,6 +214,7 @@ ORDER = (
 DP_UTILITY: list[Column] = [
     ("last2_mean", "accuracy", "central accuracy, mean of the last 2 rounds (mean over `seeds`)"),
     ("gap_pt", "points", "points against the same start without DP"),
+    ("start_accuracy", "accuracy", "the starting weights' own accuracy, before round 1"),
     ("auroc_macro", "accuracy", "macro AUROC, mean of the last 2 rounds"),
     ("epsilon_spent", "epsilon", "ε spent, the most over the hospitals (δ = 1e-5 each; —: no DP)"),
     ("final", "accuracy", "central accuracy, last round (first seed)"),
@@ -223,7 +224,8 @@ DP_UTILITY: list[Column] = [
     ("commit", "commit", "the code that ran it"),
 ]
 DP_RECIPE = ("model", "norm-layer", "image-size", "num-server-rounds", "local-epochs", "batch-size", "optimizer",
-             "learning-rate", "dp-clipping", "dp-max-grad-norm", "dp-augmentation-multiplicity", "dp-ema-decay")
+             "learning-rate", "train-from-block", "dp-optimizer", "dp-learning-rate", "dp-clipping",
+             "dp-max-grad-norm", "dp-augmentation-multiplicity", "dp-ema-decay")
 
 ROBUSTNESS: list[Column] = [
     ("hostile", "text", "what hospital 0 sends (—: nothing harmful)"),
