@@ -32,6 +32,9 @@ def plot_utility(assembled: dict[str, Any], path: Path) -> Path:
                 ax.plot(*zip(*private, strict=True), "o-", color=colour, label=f"{start}, DP-SGD")
             if "no-dp" in settings:
                 ax.axhline(settings["no-dp"]["last2_mean"], color=colour, linestyle="--", label=f"{start}, no DP")
+            alone = next((row["start_accuracy"] for row in settings.values() if row.get("start_accuracy")), None)
+            if alone is not None and start != "scratch":
+                ax.axhline(alone, color=colour, linestyle=":", label=f"{start}, the start alone")
         ax.set_xscale("log")
         ax.set_xlabel("ε spent (max over hospitals, δ = 1e-5, log scale)")
         ax.set_ylabel("central accuracy, mean of the last 2 rounds")
