@@ -30,28 +30,22 @@ import logging
 import statistics
 import sys
 import tempfile
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import Context, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from accuracy_store import load_piece, piece_path, write_piece  # noqa: E402
 from dp_starts import STARTS, hospital_tree, starting_weights  # noqa: E402
 from dp_utility_figure import plot_utility  # noqa: E402
-from in_process_grid import InProcessGrid  # noqa: E402
+from in_process_run import run_federation  # noqa: E402
 from provenance import provenance  # noqa: E402
 
-from client.app import app as client_app  # noqa: E402
 from common.data.synth import write_synthetic_tree  # noqa: E402
 from common.privacy.utility import epsilon_spent  # noqa: E402
-from common.run_outcome import read_outcome  # noqa: E402
-from server.app import main as server_main  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 DOCS_FIGURE = Path(__file__).parents[1] / "docs" / "dp-utility.png"  # the results page shows it
@@ -98,17 +92,10 @@ QUICK_PRETRAIN = {"model": "cnn3", "image-size": 32, "epochs": 2, "batch-size": 
 
 def run_one(keys: dict[str, Any], *, out_dir: Path) -> dict[str, Any]:
     """One federation: the central accuracy per round, its mean over the last 2, macro AUROC and epsilon spent."""
-    run_config = {**keys, "output-dir": str(out_dir), "run-name": "run"}
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1  # what a ServerApp process has
     nodes = [{"partition-id": i, "num-partitions": HOSPITALS} for i in range(HOSPITALS)]
-    grid = InProcessGrid(client_app, nodes, run_config)
-    start = time.perf_counter()
-    server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
-    seconds = time.perf_counter() - start
-    outcome = read_outcome(out_dir, 1)
-    if outcome is None or outcome.get("status") != "completed" or not outcome.get("run_dir"):
-        raise SystemExit(f"the run did not complete: {outcome['line'] if outcome else 'no outcome recorded'}")
-    history = json.loads((Path(outcome["run_dir"]) / "history.json").read_text())
+    outcome, history, seconds = run_federation(nodes, {**keys, "run-name": "run"}, out_dir=out_dir, label="dp_utility")
+    if outcome.get("status") != "completed":
+        raise SystemExit(f"the run did not complete: {outcome['line']}")
     central = [r["central"] for r in history["rounds"] if r["round"] > 0 and r["central"] is not None]
     curve = [c["accuracy"] for c in central]
     aurocs = [c["macro_auroc"] for c in central[-2:] if c.get("macro_auroc") is not None]
@@ -204,7 +191,8 @@ def main() -> None:
         elif data is None:
             parser.error("--data-dir is required (or --quick)")
         slice_tree = Path(tmp) / "public-slice-data"  # each process its own: runs may go side by side
-        hospital_tree(data, "brain-mri", slice_tree, validation=False, carve_public=True)
+        if "public-slice" in args.starts.split(","):
+            hospital_tree(data, "brain-mri", slice_tree, validation=False, carve_public=True)
         for dataset in args.datasets.split(","):
             tree = Path(tmp) / f"tree-{dataset}"
             counts = hospital_tree(data, dataset, tree, validation=args.validation, carve_public=dataset == "brain-mri")

@@ -30,24 +30,18 @@ import logging
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import Context, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from in_process_grid import InProcessGrid  # noqa: E402
+from in_process_run import run_federation  # noqa: E402
 from provenance import provenance, result_path  # noqa: E402
 
-from client.app import app as client_app  # noqa: E402
 from client.hostile import SCALE, SCALED_FROM_ROUND  # noqa: E402
 from common.config import RunConfig  # noqa: E402
-from common.run_outcome import read_outcome  # noqa: E402
-from server.app import main as server_main  # noqa: E402
 
 HOSPITALS, HOSTILE = 5, 0
 GUARD = RunConfig().update_norm_limit  # the guard's default
@@ -110,16 +104,9 @@ def _max_ratio(record: dict[str, Any]) -> float | None:
 
 def run_one(attack: str, keys: dict[str, Any], *, out_dir: Path, name: str) -> dict[str, Any]:
     """One run: central accuracy per round, final and mean of the last 2, the declines and how the run ended."""
-    run_config = {**keys, "output-dir": str(out_dir), "run-name": name.replace("/", "-")}
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1  # what a ServerApp process has
-    grid = InProcessGrid(client_app, _node_configs(attack, he=bool(keys.get("he-enabled"))), run_config)
-    start = time.perf_counter()
-    server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
-    seconds = time.perf_counter() - start
-    outcome = read_outcome(out_dir, 1)
-    if outcome is None or not outcome.get("run_dir"):
-        raise SystemExit(f"{name}: the run did not start: {outcome['line'] if outcome else 'no outcome recorded'}")
-    history = json.loads((Path(outcome["run_dir"]) / "history.json").read_text())
+    run_config = {**keys, "run-name": name.replace("/", "-")}
+    nodes = _node_configs(attack, he=bool(keys.get("he-enabled")))
+    outcome, history, seconds = run_federation(nodes, run_config, out_dir=out_dir, label=name)
     curve = [r["central"]["accuracy"] for r in history["rounds"] if r["round"] > 0 and r["central"] is not None]
     return {
         "hostile": attack or None,
