@@ -118,7 +118,9 @@ def train_within_budget(
         )
         log.warning("declining to train: %s", reason)
         return reason
-    freeze_blocks(model, architecture=cfg.model, train_from=cfg.train_from_block)
+    freeze_blocks(
+        model, architecture=cfg.model, train_from=cfg.train_from_block, norm_only=cfg.trainable_params == "norm"
+    )
     result = train_private(
         model,
         images,

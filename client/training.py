@@ -140,7 +140,9 @@ def train_local(
     start = time.perf_counter()
     torch.manual_seed(seed)
     precision = precision or resolve_precision(cfg.precision, device)
-    freeze_blocks(model, architecture=cfg.model, train_from=cfg.train_from_block)
+    freeze_blocks(
+        model, architecture=cfg.model, train_from=cfg.train_from_block, norm_only=cfg.trainable_params == "norm"
+    )
     train_mode(model.to(device))
     with channels_last(model, enabled=precision.channels_last(cfg.image_size)):
         optimizer = make_optimizer(model, cfg)

@@ -73,6 +73,7 @@ class RunConfig(BaseModel):
     model: Annotated[str, one_of(ARCHITECTURES)] = "resnet18"
     pretrained_weights: str = ""
     train_from_block: Int = Field(0, ge=0)
+    trainable_params: Literal["all", "norm"] = "all"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     decoded_cache_mb: Int = Field(4096, ge=0)

@@ -46,6 +46,9 @@ MEANINGS: dict[str, str] = {
     "train-from-block": "only this block and the later ones train; the earlier ones stay frozen (0: all train). "
     "Blocks: cnn3 conv1–3, classifier; resnets stem, layer1–4, fc; densenet121 stem, denseblock1–4, classifier; "
     "alexnet conv1–5, fc6–8; vgg11 conv1–5, fc6–8; inception_v3 stem, mixed5–7, fc",
+    "trainable-params": "in the blocks that train: `all` their parameters, or `norm`, only the normalisation "
+    "layers' scales and shifts, with the whole head (FiLM-style tuning: a few thousand parameters, which DP-SGD's "
+    "noise barely touches)",
     "device": "`auto`: CUDA when present",
     "precision": "`auto`: bf16 autocast where the hardware has native bf16, fp16 with a scaler on older GPUs, "
     "else float32 (fp16 is refused on a CPU; DP-SGD always trains in float32)",

@@ -1,8 +1,14 @@
-"""Which layers train (``train-from-block``): the earlier blocks are frozen, the later ones train."""
+"""Which layers train (``train-from-block``, ``trainable-params``): earlier blocks are frozen, later ones train.
+
+With ``trainable-params = "norm"`` only the normalisation layers' scales and shifts train in
+the trained blocks, with the whole head: FiLM-style tuning, a few thousand parameters, which
+DP-SGD's noise barely touches (Tobaben et al. 2023).
+"""
 
 from __future__ import annotations
 
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from common.architectures import BLOCKS
 
@@ -21,8 +27,25 @@ def block_of(name: str, architecture: str) -> int:
     raise ValueError(f"parameter {name!r} is in no block of {architecture}")
 
 
-def freeze_blocks(model: nn.Module, *, architecture: str, train_from: int) -> int:
+NORM_LAYERS = (_BatchNorm, nn.GroupNorm, nn.LayerNorm)
+"""The layers whose scale and shift train under ``trainable-params = "norm"``."""
+
+
+def _norm_parameters(model: nn.Module) -> set[str]:
+    """The names of every normalisation layer's parameters."""
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        if isinstance(module, NORM_LAYERS)
+        for name, _ in module.named_parameters(recurse=False)
+    }
+
+
+def freeze_blocks(model: nn.Module, *, architecture: str, train_from: int, norm_only: bool = False) -> int:
     """Let only blocks ``train_from`` onwards train: every parameter before them stops requiring a gradient.
+
+    With ``norm_only``, only the normalisation layers' parameters of those blocks train, and
+    the last block (the head) whole.
 
     Sets ``requires_grad`` on every parameter (a model reused across rounds or runs is reset),
     so an optimizer built over the trainable parameters, and Opacus, see only those.
@@ -36,9 +59,12 @@ def freeze_blocks(model: nn.Module, *, architecture: str, train_from: int) -> in
     blocks = BLOCKS[architecture]
     if not 0 <= train_from < len(blocks):
         raise ValueError(f"train_from = {train_from} is invalid; expected 0 to {len(blocks) - 1} for {architecture}")
+    head = len(blocks) - 1
+    norms = _norm_parameters(model) if norm_only else set()
     frozen = 0
     for name, param in model.named_parameters():
-        param.requires_grad_(block_of(name, architecture) >= train_from)
+        block = block_of(name, architecture)
+        param.requires_grad_(block >= train_from and (not norm_only or block == head or name in norms))
         frozen += not param.requires_grad
     return frozen
 

@@ -317,11 +317,17 @@ def accuracy(name: str, data: Any) -> str:
     return "\n\n".join(parts if len(parts) > 1 else [*parts, table(["setting"], [[MISSING]])])
 
 
+def _pretraining(data: Any) -> str:
+    """Each start's pretraining settings, as ``start: key=value …``."""
+    keys = ("model", "image-size", "epochs", "batch-size")
+    return "; ".join(f"`{start}` {settings(row, keys)}" for start, row in mappings(data)) or MISSING
+
+
 def dp_utility(name: str, data: Any) -> str:
     """Per dataset, one row per start and privacy setting, each with its gap to the same start without DP."""
     parts = [f"{provenance(name, data)} Every run: {get(data, 'hospitals')} IID hospitals, scored on "
              f"{fmt(get(data, 'scored_on'), 'text')}; recipe {settings(get(data, 'recipe'), DP_RECIPE)}; "
-             f"pretraining {settings(get(data, 'pretraining'), ('model', 'image-size', 'epochs', 'batch-size'))}."]
+             f"pretraining {_pretraining(get(data, 'pretraining'))}."]
     for dataset, runs in mappings(data):
         if not all("/" in key for key in runs):
             continue

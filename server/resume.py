@@ -47,6 +47,7 @@ MUST_MATCH = (
     "batch-size",
     "dp-sample-rate",
     "train-from-block",
+    "trainable-params",
 )
 
 

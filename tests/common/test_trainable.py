@@ -66,3 +66,31 @@ def test_a_frozen_block_keeps_its_batch_norm_statistics_in_plain_training() -> N
     assert changed == {"fc.weight", "fc.bias"}  # not even layer4's running means moved
     with pytest.raises(ValueError, match="train_from = 6 is invalid; expected 0 to 5 for resnet18"):
         freeze_blocks(model, architecture="resnet18", train_from=6)
+
+
+def test_norm_only_trains_the_norm_layers_of_the_trained_blocks_and_the_whole_head_under_dp() -> None:
+    model = make_dp_compatible(build_model("resnet18", num_classes=4, in_channels=1, seed=0))
+    freeze_blocks(model, architecture="resnet18", train_from=4, norm_only=True)
+    # layer4 holds two BasicBlocks (bn1, bn2) and a downsample (conv, norm): five norm layers, weight and bias each
+    expected = [f"layer4.{b}.{n}.{w}" for b, norms in ((0, ("bn1", "bn2", "downsample.1")), (1, ("bn1", "bn2")))
+                for n in norms for w in ("weight", "bias")] + ["fc.weight", "fc.bias"]  # fmt: skip
+    assert sorted(n for n, p in model.named_parameters() if p.requires_grad) == sorted(expected)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_private(
+        model, _images(10), transform=normalize([0.5], [0.25]), batch_size=4, epochs=1, lr=0.1, optimizer_name="sgd",
+        noise_multiplier=1.0, max_grad_norm=1.0, seed=0, device=torch.device("cpu"), keep_optimizer_state=False,
+    )  # fmt: skip
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == set(expected)
+
+
+def test_norm_only_in_plain_training_leaves_the_convolutions_and_earlier_blocks_alone() -> None:
+    cfg = parse_run_config({"model": "resnet18", "image-size": 32, "batch-size": 4, "local-steps": 2,
+                            "train-from-block": 0, "trainable-params": "norm"})  # fmt: skip
+    model = initial_model(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_local(model, _images(8), cfg=cfg, preset=preset_for(cfg), device=torch.device("cpu"), seed=0)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    convolutions = {k for k in before if k.endswith("weight") and before[k].dim() == 4}
+    assert changed and not changed & convolutions
+    assert {"fc.weight", "fc.bias", "bn1.weight", "bn1.running_mean"} <= changed  # BatchNorm trains, stats move
