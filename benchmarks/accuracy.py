@@ -22,7 +22,8 @@ near-twin in ``train/``, by ``medsilo data check``'s audit); chest X-ray adds th
 It runs in pieces: each (dataset, setting, seed) is written to its own file under
 ``results/accuracy/`` (``accuracy-validation/``, ``accuracy-quick/``) with the request that
 made it, the commit and the seconds taken, and ``accuracy.json`` is assembled from the pieces.
-A rerun skips every setting whose piece was made by the same request.
+A rerun skips every setting whose piece was made by the same request, and a setting that was
+stopped goes on from its last scored round (``--checkpoints``, :mod:`round_checkpoint`).
 
     python benchmarks/accuracy.py --data-dir DATA          # brain-mri and chest-xray, 128 px
     python benchmarks/accuracy.py --data-dir DATA --validation --settings best-iid --set "norm-layer='group'"
@@ -38,6 +39,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,7 @@ from flwr.supercore.task_identity import TaskIdentity
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from accuracy_store import assemble, load_piece, piece_path, write_piece  # noqa: E402
+from round_checkpoint import RoundCheckpoint  # noqa: E402
 
 from client.training import train_local  # noqa: E402
 from common import records as rk  # noqa: E402
@@ -62,7 +66,7 @@ from common.inference import predict, resolve_device  # noqa: E402
 from common.metrics import classification_report  # noqa: E402
 from common.models import state_dict_to_cpu  # noqa: E402
 from server.history import RunHistory  # noqa: E402
-from server.server_steps import make_strategy  # noqa: E402
+from server.server_steps import load_server_state, make_strategy, server_state  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 HOSPITALS = 4
@@ -111,7 +115,7 @@ def _score(model: torch.nn.Module, images: ImageSet, cfg: RunConfig) -> dict[str
         model, images, build_transform(preset_for(cfg), train=False), batch_size=64, device=resolve_device(cfg.device)
     )
     report = classification_report(images.labels.numpy(), probs, images.classes, loss=loss)
-    return {"accuracy": report["accuracy"], "balanced_accuracy": report["balanced_accuracy"],
+    return {"accuracy": report["accuracy"], "loss": float(loss), "balanced_accuracy": report["balanced_accuracy"],
             "macro_f1": report["macro"]["f1"], "recall": {c: report["per_class"][c]["recall"] for c in images.classes},
             "predicted": probs.argmax(axis=1)}
 
@@ -137,11 +141,30 @@ def _split_validation(train: ImageSet, *, fraction: float, seed: int) -> tuple[I
     return train.subset(keep), train.subset(held)
 
 
+@dataclass
+class Trained:
+    """A training loop's curve (central metrics after every scored round), its seconds and who trained it."""
+
+    curve: list[dict[str, Any]]
+    seconds: float
+    parts: list[dict[str, Any]]
+
+
 def _train_rounds(
-    cfg: RunConfig, shards: list[ImageSet], evaluation: dict[str, Any], rounds: int, score_every: int = 1
-) -> list[dict[str, Any]]:
-    """``rounds`` rounds of medsilo's federated training; the central metrics after every ``score_every``."""
+    cfg: RunConfig,
+    shards: list[ImageSet],
+    evaluation: dict[str, Any],
+    rounds: int,
+    score_every: int = 1,
+    checkpoint: RoundCheckpoint | None = None,
+) -> Trained:
+    """``rounds`` rounds of medsilo's federated training; the central metrics after every ``score_every``.
+
+    With ``checkpoint``, the state after every scored round is saved, and a saved state of the
+    same request is gone on from.
+    """
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1  # what a ServerApp process has
+    started = time.perf_counter()
     model = initial_model(cfg)
     arrays = ArrayRecord(state_dict_to_cpu(model))
     nodes = list(range(1, len(shards) + 1))
@@ -149,8 +172,16 @@ def _train_rounds(
         strategy = make_strategy(cfg, history=RunHistory(Path(tmp) / "history.json"), min_train_nodes=1,
                                  min_evaluate_nodes=0, fraction_evaluate=0.0, seed=cfg.seed)
         optimizer_states: dict[int, Any] = {}
-        curve = []
-        for server_round in range(1, rounds + 1):
+        curve: list[dict[str, Any]] = []
+        first, earlier, parts = 1, 0.0, []
+        saved = checkpoint.load() if checkpoint else None
+        if saved is not None:
+            arrays = ArrayRecord(saved["arrays"])
+            load_server_state(strategy, saved["server_state"])
+            optimizer_states, curve = saved["optimizer_states"], saved["curve"]
+            first, earlier, parts = saved["round"] + 1, saved["seconds"], saved["parts"]
+            logging.warning("going on after round %d of %d from %s", saved["round"], rounds, checkpoint.path)
+        for server_round in range(first, rounds + 1):
             sent = list(strategy.configure_train(server_round, arrays, ConfigRecord(), _Grid(nodes)))
             replies = []
             for msg in sent:
@@ -175,10 +206,16 @@ def _train_rounds(
             model.cpu().load_state_dict({k: torch.from_numpy(a.numpy().copy()) for k, a in arrays.items()})
             curve.append(_score_sets(model, evaluation, cfg))
             logging.info("round %d/%d: accuracy %.4f", server_round, rounds, curve[-1]["accuracy"])
-    return curve
+            if checkpoint is not None:
+                checkpoint.save(server_round=server_round, arrays=state_dict_to_cpu(model),
+                                server_state=server_state(strategy), optimizer_states=optimizer_states, curve=curve,
+                                seconds=earlier + time.perf_counter() - started,
+                                parts=[*parts, RoundCheckpoint.part(first, server_round)])  # fmt: skip
+    return Trained(curve, earlier + time.perf_counter() - started, [*parts, RoundCheckpoint.part(first, rounds)])
 
 
-def _summary(curve: list[dict[str, Any]], epochs: int, **extra: Any) -> dict[str, Any]:
+def _summary(trained: Trained, epochs: int, **extra: Any) -> dict[str, Any]:
+    curve = trained.curve
     last = curve[-1]
     summary = {
         "final": last["accuracy"],
@@ -188,8 +225,11 @@ def _summary(curve: list[dict[str, Any]], epochs: int, **extra: Any) -> dict[str
         "epochs": epochs,
         "per_round": [round(c["accuracy"], 4) for c in curve],
         "recall_last2_mean": {k: statistics.fmean(c["recall"][k] for c in curve[-2:]) for k in last["recall"]},
+        "seconds": round(trained.seconds, 1),
         **extra,
     }
+    if len(trained.parts) > 1:  # a stopped run that went on, maybe on another machine
+        summary["parts"] = trained.parts
     if "clean_accuracy" in last:
         summary["last2_mean_clean"] = statistics.fmean(c["clean_accuracy"] for c in curve[-2:])
         summary["per_round_clean"] = [round(c["clean_accuracy"], 4) for c in curve]
@@ -234,23 +274,36 @@ def _setting_config(
 
 
 def _run_setting(
-    setting: str, cfg: RunConfig, per_epoch: int, *, train: ImageSet, evaluation: dict[str, Any], epochs: int
+    setting: str,
+    cfg: RunConfig,
+    per_epoch: int,
+    *,
+    train: ImageSet,
+    evaluation: dict[str, Any],
+    epochs: int,
+    checkpoint: Callable[[str], RoundCheckpoint | None],
 ) -> dict[str, dict[str, Any]]:
-    """Train one setting; ``{name: summary}`` (``local-only`` reports a mean and a worst hospital)."""
+    """Train one setting; ``{name: summary}`` (``local-only`` reports a mean and a worst hospital).
+
+    ``checkpoint(label)`` gives each training loop of the setting its checkpoint ('' for the one loop).
+    """
     parts = partition_indices(train.labels.tolist(), num_partitions=HOSPITALS, partitioner=cfg.partitioner,
                               alpha=cfg.dirichlet_alpha, seed=cfg.seed)
     if setting == "centralised":
-        return {setting: _summary(_train_rounds(cfg, [train], evaluation, epochs), epochs)}
+        return {setting: _summary(_train_rounds(cfg, [train], evaluation, epochs, checkpoint=checkpoint("")), epochs)}
     if setting == "local-only":
-        finals = [_summary(_train_rounds(cfg, [train.subset(p)], evaluation, epochs), epochs) for p in parts]
+        finals = [_summary(_train_rounds(cfg, [train.subset(p)], evaluation, epochs, checkpoint=checkpoint(f"h{i}")),
+                           epochs) for i, p in enumerate(parts)]  # fmt: skip
         worst = min(finals, key=lambda r: r["last2_mean"])
         mean_curve = [float(np.mean(c)) for c in zip(*(r["per_round"] for r in finals), strict=True)]
         averaged = ("final", "last2_mean", "balanced_accuracy", "macro_f1", "last2_mean_clean")
         mean: dict[str, Any] = {key: float(np.mean([r[key] for r in finals])) for key in averaged if key in worst}
-        mean.update(epochs=epochs, per_round=[round(v, 4) for v in mean_curve], hospitals=[len(p) for p in parts])
+        mean.update(epochs=epochs, per_round=[round(v, 4) for v in mean_curve], hospitals=[len(p) for p in parts],
+                    seconds=round(sum(r["seconds"] for r in finals), 1))  # fmt: skip
         return {"local-only-mean": mean, "local-only-worst": worst}
-    curve = _train_rounds(cfg, [train.subset(p) for p in parts], evaluation, epochs * per_epoch, score_every=per_epoch)
-    result = _summary(curve, epochs, rounds=epochs * per_epoch)
+    trained = _train_rounds(cfg, [train.subset(p) for p in parts], evaluation, epochs * per_epoch,
+                            score_every=per_epoch, checkpoint=checkpoint(""))  # fmt: skip
+    result = _summary(trained, epochs, rounds=epochs * per_epoch)
     if setting.startswith("best"):
         result["config"] = " ".join(f"{k}={v!r}" for k, v in cfg.to_run_config().items() if k in BEST)
     return {setting: result}
@@ -258,9 +311,12 @@ def _run_setting(
 
 def run_dataset(
     root: Path, dataset: str, *, settings: list[str], epochs: int, overrides: dict[str, Any], validation: bool,
-    base: dict[str, Any], folder: Path,
+    base: dict[str, Any], folder: Path, checkpoints: Path | None,
 ) -> None:
-    """Every requested setting on one dataset, each written as its own piece; a piece with the same request is kept."""
+    """Every requested setting on one dataset, each written as its own piece; a piece with the same request is kept.
+
+    With ``checkpoints``, each setting saves its rounds there, and a stopped one goes on from its last scored round.
+    """
     base = {**base, "dataset": dataset, "data-root": str(root)}
     cfg0 = parse_run_config(base)
     preset = preset_for(cfg0)
@@ -281,14 +337,20 @@ def run_dataset(
         if results is not None:
             print(f"{dataset:12s} {setting:18s} kept ({path.name}: same request)", flush=True)
             continue
-        start = time.perf_counter()
-        results = _run_setting(setting, cfg, per_epoch, train=train, evaluation=evaluation, epochs=epochs)
+        def checkpoint(label: str, stem: str = path.stem, request: dict[str, Any] = request) -> RoundCheckpoint | None:
+            name = f"{folder.name}--{stem}{'--' + label if label else ''}.pt"
+            return RoundCheckpoint(checkpoints / name, request) if checkpoints else None
+
+        results = _run_setting(setting, cfg, per_epoch, train=train, evaluation=evaluation, epochs=epochs,
+                               checkpoint=checkpoint)  # fmt: skip
         for name, result in results.items():
-            result["seconds"] = round(time.perf_counter() - start, 1)
             clean = f" clean {result['last2_mean_clean']:.4f}" if "last2_mean_clean" in result else ""
             print(f"{dataset:12s} {name:18s} last2 {result['last2_mean']:.4f}{clean} final {result['final']:.4f} "
                   f"per round {result['per_round']}", flush=True)
         write_piece(path, request, results)
+        for label in ("", *(f"h{i}" for i in range(HOSPITALS))):
+            if (saved := checkpoint(label)) is not None:
+                saved.discard()
 
 
 def main() -> None:
@@ -303,6 +365,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="synthetic data, cnn3 at 32 px: under 5 minutes")
     parser.add_argument("--out", type=Path, help="the folder of pieces (default results/accuracy[-validation|-quick])")
+    parser.add_argument("--checkpoints", type=Path, default=Path.home() / ".cache" / "medsilo" / "accuracy",
+                        help="where a setting saves its rounds, to go on after a stop ('' : nowhere)")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -330,7 +394,8 @@ def main() -> None:
         folder = args.out or RESULTS / name
         for dataset, root in roots.items():
             run_dataset(root, dataset, settings=args.settings.split(","), epochs=epochs, overrides=overrides,
-                        validation=args.validation, base=base, folder=folder)
+                        validation=args.validation, base=base, folder=folder,
+                        checkpoints=None if args.quick or not str(args.checkpoints) else args.checkpoints)
     out = folder.parent / f"{folder.name}.json"
     results = assemble(folder, out)
     for dataset, rows in results.items():

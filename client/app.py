@@ -147,7 +147,14 @@ def train(msg: Message, context: Context) -> Message:
         from client.privacy import train_within_budget  # Opacus is imported only when DP is on (1.2 s)
 
         outcome = train_within_budget(
-            setup.model, train_set, cfg=cfg, ledger_dir=folder, seed=seed, device=setup.device, optimizer_state=kept
+            setup.model,
+            train_set,
+            cfg=cfg,
+            ledger_dir=folder,
+            seed=seed,
+            device=setup.device,
+            optimizer_state=kept,
+            server_round=server_round,
         )
         if isinstance(outcome, str):
             return _decline(msg, site.name, outcome, step)

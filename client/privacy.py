@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from common import records as rk
 from common.config import RunConfig
 from common.data import ImageSet, build_transform
 from common.experiment import preset_for
+from common.optimizers import lr_factor
 from common.privacy.accounting import PrivacyLedger, default_delta, fits_budget, noise_multiplier_for, poisson_schedule
 from common.privacy.dpsgd import PrivateTrainResult, train_private
 from common.privacy.recipe import DPRecipe
@@ -91,6 +93,11 @@ class PrivateRound:
     metrics: dict[str, float]
 
 
+def _round_lr_factor(cfg: RunConfig, server_round: int, step: int, steps_per_round: int) -> float:
+    """The run's learning-rate multiplier at step ``step`` of ``server_round``."""
+    return lr_factor(cfg, step=(server_round - 1) * steps_per_round + step, steps_per_round=steps_per_round)
+
+
 def train_within_budget(
     model: nn.Module,
     images: ImageSet,
@@ -100,11 +107,13 @@ def train_within_budget(
     seed: int,
     device: torch.device,
     optimizer_state: dict[str, Any] | None = None,
+    server_round: int = 1,
 ) -> PrivateRound | str:
     """Train one DP-SGD round if it fits the budget; otherwise return why this hospital declines.
 
     ``optimizer_state`` continues this hospital's optimizer (``optimizer-state = "keep"``);
-    the result carries the new state.
+    the result carries the new state. With ``dp-lr-schedule = "run"`` the learning rate of
+    each step follows the run's schedule at ``server_round``.
     """
     plan = dp_plan(cfg, num_examples=len(images))
     ledger_path = ledger_dir / LEDGER_FILE
@@ -128,6 +137,7 @@ def train_within_budget(
         batch_size=cfg.batch_size,
         epochs=cfg.local_epochs,
         lr=cfg.dp_learning_rate or cfg.learning_rate,
+        lr_factor=None if cfg.dp_lr_schedule == "constant" else partial(_round_lr_factor, cfg, server_round),
         optimizer_name=cfg.optimizer if cfg.dp_optimizer == "auto" else cfg.dp_optimizer,
         noise_multiplier=plan.noise_multiplier,
         max_grad_norm=plan.max_grad_norm,

@@ -92,6 +92,7 @@ class RunConfig(BaseModel):
     dp_ema_decay: Float = Field(0.0, ge=0.0, lt=1.0)
     dp_optimizer: Literal["auto", "sgd", "adam", "adamw"] = "auto"
     dp_learning_rate: Float = Field(0.0, ge=0.0, le=10.0)
+    dp_lr_schedule: Literal["constant", "run"] = "constant"
     seed: Int = Field(42, ge=0)
     output_dir: str = Field("runs", min_length=1)
     run_name: str = ""

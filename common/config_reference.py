@@ -71,7 +71,10 @@ MEANINGS: dict[str, str] = {
     "dp-ema-decay": "each hospital sends the bias-corrected EMA of its round's DP-SGD iterates with this decay "
     "(0: the last iterate); free post-processing",
     "dp-optimizer": "the optimizer under DP (`auto`: `optimizer`)",
-    "dp-learning-rate": "the learning rate under DP, constant through the run (0: `learning-rate`)",
+    "dp-learning-rate": "the learning rate under DP, the peak of `dp-lr-schedule` (0: `learning-rate`)",
+    "dp-lr-schedule": "`constant`: DP-SGD at `dp-learning-rate` throughout (De et al. 2022); `run`: the run's "
+    "`lr-schedule` and `lr-warmup-rounds` by round, as without DP (no privacy cost: the noise does not depend "
+    "on the rate)",
     "seed": "seeds the initial weights, the split and local shuffling and augmentation",
     "output-dir": "where run directories are written",
     "run-name": "the run directory's name ('': dataset, UTC time and run id)",

@@ -214,6 +214,7 @@ def train_private(
     log_prior: Tensor | None = None,
     optimizer_state: dict[str, Any] | None = None,
     keep_optimizer_state: bool = False,
+    lr_factor: Callable[[int, int], float] | None = None,
 ) -> PrivateTrainResult:
     """One round of DP-SGD (Opacus, Poisson sampling), training ``model`` in place.
 
@@ -233,7 +234,7 @@ def train_private(
         transform: the training transform (augmentation + normalisation).
         batch_size: expected Poisson batch size when ``sample_rate`` is 0; see :func:`poisson_schedule`.
         epochs: local epochs (a fraction: that share of an epoch's steps, at least one); see :func:`poisson_schedule`.
-        lr: learning rate (constant through the round).
+        lr: learning rate (constant through the round unless ``lr_factor``).
         optimizer_name: ``sgd``, ``adam`` or ``adamw``.
         noise_multiplier: Gaussian noise std relative to ``max_grad_norm`` (0 disables noise: not private).
         max_grad_norm: per-sample gradient clipping norm.
@@ -247,6 +248,7 @@ def train_private(
         log_prior: per-class offsets added to the logits in the loss (logit adjustment), or None.
         optimizer_state: the optimizer's state from this hospital's previous round, or None.
         keep_optimizer_state: return the optimizer's state after the round.
+        lr_factor: ``lr_factor(step, steps)`` scales ``lr`` at step ``step`` (0-based) of the round's ``steps``.
 
     Returns:
         The round's :class:`PrivateTrainResult`.
@@ -304,6 +306,9 @@ def train_private(
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             while steps < planned_steps:  # whole passes of Poisson batches, the last one cut at planned_steps
                 for x, y in private.batches:
+                    if lr_factor is not None:
+                        for group in optimizer.param_groups:
+                            group["lr"] = lr * lr_factor(steps, planned_steps)
                     result = private.step(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
                     steps += 1
                     if ema is not None:

@@ -199,3 +199,56 @@ def test_only_book_keeping_takes_views_normalize_or_passes() -> None:
     with pytest.raises(ValueError, match="grad_sample_mode = 'hooks' is invalid with augmentation multiplicity"):
         train_private(model, _images(4), **TRAIN, grad_sample_mode="hooks", recipe=DPRecipe(clipping="normalize"))
     assert not any(m._forward_hooks for m in model.modules())
+
+
+def _weights(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_an_lr_factor_scales_each_step_as_a_smaller_rate_would() -> None:
+    images = _images(24)
+    halved, scaled = _model(), _model()
+    train_private(halved, images, **{**TRAIN, "lr": TRAIN["lr"] / 2})
+    asked: list[tuple[int, int]] = []
+
+    def half(step: int, steps: int) -> float:
+        asked.append((step, steps))
+        return 0.5
+
+    train_private(scaled, images, **TRAIN, lr_factor=half)
+    for a, b in zip(_weights(halved), _weights(scaled), strict=True):
+        torch.testing.assert_close(a, b)
+    _, steps = poisson_schedule(num_examples=24, batch_size=4, epochs=1)
+    assert asked == [(s, steps) for s in range(steps)]
+
+
+def test_a_zero_factor_leaves_the_weights_as_they_were() -> None:
+    frozen = _model()
+    before = _weights(frozen)
+    train_private(frozen, _images(24), **{**TRAIN, "noise_multiplier": 1.0}, lr_factor=lambda step, steps: 0.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, _weights(frozen), strict=True))
+
+
+def test_dp_lr_schedule_run_follows_the_runs_warm_up_by_round(tmp_path, monkeypatch) -> None:
+    import client.privacy
+    from common.config import parse_run_config
+
+    keys = {"model": "cnn3", "image-size": 32, "batch-size": 4, "local-epochs": 1, "num-server-rounds": 3,
+            "dp-enabled": True, "dp-target-epsilon": 8.0, "lr-warmup-rounds": 2, "lr-schedule": "constant"}  # fmt: skip
+    factors: dict[str, object] = {}
+
+    def record(*args: object, lr_factor: object = None, **kwargs: object) -> object:
+        factors[schedule] = lr_factor
+        return train_private(*args, lr_factor=lr_factor, **kwargs)
+
+    monkeypatch.setattr(client.privacy, "train_private", record)
+    for schedule in ("run", "constant"):
+        cfg = parse_run_config({**keys, "dp-lr-schedule": schedule})
+        outcome = client.privacy.train_within_budget(_model(), _images(24), cfg=cfg, ledger_dir=tmp_path / schedule,
+                                                     seed=3, device=CPU, server_round=2)  # fmt: skip
+        assert not isinstance(outcome, str)
+    assert factors["constant"] is None
+    # round 2 of a 2-round linear warm-up, written out: step s of n trains at (n + s + 1) / 2n of the rate
+    run = factors["run"]
+    assert callable(run)
+    assert [run(s, 6) for s in range(6)] == pytest.approx([(6 + s + 1) / 12 for s in range(6)])

@@ -1,0 +1,73 @@
+"""The accuracy benchmark goes on after a stop: the resumed curve is the uninterrupted run's, round for round."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.config import parse_run_config
+from common.data import ImageSet, load_split
+from common.data.synth import write_synthetic_tree
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import accuracy  # noqa: E402
+from round_checkpoint import RoundCheckpoint  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """A small model on one thread: fast, and the same float sums in both runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Stop(Exception):
+    """The process is stopped (a session's end)."""
+
+
+def _shards(tmp_path: Path) -> tuple[list[ImageSet], dict[str, ImageSet]]:
+    root = write_synthetic_tree(tmp_path / "mri", modality="brain-mri", train_per_class=12, test_per_class=4, size=32,
+                                seed=3)  # fmt: skip
+    kwargs = {"classes": ("glioma", "meningioma", "notumor", "pituitary"), "channels": 1, "size": 32}
+    train, test = load_split(root, "train", **kwargs), load_split(root, "test", **kwargs)
+    return [train.subset(list(range(k, len(train), 2))) for k in range(2)], {"evaluation": test}
+
+
+def test_a_stopped_setting_goes_on_to_the_uninterrupted_curve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # server momentum and kept Adam: both states must survive the stop
+    cfg = parse_run_config({"model": "cnn3", "image-size": 32, "batch-size": 8, "local-epochs": 0.5,
+                            "strategy": "fedavgm", "server-momentum": 0.5, "optimizer-state": "keep",
+                            "num-server-rounds": 6, "seed": 0})  # fmt: skip
+    shards, evaluation = _shards(tmp_path)
+    whole = accuracy._train_rounds(cfg, shards, evaluation, 6, score_every=2)
+
+    checkpoint = RoundCheckpoint(tmp_path / "ckpt" / "setting.pt", {"keys": cfg.to_run_config()})
+    scored = accuracy._score_sets
+
+    def stop_at_the_third_score(*args: object) -> dict[str, object]:
+        if stop_at_the_third_score.calls == 2:
+            raise Stop
+        stop_at_the_third_score.calls += 1
+        return scored(*args)
+
+    stop_at_the_third_score.calls = 0
+    monkeypatch.setattr(accuracy, "_score_sets", stop_at_the_third_score)
+    with pytest.raises(Stop):
+        accuracy._train_rounds(cfg, shards, evaluation, 6, score_every=2, checkpoint=checkpoint)
+    saved = torch.load(checkpoint.path, weights_only=True)
+    assert saved["round"] == 4 and len(saved["curve"]) == 2
+    assert saved["server_state"] and set(saved["optimizer_states"]) == {1, 2}
+
+    monkeypatch.setattr(accuracy, "_score_sets", scored)
+    resumed = accuracy._train_rounds(cfg, shards, evaluation, 6, score_every=2, checkpoint=checkpoint)
+    assert resumed.curve == whole.curve
+    assert [(p["first_round"], p["last_round"]) for p in resumed.parts] == [(1, 4), (5, 6)]
+
+    other = RoundCheckpoint(checkpoint.path, {"keys": {**cfg.to_run_config(), "seed": 1}})
+    assert other.load() is None  # another request's rounds are never gone on from
