@@ -333,7 +333,7 @@ def run_dataset(
         request = {"keys": keys, "data": root.name, "epochs": epochs, "rounds_per_epoch": per_epoch,
                    "scored_on": "validation (15% of train/)" if validation else "test/", "hospitals": HOSPITALS}
         path = piece_path(folder, dataset, setting, cfg.seed)
-        results = load_piece(path, request)
+        results = load_piece(path, request, defaults=RunConfig().to_run_config())
         if results is not None:
             print(f"{dataset:12s} {setting:18s} kept ({path.name}: same request)", flush=True)
             continue

@@ -14,7 +14,7 @@ from typing import Any
 
 from provenance import provenance
 
-__all__ = ["assemble", "load_piece", "piece_path", "write_piece"]
+__all__ = ["assemble", "load_piece", "piece_path", "same_request", "write_piece"]
 
 
 def piece_path(folder: Path, dataset: str, setting: str, seed: int) -> Path:
@@ -22,12 +22,33 @@ def piece_path(folder: Path, dataset: str, setting: str, seed: int) -> Path:
     return folder / f"{dataset}--{setting}--seed{seed}.json"
 
 
-def load_piece(path: Path, request: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
-    """The stored results of ``path`` when it was made by the same ``request``; else ``None`` (run it)."""
+def same_request(stored: dict[str, Any], request: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    """Whether a piece made by ``stored`` answers ``request``.
+
+    Equal requests do; so does one whose run-config ``keys`` add only keys the piece's code did
+    not have yet, each at its default (``defaults``), since such a key changes nothing it trained.
+    """
+    if stored == request:
+        return True
+    old, new = stored.get("keys", {}), request.get("keys", {})
+    rest_equal = {k: v for k, v in stored.items() if k != "keys"} == {k: v for k, v in request.items() if k != "keys"}
+    added = set(new) - set(old)
+    return (
+        rest_equal
+        and set(old) <= set(new)
+        and all(new[k] == old[k] for k in old)
+        and all(k in defaults and new[k] == defaults[k] for k in added)
+    )
+
+
+def load_piece(
+    path: Path, request: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]] | None:
+    """The stored results of ``path`` when it answers ``request`` (:func:`same_request`); else ``None`` (run it)."""
     if not path.is_file():
         return None
     piece = json.loads(path.read_text())
-    return piece["results"] if piece.get("request") == request else None
+    return piece["results"] if same_request(piece.get("request", {}), request, defaults or {}) else None
 
 
 def write_piece(path: Path, request: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:

@@ -1,0 +1,30 @@
+"""A benchmark piece answers a request made by the same settings, and a key added since at its default."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from accuracy_store import load_piece, same_request, write_piece  # noqa: E402
+
+DEFAULTS = {"seed": 42, "trainable-params": "all", "dp-lr-schedule": "constant"}
+STORED = {"keys": {"seed": 0, "model": "resnet18"}, "epochs": 15}
+
+
+def test_a_key_added_at_its_default_keeps_the_piece_and_any_other_change_reruns_it(tmp_path: Path) -> None:
+    path = tmp_path / "brain-mri--best-iid--seed0.json"
+    write_piece(path, STORED, {"best-iid": {"last2_mean": 0.9}})
+    added = {"keys": {**STORED["keys"], "trainable-params": "all"}, "epochs": 15}
+    assert load_piece(path, added, DEFAULTS) == {"best-iid": {"last2_mean": 0.9}}
+    assert load_piece(path, STORED) is not None
+    for changed in (
+        {"keys": {**STORED["keys"], "trainable-params": "norm"}, "epochs": 15},  # added, not at its default
+        {"keys": {**STORED["keys"], "unknown-key": 1}, "epochs": 15},  # added, no default known
+        {"keys": {**STORED["keys"], "seed": 1}, "epochs": 15},  # a key changed
+        {"keys": {"seed": 0}, "epochs": 15},  # a key dropped
+        {"keys": STORED["keys"], "epochs": 20},  # not a key: the epochs
+    ):
+        assert not same_request(STORED, changed, DEFAULTS), changed
+        assert load_piece(path, changed, DEFAULTS) is None
+    assert load_piece(tmp_path / "missing.json", STORED) is None
