@@ -131,7 +131,9 @@ def assemble(folder: Path, out: Path) -> dict[str, Any]:
             "pretrained_on": request.get("pretrained_on"), "scored_on": request["scored_on"],
         }  # fmt: skip
         if not variant:  # the recipe every plain row ran
-            made.update({k: request[k] for k in ("hospitals", "recipe", "scored_on")})
+            made.update({k: request[k] for k in ("hospitals", "scored_on")})
+            if request["setting"] != "no-dp" or "recipe" not in made:  # a private row's holds the DP keys
+                made["recipe"] = request["recipe"]
             if request["pretraining"]:
                 made.setdefault("pretraining", {})[request["start"]] = request["pretraining"]
     assembled: dict[str, Any] = {**provenance(), **made}
@@ -156,6 +158,13 @@ def _order(name: str) -> tuple[int, int, str]:
     start, setting = name.split("/")
     setting, _, variant = setting.partition(" · ")
     return (STARTS.index(start) if start in STARTS else len(STARTS), list(SETTINGS).index(setting), variant)
+
+
+def _used(keys: dict[str, Any]) -> dict[str, Any]:
+    """``keys`` without the DP recipe's when DP is off: a change to it leaves the no-dp pieces standing."""
+    if keys.get("dp-enabled"):
+        return keys
+    return {k: v for k, v in keys.items() if not k.startswith("dp-") or k == "dp-enabled"}
 
 
 def _keys(items: list[str]) -> dict[str, Any]:
@@ -208,9 +217,11 @@ def main() -> None:
                         keys = {**base, **START_KEYS.get(start, {}), **SETTINGS[setting], "dataset": dataset,
                                 "seed": seed, "data-root": str(tree / "hospitals"),
                                 "pretrained-weights": weights}  # fmt: skip
-                        recorded = {k: v for k, v in keys.items() if k not in ("data-root", "pretrained-weights")}
+                        recorded = {k: v for k, v in _used(keys).items()
+                                    if k not in ("data-root", "pretrained-weights")}  # fmt: skip
                         request = {"keys": recorded, "start": start, "setting": setting, "hospitals": HOSPITALS,
-                                   "scored_on": counts["scored_on"], "images": counts, "recipe": base,
+                                   "scored_on": counts["scored_on"], "images": counts,
+                                   "recipe": base if SETTINGS[setting]["dp-enabled"] else _used(base),
                                    "pretraining": None if start == "scratch" else start_pretrain,
                                    "pretrained_on": None if start == "scratch" else start}  # fmt: skip
                         if args.variant:
