@@ -42,6 +42,13 @@ def pretrain(
         str, typer.Option(help="batch, or group: the GroupNorm variant a DP run builds, so every tensor carries over")
     ] = "batch",
     seed: Annotated[int, typer.Option(min=0, help="seeds the initial weights, shuffling and augmentation")] = 42,
+    pretrained_weights: Annotated[
+        str,
+        typer.Option(
+            help="start from these weights: a model directory (another pretraining's), a weights file, or imagenet "
+            "('': fresh); a source of other classes leaves the class outputs fresh"
+        ),
+    ] = "",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 autocast where native), fp32, bf16 or fp16")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="write into a non-empty --out, replacing its model files")] = False,
@@ -72,6 +79,7 @@ def pretrain(
         "loss": "cross-entropy",
         "norm-layer": norm_layer,
         "seed": seed,
+        "pretrained-weights": pretrained_weights,
         "device": device,
         "precision": precision,
     }

@@ -158,6 +158,7 @@ class Pretraining:
         epochs: training epochs (0: not recorded).
         image_size: training size in pixels (0: not recorded).
         date: the day training ended, ISO 8601 (UTC; empty: not recorded).
+        started_from: what the pretraining's own starting weights were trained on, as text (empty: fresh).
     """
 
     data: str
@@ -166,6 +167,7 @@ class Pretraining:
     epochs: int = 0
     image_size: int = 0
     date: str = ""
+    started_from: str = ""
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Pretraining:

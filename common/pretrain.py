@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,6 +27,8 @@ from common.models import Pretraining, build_from_spec, save_model_dir
 from common.optimizers import build_optimizer, lr_factor
 from common.precision import channels_last, resolve_precision
 from common.presets import DatasetPreset
+from common.pretrained import load_pretrained, pretrained_on
+from common.report.summary import pretraining_text
 from common.tasks import AUX_LOSS_WEIGHT, hits, split_outputs, task_loss
 
 __all__ = ["EpochResult", "pretrain", "pretrain_classes"]
@@ -163,7 +165,10 @@ def pretrain(
     Epochs are ``cfg.num_server_rounds`` (the schedule's rounds), each a full pass over the
     images; warm-up is ``cfg.lr_warmup_rounds`` epochs. ``cfg.norm_layer = "group"`` trains the
     GroupNorm variant that a DP run builds. ``model.json``'s ``pretrained_on`` records ROOT's
-    name, the classes, the image count, the epochs, the image size and the day.
+    name, the classes, the image count, the epochs, the image size and the day. With
+    ``cfg.pretrained_weights`` training starts from those weights (a model directory, a weights
+    file or ``imagenet``; another source's class outputs start fresh), and the record says what
+    they were trained on (``started_from``): public data of another modality, then of this one.
 
     Returns:
         ``out``.
@@ -180,6 +185,11 @@ def pretrain(
         )
     spec = model_spec(cfg)
     model = build_from_spec(spec, seed=cfg.seed)
+    started_from = ""
+    if cfg.pretrained_weights:
+        load_pretrained(model, cfg.pretrained_weights, spec=spec)
+        before = pretrained_on(cfg.pretrained_weights, architecture=cfg.model)
+        started_from = pretraining_text(asdict(before)) if before else Path(cfg.pretrained_weights).name
     torch.manual_seed(cfg.seed)  # the augmentation's draws
     _train(model, images, cfg=cfg, device=device, on_epoch=on_epoch)
     record = Pretraining(
@@ -189,5 +199,6 @@ def pretrain(
         epochs=cfg.num_server_rounds,
         image_size=cfg.image_size,
         date=datetime.now(UTC).date().isoformat(),
+        started_from=started_from,
     )
     return save_model_dir(out, model, replace(spec, pretrained_on=record))

@@ -70,6 +70,7 @@ def pretraining_text(record: Mapping[str, Any]) -> str:
         f"{record.get('epochs')} epochs" if record.get("epochs") else "",
         f"{record.get('image_size')} px" if record.get("image_size") else "",
         str(record.get("date") or ""),
+        f"after {record['started_from']}" if record.get("started_from") else "",
     ]
     details = "; ".join(part for part in parts if part)
     return str(record.get("data", "unrecorded data")) + (f" ({details})" if details else "")

@@ -19,6 +19,7 @@ from common.models import load_model_dir, save_model_dir
 from common.presets import get_preset
 from common.pretrain import pretrain_classes
 from common.report import build_report
+from common.report.summary import pretraining_text
 from common.run_files import write_json
 from common.tasks import evaluation_report
 
@@ -63,7 +64,8 @@ def test_it_prints_one_line_per_epoch_and_records_what_it_trained_on(pretrained)
     assert lines[2].startswith(f"wrote {out}: cnn3 pretrained on public-mri (4 classes, 2 epochs at 32 px)")
     record = json.loads((out / "model.json").read_text())["pretrained_on"]
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", record.pop("date"))
-    assert record == {"data": "public-mri", "classes": list(CLASSES), "images": 24, "epochs": 2, "image_size": 32}
+    assert record == {"data": "public-mri", "classes": list(CLASSES), "images": 24, "epochs": 2, "image_size": 32,
+                      "started_from": ""}  # fmt: skip
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors"]
 
 
@@ -174,3 +176,33 @@ def test_the_classes_are_the_presets_when_the_folders_are_among_them_else_the_fo
     assert pretrain_classes(_tree(tmp_path / "a", ["pituitary", "glioma"]), preset) == preset.classes
     assert pretrain_classes(_tree(tmp_path / "b", ["tumour", "clear"]), preset) == ("clear", "tumour")
     assert pretrain_classes(tmp_path / "c.npz", preset) == preset.classes
+
+
+def test_pretraining_can_start_from_another_pretraining_and_records_it(pretrained, tmp_path) -> None:
+    first, _ = pretrained
+    other = write_synthetic_tree(tmp_path / "public-xray", modality="chest-xray", train_per_class=6,
+                                 test_per_class=2, size=32)  # fmt: skip
+    out = tmp_path / "chained"
+    result = _invoke("--data", str(other), "--out", str(out), "--dataset", "chest-xray", "--epochs", "1",
+                     "--learning-rate", "1e-12", "--pretrained-weights", str(first), *TINY)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    trained, spec = load_model_dir(out)
+    source, _ = load_model_dir(first)
+    fresh = initial_model(parse_run_config({"model": "cnn3", "image-size": 32, "dataset": "chest-xray", "seed": 42}))
+    body = [k for k, _ in source.named_parameters() if not k.startswith("classifier")]
+    for name in body:  # a rate of 1e-12 leaves the first pretraining's weights as they were (not BatchNorm's means)
+        np.testing.assert_allclose(trained.state_dict()[name].numpy(), source.state_dict()[name].numpy(), atol=1e-6)
+    assert any(not np.allclose(fresh.state_dict()[k].numpy(), source.state_dict()[k].numpy()) for k in body)
+    assert trained.state_dict()["classifier.weight"].shape[0] == 2  # NORMAL, PNEUMONIA: a fresh head
+    assert spec.pretrained_on is not None and spec.pretrained_on.data == "public-xray"
+    assert spec.pretrained_on.started_from.startswith("public-mri (24 images; 4 classes: ")
+    summary = pretraining_text(json.loads((out / "model.json").read_text())["pretrained_on"])
+    assert summary.startswith("public-xray (12 images; 2 classes: NORMAL, PNEUMONIA; 1 epochs; 32 px; ")
+    assert "; after public-mri (24 images; 4 classes: " in summary
+
+
+def test_a_missing_starting_model_for_pretraining_is_one_line(data_root, tmp_path) -> None:
+    result = _invoke("--data", str(data_root), "--out", str(tmp_path / "m"), "--pretrained-weights",
+                     str(tmp_path / "nowhere"), *TINY)  # fmt: skip
+    assert "nowhere" in _one_line_error(result)
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
