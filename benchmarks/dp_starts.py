@@ -3,9 +3,10 @@
 A public slice of ``brain-mri/train`` (a stratified, seeded 20 %) is set aside: no hospital holds
 it, and ``public-slice`` is pretrained on it. The hospitals share what is left, as a data tree of
 symbolic links (``train/`` and, scored by the server, ``test/`` or a validation split carved from
-the hospitals' part). ``public-xray`` is pretrained on the chest X-ray set's ``train/``. Each
-starting model is trained once with ``medsilo pretrain`` and kept, with the request that made it,
-under the work folder.
+the hospitals' part). ``public-xray`` is pretrained on the chest X-ray set's ``train/``, and
+``public-xray-slice`` on the public slice starting from ``public-xray`` (public X-rays, then
+public MRI). Each starting model is trained once with ``medsilo pretrain`` and kept, with the
+request that made it, under the work folder.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,9 @@ __all__ = ["PUBLIC_FRACTION", "STARTS", "VALIDATION_FRACTION", "hospital_tree", 
 PUBLIC_FRACTION = 0.2
 VALIDATION_FRACTION = 0.15
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-STARTS = ("scratch", "public-slice", "public-xray")
+STARTS = ("scratch", "public-slice", "public-xray", "public-xray-slice")
+CHAINED = {"public-xray-slice": "public-xray"}
+"""A start whose pretraining begins from another start's model."""
 Files = dict[str, list[Path]]
 
 
@@ -82,21 +86,32 @@ def hospital_tree(
 
 
 def starting_weights(
-    start: str, *, work: Path, public_slice: Path, xray: Path, pretrain: dict[str, Any]
+    start: str, *, work: Path, public_slice: Path, xray: Path, pretrain: Callable[[str], dict[str, Any]]
 ) -> str:
-    """The ``pretrained-weights`` value of ``start`` ('' for scratch), pretraining it once per request."""
+    """The ``pretrained-weights`` value of ``start`` ('' for scratch), pretraining it once per request.
+
+    ``pretrain(start)`` gives each start's ``medsilo pretrain`` options; a chained start's request
+    holds its source's, so a change to the source pretrains it again.
+    """
     if start == "scratch":
         return ""
-    data, dataset = (public_slice, "brain-mri") if start == "public-slice" else (xray, "chest-xray")
+    data, dataset = (xray, "chest-xray") if start == "public-xray" else (public_slice, "brain-mri")
     out = work / "starts" / start
-    request = {**pretrain, "data": f"{dataset}: {data.name}", "dataset": dataset}
+    request = {**pretrain(start), "data": f"{dataset}: {data.name}", "dataset": dataset}
+    if start in CHAINED:
+        source = CHAINED[start]
+        init = starting_weights(source, work=work, public_slice=public_slice, xray=xray, pretrain=pretrain)
+        made_by = json.loads((Path(init).parent / "request.json").read_text())
+        request["pretrained-weights"] = {"start": source, **made_by}
+    else:
+        init = ""
     made = out / "request.json"
     if made.is_file() and json.loads(made.read_text()) == request and (out / "model" / "model.json").is_file():
         print(f"start {start}: kept ({out / 'model'})", flush=True)
         return str(out / "model")
     command = [str(Path(sys.executable).parent / "medsilo"), "pretrain", "--data", str(data), "--out",
                str(out / "model"), "--dataset", dataset, "--overwrite"]  # fmt: skip
-    for key, value in pretrain.items():
+    for key, value in {**pretrain(start), **({"pretrained-weights": init} if init else {})}.items():
         command += [f"--{key}", str(value)]
     print(f"start {start}: {' '.join(command[1:])}", flush=True)
     subprocess.run(command, check=True)

@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from accuracy_store import load_piece, piece_path, write_piece  # noqa: E402
-from dp_starts import STARTS, hospital_tree, starting_weights  # noqa: E402
+from dp_starts import CHAINED, STARTS, hospital_tree, starting_weights  # noqa: E402
 from dp_utility_figure import plot_utility  # noqa: E402
 from in_process_run import run_federation  # noqa: E402
 from provenance import provenance  # noqa: E402
@@ -191,6 +191,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     base = {**BASE, **(QUICK if args.quick else {}), **_keys(args.base)}
     pretrain = {**PRETRAIN, **(QUICK_PRETRAIN if args.quick else {})}
+
+    def pretraining(start: str) -> dict[str, Any]:
+        return {**pretrain, **({} if args.quick else PRETRAIN_BY_START.get(start, {}))}
+
     name = "dp_utility-quick" if args.quick else "dp_utility-validation" if args.validation else "dp_utility"
     folder, work = RESULTS / name, args.work / ("quick" if args.quick else "full")
     with tempfile.TemporaryDirectory() as tmp:
@@ -203,15 +207,15 @@ def main() -> None:
         elif data is None:
             parser.error("--data-dir is required (or --quick)")
         slice_tree = Path(tmp) / "public-slice-data"  # each process its own: runs may go side by side
-        if "public-slice" in args.starts.split(","):
+        if {"public-slice", *CHAINED} & set(args.starts.split(",")):
             hospital_tree(data, "brain-mri", slice_tree, validation=False, carve_public=True)
         for dataset in args.datasets.split(","):
             tree = Path(tmp) / f"tree-{dataset}"
             counts = hospital_tree(data, dataset, tree, validation=args.validation, carve_public=dataset == "brain-mri")
             for start in args.starts.split(","):
-                start_pretrain = {**pretrain, **({} if args.quick else PRETRAIN_BY_START.get(start, {}))}
                 weights = starting_weights(start, work=work, public_slice=slice_tree / "public-slice",
-                                           xray=data / "chest-xray", pretrain=start_pretrain)  # fmt: skip
+                                           xray=data / "chest-xray", pretrain=pretraining)  # fmt: skip
+                start_pretrain = pretraining(start) | ({"after": CHAINED[start]} if start in CHAINED else {})
                 for setting in args.settings.split(","):
                     for seed in map(int, args.seeds.split(",")):
                         keys = {**base, **START_KEYS.get(start, {}), **SETTINGS[setting], "dataset": dataset,
