@@ -68,12 +68,13 @@ BASE: dict[str, Any] = {
     "learning-rate": 1e-3,
     "optimizer": "adam",
     "lr-warmup-rounds": 1,
-    "train-from-block": 3,  # layer3, layer4 and the head train; chosen on the validation split with the two below
+    "train-from-block": 3,  # layer3, layer4 and the head train; chosen on the validation split with the DP keys
     "dp-optimizer": "sgd",
-    "dp-learning-rate": 0.05,
+    "dp-learning-rate": 0.2,
+    "dp-sample-rate": 0.5,  # one Poisson batch of half a shard per round: few steps, each with little noise
     "dp-delta": DELTA,
     "dp-max-grad-norm": 1.0,
-    "dp-clipping": "normalize",
+    "dp-clipping": "clip",
     "dp-ema-decay": 0.9,
     "dp-augmentation-multiplicity": 1,
     "min-train-nodes": HOSPITALS,
