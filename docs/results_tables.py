@@ -224,7 +224,7 @@ DP_UTILITY: list[Column] = [
     ("commit", "commit", "the code that ran it"),
 ]
 DP_RECIPE = ("model", "norm-layer", "image-size", "num-server-rounds", "local-epochs", "batch-size", "optimizer",
-             "learning-rate", "train-from-block", "dp-optimizer", "dp-learning-rate", "dp-clipping",
+             "learning-rate", "train-from-block", "dp-optimizer", "dp-learning-rate", "dp-sample-rate", "dp-clipping",
              "dp-max-grad-norm", "dp-augmentation-multiplicity", "dp-ema-decay")
 
 ROBUSTNESS: list[Column] = [
