@@ -114,18 +114,24 @@ def run_one(keys: dict[str, Any], *, out_dir: Path) -> dict[str, Any]:
     }
 
 
-def assemble(folder: Path, out: Path) -> dict[str, Any]:
+def assemble(folder: Path, out: Path, recipe: dict[str, Any]) -> dict[str, Any]:
     """``{dataset: {"<start>/<setting>": {last2_mean, seeds, epsilon_spent, auroc_macro, ...}}}`` from the pieces.
 
     With several seeds, ``last2_mean``, ``auroc_macro`` and ``epsilon_spent`` are their means and
-    ``by_seed`` holds each seed's run.
+    ``by_seed`` holds each seed's run. A plain piece made by another ``recipe`` than today's is
+    no row: ``stale`` names it, until a rerun replaces it.
     """
     runs: dict[str, dict[str, dict[int, Any]]] = {}
     made: dict[str, Any] = {}
+    stale = []
     for path in sorted(folder.glob("*--seed*.json")):
         piece = json.loads(path.read_text())
         request = piece["request"]
         variant = request.get("variant")
+        today = recipe if SETTINGS[request["setting"]]["dp-enabled"] else _used(recipe)
+        if not variant and request["recipe"] != today:
+            stale.append(path.name)
+            continue
         name = f"{request['start']}/{request['setting']}" + (f" · {variant}" if variant else "")
         runs.setdefault(request["keys"]["dataset"], {}).setdefault(name, {})[request["keys"]["seed"]] = {
             **piece["results"]["run"], **{k: piece[k] for k in ("commit", "date", "machine")},
@@ -137,7 +143,7 @@ def assemble(folder: Path, out: Path) -> dict[str, Any]:
                 made["recipe"] = request["recipe"]
             if request["pretraining"]:
                 made.setdefault("pretraining", {})[request["start"]] = request["pretraining"]
-    assembled: dict[str, Any] = {**provenance(), **made}
+    assembled: dict[str, Any] = {**provenance(), **made, **({"stale": stale} if stale else {})}
     for dataset, named in runs.items():
         rows = {}
         for name, seeds in named.items():
@@ -243,7 +249,7 @@ def main() -> None:
                         print(f"{dataset} {start}/{setting} seed {seed}: last 2 {result['last2_mean']:.4f}, "
                               f"epsilon {eps}, {result['seconds']:.0f} s, per round {result['per_round']}",
                               flush=True)  # fmt: skip
-    assembled = assemble(folder, RESULTS / f"{name}.json")
+    assembled = assemble(folder, RESULTS / f"{name}.json", base)
     figure = plot_utility(assembled, DOCS_FIGURE if name == "dp_utility" else RESULTS / f"{name}.png")
     print(f"wrote {RESULTS / f'{name}.json'} and {figure}")
 

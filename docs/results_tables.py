@@ -338,6 +338,10 @@ def dp_utility(name: str, data: Any) -> str:
             gap = None if key.endswith("/no-dp") or None in (last2, reference) else 100 * (last2 - reference)
             rows.append((f"`{key}`", {**row, "gap_pt": gap}))
         parts += [f"**`{dataset}`**", rows_table("start / setting", rows, DP_UTILITY)]
+    stale = get(data, "stale")
+    if isinstance(stale, list) and stale:
+        names = ", ".join(f"`{name}`" for name in stale)
+        parts.append(f"Not shown until a rerun replaces them, made by an earlier recipe: {names}.")
     return "\n\n".join(parts)
 
 
