@@ -138,9 +138,7 @@ def assemble(folder: Path, out: Path, recipe: dict[str, Any]) -> dict[str, Any]:
             "pretrained_on": request.get("pretrained_on"), "scored_on": request["scored_on"],
         }  # fmt: skip
         if not variant:  # the recipe every plain row ran
-            made.update({k: request[k] for k in ("hospitals", "scored_on")})
-            if request["setting"] != "no-dp" or "recipe" not in made:  # a private row's holds the DP keys
-                made["recipe"] = request["recipe"]
+            made.update({k: request[k] for k in ("hospitals", "scored_on")}, recipe=recipe)  # every plain row's
             if request["pretraining"]:
                 made.setdefault("pretraining", {})[request["start"]] = request["pretraining"]
     assembled: dict[str, Any] = {**provenance(), **made, **({"stale": stale} if stale else {})}
