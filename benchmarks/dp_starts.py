@@ -86,21 +86,28 @@ def hospital_tree(
 
 
 def starting_weights(
-    start: str, *, work: Path, public_slice: Path, xray: Path, pretrain: Callable[[str], dict[str, Any]]
+    start: str,
+    *,
+    work: Path,
+    public_slice: Path,
+    xray: Path,
+    pretrain: Callable[[str], dict[str, Any]],
+    tag: str = "",
 ) -> str:
     """The ``pretrained-weights`` value of ``start`` ('' for scratch), pretraining it once per request.
 
     ``pretrain(start)`` gives each start's ``medsilo pretrain`` options; a chained start's request
-    holds its source's, so a change to the source pretrains it again.
+    holds its source's, so a change to the source pretrains it again. A ``tag`` keeps a variant's
+    start in its own folder (``starts/<start>--<tag>``), beside the plain one.
     """
     if start == "scratch":
         return ""
     data, dataset = (xray, "chest-xray") if start == "public-xray" else (public_slice, "brain-mri")
-    out = work / "starts" / start
+    out = work / "starts" / (f"{start}--{tag}" if tag else start)
     request = {**pretrain(start), "data": f"{dataset}: {data.name}", "dataset": dataset}
     if start in CHAINED:
         source = CHAINED[start]
-        init = starting_weights(source, work=work, public_slice=public_slice, xray=xray, pretrain=pretrain)
+        init = starting_weights(source, work=work, public_slice=public_slice, xray=xray, pretrain=pretrain, tag=tag)
         made_by = json.loads((Path(init).parent / "request.json").read_text())
         request["pretrained-weights"] = {"start": source, **made_by}
     else:

@@ -189,8 +189,16 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "medsilo" / "dp_utility",
                         help="where the pretrained starts are kept between runs")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="generated data, cnn3 at 32 px, 3 rounds")
+    parser.add_argument(
+        "--pretrain",
+        action="append",
+        default=[],
+        help="override a `medsilo pretrain` option of every start: key=value (TOML); needs --variant",
+    )
     parser.add_argument("--variant", default="", help="a label for the --base changes: its pieces and rows carry it")
     args = parser.parse_args()
+    if args.pretrain and not args.variant:
+        parser.error("--pretrain needs --variant: the variant's starts are kept beside the plain ones")
     for handler in logging.getLogger("flwr").handlers:  # the apps log through Flower's handlers: warnings only
         handler.setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -198,7 +206,7 @@ def main() -> None:
     pretrain = {**PRETRAIN, **(QUICK_PRETRAIN if args.quick else {})}
 
     def pretraining(start: str) -> dict[str, Any]:
-        return {**pretrain, **({} if args.quick else PRETRAIN_BY_START.get(start, {}))}
+        return {**pretrain, **({} if args.quick else PRETRAIN_BY_START.get(start, {})), **_keys(args.pretrain)}
 
     name = "dp_utility-quick" if args.quick else "dp_utility-validation" if args.validation else "dp_utility"
     folder, work = RESULTS / name, args.work / ("quick" if args.quick else "full")
@@ -219,7 +227,8 @@ def main() -> None:
             counts = hospital_tree(data, dataset, tree, validation=args.validation, carve_public=dataset == "brain-mri")
             for start in args.starts.split(","):
                 weights = starting_weights(start, work=work, public_slice=slice_tree / "public-slice",
-                                           xray=data / "chest-xray", pretrain=pretraining)  # fmt: skip
+                                           xray=data / "chest-xray", pretrain=pretraining,
+                                           tag=args.variant if args.pretrain else "")  # fmt: skip
                 start_pretrain = pretraining(start) | ({"after": CHAINED[start]} if start in CHAINED else {})
                 for setting in args.settings.split(","):
                     for seed in map(int, args.seeds.split(",")):

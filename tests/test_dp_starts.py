@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+
+import pytest
 
 from common.data.synth import write_synthetic_tree
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from dp_starts import PUBLIC_FRACTION, VALIDATION_FRACTION, hospital_tree  # noqa: E402
+from dp_starts import PUBLIC_FRACTION, VALIDATION_FRACTION, hospital_tree, starting_weights  # noqa: E402
 
 
 def _names(folder: Path) -> dict[str, set[str]]:
@@ -45,3 +48,29 @@ def test_the_validation_split_comes_out_of_the_hospitals_part_and_test_is_never_
         assert len(held[name]) == round(VALIDATION_FRACTION * len(hospitals[name] | held[name]))
         assert not held[name] & test
     assert _names(again / "hospitals" / "test") == held  # seeded: a rerun scores the same images
+
+
+@pytest.mark.slow
+def test_a_tagged_start_is_pretrained_beside_the_plain_one_and_both_are_kept(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for dataset in ("brain-mri", "chest-xray"):
+        write_synthetic_tree(data / dataset, modality=dataset, train_per_class=6, test_per_class=2, size=32, seed=1)
+    hospital_tree(data, "brain-mri", tmp_path / "tree", validation=False, carve_public=True)
+    options = {"model": "cnn3", "image-size": 32, "epochs": 1, "batch-size": 8, "seed": 0}
+
+    def start(name: str, tag: str, epochs: int) -> Path:
+        return Path(starting_weights(name, work=tmp_path / "work", public_slice=tmp_path / "tree" / "public-slice",
+                                     xray=data / "chest-xray", pretrain=lambda _: {**options, "epochs": epochs},
+                                     tag=tag))  # fmt: skip
+
+    plain = start("public-slice", "", 1)
+    tagged = start("public-xray-slice", "longer", 2)
+    assert plain == tmp_path / "work" / "starts" / "public-slice" / "model"
+    assert tagged == tmp_path / "work" / "starts" / "public-xray-slice--longer" / "model"
+    source = json.loads((tagged.parent / "request.json").read_text())["pretrained-weights"]
+    assert source["start"] == "public-xray" and source["epochs"] == 2  # the chain's source is the tagged one
+    assert (tmp_path / "work" / "starts" / "public-xray--longer" / "model" / "model.json").is_file()
+    made = {p: p.stat().st_mtime_ns for p in (plain / "model.safetensors", tagged / "model.safetensors")}
+    assert start("public-slice", "", 1) == plain and start("public-xray-slice", "longer", 2) == tagged
+    assert {p: p.stat().st_mtime_ns for p in made} == made  # kept, not pretrained again
+    assert json.loads((plain / "model.json").read_text())["pretrained_on"]["epochs"] == 1
