@@ -24,6 +24,7 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_0(tmp_path: Path) -> None:
     assert json.loads(out.read_text()) == {"gpu": False, "note": "no CUDA device visible to torch"}
 
 
+@pytest.mark.slow
 def test_train_throughput_writes_its_ratios(tmp_path: Path) -> None:
     out = tmp_path / "train_throughput.json"
     args = ["--models", "cnn3", "--size", "32", "--batch", "4", "--steps", "1", "--repeats", "1", "--device", "cpu",

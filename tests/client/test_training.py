@@ -88,6 +88,7 @@ def test_class_log_prior_is_the_smoothed_log_frequency() -> None:
     assert prior.tolist() == pytest.approx([math.log(4 / 7), math.log(1 / 7), math.log(2 / 7)])
 
 
+@pytest.mark.slow
 def test_logit_adjusted_training_leaves_a_skewed_shards_prior_out(tmp_path: Path) -> None:
     """On a shard of 95 % one class, plain cross-entropy learns that prior; the adjusted loss much less."""
     root = write_synthetic_tree(tmp_path, modality="brain-mri", train_per_class=40, test_per_class=1, size=32, seed=3)

@@ -229,6 +229,7 @@ def test_a_zero_factor_leaves_the_weights_as_they_were() -> None:
     assert all(torch.equal(a, b) for a, b in zip(before, _weights(frozen), strict=True))
 
 
+@pytest.mark.slow
 def test_dp_lr_schedule_run_follows_the_runs_warm_up_by_round(tmp_path, monkeypatch) -> None:
     import client.privacy
     from common.config import parse_run_config
