@@ -14,7 +14,7 @@ from typing import Any
 
 from provenance import provenance
 
-__all__ = ["assemble", "load_piece", "piece_path", "same_request", "write_piece"]
+__all__ = ["assemble", "load_piece", "piece_path", "same_request", "trained_keys", "write_piece"]
 
 
 def piece_path(folder: Path, dataset: str, setting: str, seed: int) -> Path:
@@ -22,15 +22,23 @@ def piece_path(folder: Path, dataset: str, setting: str, seed: int) -> Path:
     return folder / f"{dataset}--{setting}--seed{seed}.json"
 
 
+def trained_keys(keys: dict[str, Any]) -> dict[str, Any]:
+    """``keys`` without the DP recipe's when DP is off: they change nothing a non-private run trains."""
+    if keys.get("dp-enabled"):
+        return keys
+    return {k: v for k, v in keys.items() if not k.startswith("dp-") or k == "dp-enabled"}
+
+
 def same_request(stored: dict[str, Any], request: dict[str, Any], defaults: dict[str, Any]) -> bool:
     """Whether a piece made by ``stored`` answers ``request``.
 
-    Equal requests do; so does one whose run-config ``keys`` add only keys the piece's code did
-    not have yet, each at its default (``defaults``), since such a key changes nothing it trained.
+    Equal requests do, once a non-private run's DP keys are set aside (:func:`trained_keys`); so
+    does one whose run-config ``keys`` add only keys the piece's code did not have yet, each at
+    its default (``defaults``), since such a key changes nothing it trained.
     """
-    if stored == request:
+    old, new = trained_keys(stored.get("keys", {})), trained_keys(request.get("keys", {}))
+    if {**stored, "keys": old} == {**request, "keys": new}:
         return True
-    old, new = stored.get("keys", {}), request.get("keys", {})
     rest_equal = {k: v for k, v in stored.items() if k != "keys"} == {k: v for k, v in request.items() if k != "keys"}
     added = set(new) - set(old)
     return (

@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from accuracy_store import load_piece, piece_path, write_piece  # noqa: E402
+from accuracy_store import load_piece, piece_path, trained_keys, write_piece  # noqa: E402
 from dp_starts import CHAINED, STARTS, hospital_tree, starting_weights  # noqa: E402
 from dp_utility_figure import plot_utility  # noqa: E402
 from in_process_run import run_federation  # noqa: E402
@@ -128,7 +128,7 @@ def assemble(folder: Path, out: Path, recipe: dict[str, Any]) -> dict[str, Any]:
         piece = json.loads(path.read_text())
         request = piece["request"]
         variant = request.get("variant")
-        today = recipe if SETTINGS[request["setting"]]["dp-enabled"] else _used(recipe)
+        today = recipe if SETTINGS[request["setting"]]["dp-enabled"] else trained_keys(recipe)
         if not variant and request["recipe"] != today:
             stale.append(path.name)
             continue
@@ -163,13 +163,6 @@ def _order(name: str) -> tuple[int, int, str]:
     start, setting = name.split("/")
     setting, _, variant = setting.partition(" · ")
     return (STARTS.index(start) if start in STARTS else len(STARTS), list(SETTINGS).index(setting), variant)
-
-
-def _used(keys: dict[str, Any]) -> dict[str, Any]:
-    """``keys`` without the DP recipe's when DP is off: a change to it leaves the no-dp pieces standing."""
-    if keys.get("dp-enabled"):
-        return keys
-    return {k: v for k, v in keys.items() if not k.startswith("dp-") or k == "dp-enabled"}
 
 
 def _keys(items: list[str]) -> dict[str, Any]:
@@ -235,11 +228,11 @@ def main() -> None:
                         keys = {**base, **START_KEYS.get(start, {}), **SETTINGS[setting], "dataset": dataset,
                                 "seed": seed, "data-root": str(tree / "hospitals"),
                                 "pretrained-weights": weights}  # fmt: skip
-                        recorded = {k: v for k, v in _used(keys).items()
+                        recorded = {k: v for k, v in trained_keys(keys).items()
                                     if k not in ("data-root", "pretrained-weights")}  # fmt: skip
                         request = {"keys": recorded, "start": start, "setting": setting, "hospitals": HOSPITALS,
                                    "scored_on": counts["scored_on"], "images": counts,
-                                   "recipe": base if SETTINGS[setting]["dp-enabled"] else _used(base),
+                                   "recipe": base if SETTINGS[setting]["dp-enabled"] else trained_keys(base),
                                    "pretraining": None if start == "scratch" else start_pretrain,
                                    "pretrained_on": None if start == "scratch" else start}  # fmt: skip
                         if args.variant:

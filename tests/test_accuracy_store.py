@@ -28,3 +28,16 @@ def test_a_key_added_at_its_default_keeps_the_piece_and_any_other_change_reruns_
         assert not same_request(STORED, changed, DEFAULTS), changed
         assert load_piece(path, changed, DEFAULTS) is None
     assert load_piece(tmp_path / "missing.json", STORED) is None
+
+
+def test_the_dp_recipe_of_a_non_private_piece_changes_nothing_it_trained(tmp_path: Path) -> None:
+    path = tmp_path / "brain-mri--best-iid--seed0.json"
+    plain = {"keys": {**STORED["keys"], "dp-enabled": False, "dp-sample-rate": 0.0}, "epochs": 15}
+    write_piece(path, plain, {"best-iid": {"last2_mean": 0.9}})
+    new_recipe = {"keys": {**plain["keys"], "dp-sample-rate": 0.5, "dp-ema-decay": 0.9}, "epochs": 15}
+    assert load_piece(path, new_recipe, DEFAULTS) == {"best-iid": {"last2_mean": 0.9}}
+    private = {"keys": {**plain["keys"], "dp-enabled": True}, "epochs": 15}
+    write_piece(path, private, {"best-iid": {"last2_mean": 0.8}})
+    assert load_piece(path, {"keys": {**private["keys"], "dp-sample-rate": 0.5}, "epochs": 15}, DEFAULTS) is None
+    assert load_piece(path, {"keys": {**plain["keys"], "dp-enabled": True}, "epochs": 15}, DEFAULTS) is not None
+    assert load_piece(path, plain, DEFAULTS) is None  # DP on against off

@@ -63,3 +63,7 @@ def test_a_stopped_setting_goes_on_to_the_uninterrupted_curve(tmp_path: Path, mo
 
     other = RoundCheckpoint(checkpoint.path, {"keys": {**cfg.to_run_config(), "seed": 1}})
     assert other.load() is None  # another request's rounds are never gone on from
+    dp_recipe = {**cfg.to_run_config(), "dp-sample-rate": 0.5, "dp-ema-decay": 0.9}
+    assert RoundCheckpoint(checkpoint.path, {"keys": dp_recipe}).load() is not None  # DP is off: nothing it trained
+    private = {**cfg.to_run_config(), "dp-enabled": True}
+    assert RoundCheckpoint(checkpoint.path, {"keys": private}).load() is None
