@@ -43,7 +43,7 @@ from provenance import provenance, result_path  # noqa: E402
 from soak_run import FaultedRun, dp_accounting_epsilon, soak_outcome  # noqa: E402
 
 EXTRA_HOSPITALS = ("hospital-c", "hospital-d", "hospital-e", "hospital-f")
-SIGMA, Q, STEPS_PER_ROUND, DELTA = 1.5, 1 / 3, 3, 1e-5  # 36 training images per hospital, batch 12
+SIGMA, Q, STEPS_PER_ROUND, DELTA = 1.5, 1 / 3, 3, 1e-5  # 36 training images per hospital, batch 12 (dp-sample-rate 0)
 ROUND_TIMEOUT = 60  # s: a describe of 7 nodes at once took 30-40 s here; a dead node is declared so after ~50 s
 STALL = 600  # s without a new round: the soak has failed
 
@@ -80,7 +80,7 @@ def training(rounds: int) -> str:
     return (
         f"model='cnn3' image-size=32 local-epochs=1 batch-size=12 num-server-rounds={rounds} fraction-train=0.5 "
         f"min-train-nodes=2 fraction-evaluate=0.0 round-timeout={ROUND_TIMEOUT} dp-enabled=true "
-        f"dp-noise-multiplier={SIGMA} dp-delta={DELTA} dp-target-epsilon={target:.1f}"
+        f"dp-sample-rate=0 dp-noise-multiplier={SIGMA} dp-delta={DELTA} dp-target-epsilon={target:.1f}"
     )
 
 

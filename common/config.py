@@ -86,13 +86,13 @@ class RunConfig(BaseModel):
     dp_delta: Float = Field(0.0, ge=0.0, lt=1.0)
     dp_max_grad_norm: Float = Field(1.0, gt=0.0)
     dp_noise_multiplier: Float = Field(0.0, ge=0.0, le=100.0)
-    dp_sample_rate: Float = Field(0.0, ge=0.0, le=1.0)
+    dp_sample_rate: Float = Field(0.5, ge=0.0, le=1.0)
     dp_augmentation_multiplicity: Int = Field(1, ge=1, le=64)
     dp_clipping: Literal["clip", "normalize"] = "clip"
-    dp_ema_decay: Float = Field(0.0, ge=0.0, lt=1.0)
-    dp_optimizer: Literal["auto", "sgd", "adam", "adamw"] = "auto"
-    dp_learning_rate: Float = Field(0.0, ge=0.0, le=10.0)
-    dp_lr_schedule: Literal["constant", "run"] = "constant"
+    dp_ema_decay: Float = Field(0.9, ge=0.0, lt=1.0)
+    dp_optimizer: Literal["auto", "sgd", "adam", "adamw"] = "sgd"
+    dp_learning_rate: Float = Field(0.2, ge=0.0, le=10.0)
+    dp_lr_schedule: Literal["constant", "run"] = "run"
     seed: Int = Field(42, ge=0)
     output_dir: str = Field("runs", min_length=1)
     run_name: str = ""

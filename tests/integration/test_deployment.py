@@ -22,10 +22,11 @@ from flower_env import free_port
 from soak_run import FaultedRun, soak_outcome
 
 TIMEOUT = 45  # round-timeout (s): a healthy encrypted private round here took 23-29 s, idle
-# DP-SGD at each hospital: 36 training images (40 less the 10% local validation split), expected batch 12.
+# DP-SGD at each hospital: 36 training images (40 less the 10% local validation split), expected batch 12
+# (q from the batch: dp-sample-rate = 0).
 SIGMA, Q, STEPS_PER_ROUND, DELTA = 1.5, 1 / 3, 3, 1e-5
 # The DP recipe's free options: 2 views per image and the EMA of the iterates leave q and the steps as they are.
-RECIPE = "dp-augmentation-multiplicity=2 dp-ema-decay=0.9"
+RECIPE = "dp-sample-rate=0 dp-augmentation-multiplicity=2 dp-ema-decay=0.9"
 
 
 def _epsilon(steps: int, sigma: float = SIGMA, q: float = Q, delta: float = DELTA) -> float:
@@ -182,7 +183,7 @@ def test_a_short_soak_keeps_every_round_once_and_every_ledger_exact(consortium: 
     """
     training = (
         f"{TINY} batch-size=12 num-server-rounds=2 min-train-nodes=1 round-timeout={TIMEOUT} dp-enabled=true "
-        f"dp-noise-multiplier={SIGMA} dp-delta={DELTA} dp-target-epsilon=20"
+        f"dp-sample-rate=0 dp-noise-multiplier={SIGMA} dp-delta={DELTA} dp-target-epsilon=20"
     )
     run = FaultedRun(consortium, training, run_name="soak")
     run.launch()

@@ -27,7 +27,7 @@ def _google_epsilon(q: float, steps: int, delta: float) -> float:
 def test_a_run_with_augmentation_multiplicity_and_ema_logs_dp_accountings_epsilons(
     flower: Flower, tmp_path: Path
 ) -> None:
-    """2 hospitals of 18 training images, expected batch 8: q = 1/3 and 3 steps a round, views and EMA or not."""
+    """2 hospitals of 18 training images at the default rate q = 1/2: 2 steps a round, views and EMA or not."""
     data = write_synthetic_tree(
         tmp_path / "data", modality="brain-mri", train_per_class=10, test_per_class=2, size=32, seed=1
     )
@@ -45,8 +45,8 @@ def test_a_run_with_augmentation_multiplicity_and_ema_logs_dp_accountings_epsilo
         assert len(record["hospitals"]) == 2
         for hospital in record["hospitals"].values():
             assert hospital["noise_multiplier"] == pytest.approx(SIGMA) and hospital["delta"] == 1e-5
-            assert hospital["sample_rate"] == pytest.approx(1 / 3) and int(hospital["steps"]) == 3
-            expected = _google_epsilon(1 / 3, 3 * number, 1e-5)
+            assert hospital["sample_rate"] == pytest.approx(0.5) and int(hospital["steps"]) == 2
+            expected = _google_epsilon(0.5, 2 * number, 1e-5)
             assert hospital["epsilon"] == pytest.approx(expected, rel=0.02)
     config_json = json.loads((out / "recipe" / "config.json").read_text())
     assert config_json["dp-augmentation-multiplicity"] == 2 and config_json["dp-ema-decay"] == 0.9
