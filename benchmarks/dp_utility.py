@@ -76,6 +76,7 @@ BASE: dict[str, Any] = {
     "dp-max-grad-norm": 1.0,
     "dp-clipping": "clip",
     "dp-ema-decay": 0.9,
+    "dp-lr-schedule": "run",  # warm-up, then cosine by round: at eps-1 the constant rate collapsed in the last rounds
     "dp-augmentation-multiplicity": 1,
     "min-train-nodes": HOSPITALS,
     "fraction-evaluate": 0.0,
