@@ -116,12 +116,13 @@ def run_one(keys: dict[str, Any], *, out_dir: Path) -> dict[str, Any]:
     }
 
 
-def assemble(folder: Path, out: Path, recipe: dict[str, Any]) -> dict[str, Any]:
+def assemble(folder: Path, out: Path, recipe: dict[str, Any], pretraining: dict[str, Any]) -> dict[str, Any]:
     """``{dataset: {"<start>/<setting>": {last2_mean, seeds, epsilon_spent, auroc_macro, ...}}}`` from the pieces.
 
     With several seeds, ``last2_mean``, ``auroc_macro`` and ``epsilon_spent`` are their means and
-    ``by_seed`` holds each seed's run. A plain piece made by another ``recipe`` than today's is
-    no row: ``stale`` names it, until a rerun replaces it.
+    ``by_seed`` holds each seed's run. A plain piece made by another ``recipe`` than today's, or
+    from a start pretrained otherwise than today's ``pretraining`` ({start: options}), is no row:
+    ``stale`` names it, until a rerun replaces it.
     """
     runs: dict[str, dict[str, dict[int, Any]]] = {}
     made: dict[str, Any] = {}
@@ -131,7 +132,7 @@ def assemble(folder: Path, out: Path, recipe: dict[str, Any]) -> dict[str, Any]:
         request = piece["request"]
         variant = request.get("variant")
         today = recipe if SETTINGS[request["setting"]]["dp-enabled"] else trained_keys(recipe)
-        if not variant and request["recipe"] != today:
+        if not variant and (request["recipe"] != today or request["pretraining"] != pretraining.get(request["start"])):
             stale.append(path.name)
             continue
         name = f"{request['start']}/{request['setting']}" + (f" · {variant}" if variant else "")
@@ -203,6 +204,11 @@ def main() -> None:
     def pretraining(start: str) -> dict[str, Any]:
         return {**pretrain, **({} if args.quick else PRETRAIN_BY_START.get(start, {})), **_keys(args.pretrain)}
 
+    def recorded(start: str) -> dict[str, Any] | None:
+        """What a piece records of its start's pretraining (None: scratch)."""
+        chained = {"after": CHAINED[start]} if start in CHAINED else {}
+        return None if start == "scratch" else pretraining(start) | chained
+
     name = "dp_utility-quick" if args.quick else "dp_utility-validation" if args.validation else "dp_utility"
     folder, work = RESULTS / name, args.work / ("quick" if args.quick else "full")
     with tempfile.TemporaryDirectory() as tmp:
@@ -224,7 +230,6 @@ def main() -> None:
                 weights = starting_weights(start, work=work, public_slice=slice_tree / "public-slice",
                                            xray=data / "chest-xray", pretrain=pretraining,
                                            tag=args.variant if args.pretrain else "")  # fmt: skip
-                start_pretrain = pretraining(start) | ({"after": CHAINED[start]} if start in CHAINED else {})
                 for setting in args.settings.split(","):
                     for seed in map(int, args.seeds.split(",")):
                         keys = {**base, **START_KEYS.get(start, {}), **SETTINGS[setting], "dataset": dataset,
@@ -235,7 +240,7 @@ def main() -> None:
                         request = {"keys": recorded, "start": start, "setting": setting, "hospitals": HOSPITALS,
                                    "scored_on": counts["scored_on"], "images": counts,
                                    "recipe": base if SETTINGS[setting]["dp-enabled"] else trained_keys(base),
-                                   "pretraining": None if start == "scratch" else start_pretrain,
+                                   "pretraining": recorded(start),
                                    "pretrained_on": None if start == "scratch" else start}  # fmt: skip
                         if args.variant:
                             request["variant"] = args.variant
@@ -251,7 +256,7 @@ def main() -> None:
                         print(f"{dataset} {start}/{setting} seed {seed}: last 2 {result['last2_mean']:.4f}, "
                               f"epsilon {eps}, {result['seconds']:.0f} s, per round {result['per_round']}",
                               flush=True)  # fmt: skip
-    assembled = assemble(folder, RESULTS / f"{name}.json", base)
+    assembled = assemble(folder, RESULTS / f"{name}.json", base, {start: recorded(start) for start in STARTS})
     figure = plot_utility(assembled, DOCS_FIGURE if name == "dp_utility" else RESULTS / f"{name}.png")
     print(f"wrote {RESULTS / f'{name}.json'} and {figure}")
 
