@@ -204,7 +204,7 @@ def main() -> None:
     def pretraining(start: str) -> dict[str, Any]:
         return {**pretrain, **({} if args.quick else PRETRAIN_BY_START.get(start, {})), **_keys(args.pretrain)}
 
-    def recorded(start: str) -> dict[str, Any] | None:
+    def pretrained_as(start: str) -> dict[str, Any] | None:
         """What a piece records of its start's pretraining (None: scratch)."""
         chained = {"after": CHAINED[start]} if start in CHAINED else {}
         return None if start == "scratch" else pretraining(start) | chained
@@ -240,7 +240,7 @@ def main() -> None:
                         request = {"keys": recorded, "start": start, "setting": setting, "hospitals": HOSPITALS,
                                    "scored_on": counts["scored_on"], "images": counts,
                                    "recipe": base if SETTINGS[setting]["dp-enabled"] else trained_keys(base),
-                                   "pretraining": recorded(start),
+                                   "pretraining": pretrained_as(start),
                                    "pretrained_on": None if start == "scratch" else start}  # fmt: skip
                         if args.variant:
                             request["variant"] = args.variant
@@ -256,7 +256,7 @@ def main() -> None:
                         print(f"{dataset} {start}/{setting} seed {seed}: last 2 {result['last2_mean']:.4f}, "
                               f"epsilon {eps}, {result['seconds']:.0f} s, per round {result['per_round']}",
                               flush=True)  # fmt: skip
-    assembled = assemble(folder, RESULTS / f"{name}.json", base, {start: recorded(start) for start in STARTS})
+    assembled = assemble(folder, RESULTS / f"{name}.json", base, {start: pretrained_as(start) for start in STARTS})
     figure = plot_utility(assembled, DOCS_FIGURE if name == "dp_utility" else RESULTS / f"{name}.png")
     print(f"wrote {RESULTS / f'{name}.json'} and {figure}")
 
