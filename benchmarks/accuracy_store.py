@@ -14,7 +14,7 @@ from typing import Any
 
 from provenance import provenance
 
-__all__ = ["assemble", "load_piece", "piece_path", "same_request", "trained_keys", "write_piece"]
+__all__ = ["assemble", "load_piece", "piece_path", "same_request", "trained_keys", "trained_request", "write_piece"]
 
 
 def piece_path(folder: Path, dataset: str, setting: str, seed: int) -> Path:
@@ -29,6 +29,11 @@ def trained_keys(keys: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in keys.items() if not k.startswith("dp-") or k == "dp-enabled"}
 
 
+def trained_request(request: dict[str, Any]) -> dict[str, Any]:
+    """``request`` with its run-config ``keys`` as :func:`trained_keys` gives them."""
+    return {**request, "keys": trained_keys(request.get("keys", {}))}
+
+
 def same_request(stored: dict[str, Any], request: dict[str, Any], defaults: dict[str, Any]) -> bool:
     """Whether a piece made by ``stored`` answers ``request``.
 
@@ -36,9 +41,9 @@ def same_request(stored: dict[str, Any], request: dict[str, Any], defaults: dict
     does one whose run-config ``keys`` add only keys the piece's code did not have yet, each at
     its default (``defaults``), since such a key changes nothing it trained.
     """
-    old, new = trained_keys(stored.get("keys", {})), trained_keys(request.get("keys", {}))
-    if {**stored, "keys": old} == {**request, "keys": new}:
+    if trained_request(stored) == trained_request(request):
         return True
+    old, new = trained_keys(stored.get("keys", {})), trained_keys(request.get("keys", {}))
     rest_equal = {k: v for k, v in stored.items() if k != "keys"} == {k: v for k, v in request.items() if k != "keys"}
     added = set(new) - set(old)
     return (

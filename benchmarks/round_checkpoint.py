@@ -6,7 +6,7 @@ optimiser state, the curve so far, the seconds spent and the machines that train
 file (``torch.save``, read back with ``weights_only=True``: nothing is unpickled). A rerun of
 the same request goes on after the saved round with the same per-round seeds, so the resumed
 curve is the one an uninterrupted run draws; a checkpoint of another request is ignored (a
-non-private run's DP keys aside, :func:`accuracy_store.trained_keys`).
+non-private run's DP keys aside, :func:`accuracy_store.trained_request`).
 The file is removed once the setting's piece is written.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from accuracy_store import trained_keys
+from accuracy_store import trained_request
 from provenance import provenance
 
 __all__ = ["RoundCheckpoint", "SavedRounds"]
@@ -31,24 +31,20 @@ SavedRounds = dict[str, Any]
 ``curve``, ``seconds`` and ``parts`` ([{machine, first_round, last_round}])."""
 
 
-def _trained(request: dict[str, Any]) -> dict[str, Any]:
-    return {**request, "keys": trained_keys(request.get("keys", {}))}
-
-
 class RoundCheckpoint:
     """The checkpoint file of one training loop of one request."""
 
     def __init__(self, path: Path, request: dict[str, Any]) -> None:
         self.path = path
         self.request = json.dumps(request, sort_keys=True)
-        self._trained = _trained(request)
+        self._trained = trained_request(request)
 
     def load(self) -> SavedRounds | None:
         """The saved state when the file holds this request's; else ``None`` (start afresh)."""
         if not self.path.is_file():
             return None
         saved = torch.load(self.path, weights_only=True)
-        if _trained(json.loads(saved.get("request", "{}"))) != self._trained:
+        if trained_request(json.loads(saved.get("request", "{}"))) != self._trained:
             log.warning("%s holds another request's rounds; starting afresh", self.path)
             return None
         saved["server_state"] = {k: v.numpy() for k, v in saved["server_state"].items()}
