@@ -57,6 +57,7 @@ def test_a_bad_hostile_value_is_one_line(value: object) -> None:
     assert "'hostile'" in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_a_scaled_hospital_sends_ten_times_the_honest_update_from_its_round(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

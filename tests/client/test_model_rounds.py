@@ -128,7 +128,8 @@ def test_every_registry_model_completes_a_federated_round(tree: Path, architectu
     np.testing.assert_allclose(out["probabilities"].sum(axis=1), 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("architecture", _marked(("resnet18", "densenet121")))
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", ("resnet18", "densenet121"))
 def test_a_dp_round_for_resnet18_and_densenet121(tree: Path, architecture: str) -> None:
     cfg = parse_run_config(
         {"model": architecture, "image-size": 32, "batch-size": 4, "dp-enabled": True, "data-root": str(tree)}

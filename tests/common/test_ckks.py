@@ -29,6 +29,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return create_key_pair(tmp_path_factory.mktemp("keys"))
 
 
+@pytest.mark.slow
 def test_ciphertexts_saved_by_another_process_sum_correctly(tmp_path: Path, keys: tuple[Path, Path]) -> None:
     """Hospitals encrypt in their own process; the server loads and adds with the public context only."""
     rng = np.random.default_rng(3)

@@ -31,6 +31,7 @@ def _shards(tmp_path: Path) -> tuple[list[ImageSet], dict[str, ImageSet]]:
     return [train.subset(list(range(k, len(train), 2))) for k in range(2)], {"evaluation": test}
 
 
+@pytest.mark.slow
 def test_a_stopped_setting_goes_on_to_the_uninterrupted_curve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # server momentum and kept Adam: both states must survive the stop
     cfg = parse_run_config({"model": "cnn3", "image-size": 32, "batch-size": 8, "local-epochs": 0.5,

@@ -198,6 +198,7 @@ def test_the_supernode_image_checks_its_node_config_before_flower_starts() -> No
     assert os.access(ENTRYPOINT, os.X_OK)
 
 
+@pytest.mark.slow
 def test_the_entrypoint_stops_a_misconfigured_node_with_one_line(tmp_path: Path) -> None:
     result, record = _run_entrypoint(tmp_path, "--superlink=x:9092", "--node-config=role='hospital' data-pth='/d'")
     assert result.returncode == 2 and not record.exists(), result
@@ -205,6 +206,7 @@ def test_the_entrypoint_stops_a_misconfigured_node_with_one_line(tmp_path: Path)
     assert result.stderr.strip().splitlines() == [expected]
 
 
+@pytest.mark.slow
 def test_the_entrypoint_starts_flower_with_the_same_arguments(tmp_path: Path) -> None:
     data = tmp_path / "data"
     for name in ("glioma", "meningioma", "notumor", "pituitary"):

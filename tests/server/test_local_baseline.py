@@ -72,6 +72,7 @@ def _score(model: torch.nn.Module, val: Any, cfg: Any) -> float:
     return float(accuracy_score(val.labels.numpy(), probs.argmax(1)))
 
 
+@pytest.mark.slow
 def test_each_hospitals_figures_equal_an_independent_recomputation(setting: dict[str, Any], tmp_path: Path) -> None:
     cfg = setting["cfg"]
     history = _history(tmp_path, {"hospital-0": [1, 2, 3], "hospital-1": [1, 3]})

@@ -76,7 +76,9 @@ FLOWER = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(FLOWER))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "bulyan" else n for n in sorted(FLOWER)]
+)
 def test_each_robust_strategy_reproduces_flowers_own(tmp_path: Path, name: str) -> None:
     strategy = _strategy(tmp_path, name)
     sent, weights = _sent(strategy), _weights()
