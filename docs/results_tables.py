@@ -223,6 +223,12 @@ DP_UTILITY: list[Column] = [
     ("date", "date", "when it landed"),
     ("commit", "commit", "the code that ran it"),
 ]
+START_PROBE: list[Column] = [
+    ("test_auroc_macro", "accuracy", "macro AUROC of the logistic probe on `test/`"),
+    ("test_accuracy", "accuracy", "its accuracy on `test/` (threshold 0.5)"),
+    ("C", "text", "inverse regularisation, chosen on the validation carve"),
+    ("features", "count", "features the head receives"),
+]
 DP_RECIPE = ("model", "norm-layer", "image-size", "num-server-rounds", "local-epochs", "batch-size", "optimizer",
              "learning-rate", "train-from-block", "dp-optimizer", "dp-learning-rate", "dp-sample-rate", "dp-clipping",
              "dp-max-grad-norm", "dp-augmentation-multiplicity", "dp-ema-decay")
@@ -345,6 +351,15 @@ def dp_utility(name: str, data: Any) -> str:
     return "\n\n".join(parts)
 
 
+def start_probe(name: str, data: Any) -> str:
+    """Per dataset, one row per start: what a linear head on its frozen features reaches without DP."""
+    rows = [(f"`{dataset}` · `{start}`", row) for dataset, starts in mappings(data) if dataset != "pretraining"
+            for start, row in mappings(starts)]  # fmt: skip
+    pretraining = settings(get(data, "pretraining"), ("model", "image-size", "epochs"))
+    table_ = rows_table("dataset · start", rows, START_PROBE)
+    return f"{provenance(name, data)} Starts pretrained with {pretraining}.\n\n{table_}"
+
+
 def dp_overhead(name: str, data: Any) -> str:
     """The chosen mode's ratio, then every mode checked and timed."""
     setup = settings(data, ("model", "batch_size", "image_size", "threads", "torch", "opacus"))
@@ -398,6 +413,7 @@ BUILDERS: dict[str, Builder] = {
     "scale": scale,
     "accuracy": accuracy,
     "dp_utility": dp_utility,
+    "start_probe": start_probe,
     "dp_overhead": dp_overhead,
     "dp_precision": dp_precision,
     "robustness": robustness,
