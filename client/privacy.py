@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from client.training import class_log_prior
 from common import records as rk
 from common.config import RunConfig
 from common.data import ImageSet, build_transform
@@ -147,7 +146,6 @@ def train_within_budget(
         recipe=dp_recipe(cfg),
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
-        log_prior=class_log_prior(images.labels, len(cfg.class_names)) if cfg.logit_adjusted else None,
         optimizer_state=optimizer_state,
         keep_optimizer_state=cfg.optimizer_state == "keep",
     )

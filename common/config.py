@@ -40,6 +40,7 @@ STRATEGIES = ("auto", "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fed
 """The server steps (Flower's strategies of the same names); ``auto`` is FedAvgM, or FedAvg under HE."""
 WEIGHTED_SUM_STRATEGIES = ("fedavg", "fedprox")
 """The server steps that are a weighted sum of the updates, hence possible on ciphertexts."""
+PRIOR_OUTSIDE_DP = "logit adjustment reads each hospital's class frequencies outside DP-SGD's accounting"
 
 
 MOMENTUM_FOR_DEFAULT_LIMIT, LIMIT_UNDER_HIGH_MOMENTUM = 0.5, 8.0
@@ -217,6 +218,8 @@ class RunConfig(BaseModel):
     def _class_weights_fit_privacy(self) -> RunConfig:
         if self.dp_enabled and self.class_weights != "none":
             raise KeyConflict("class-weights", "'none' under dp-enabled (DP-SGD trains on the unweighted loss)")
+        if self.dp_enabled and self.loss == "logit-adjusted":
+            raise KeyConflict("loss", f"'auto' or 'cross-entropy' under dp-enabled ({PRIOR_OUTSIDE_DP})")
         return self
 
     @model_validator(mode="after")
@@ -313,9 +316,10 @@ class RunConfig(BaseModel):
         """Whether hospitals train on logits plus the log of their own class frequencies.
 
         ``loss = "auto"`` is logit adjustment for one-class-per-image tasks (it corrects each
-        hospital's label skew) and BCE for multi-label ones.
+        hospital's label skew) and BCE for multi-label ones. Under DP it is plain cross-entropy:
+        the class frequencies would be read from the private images outside DP-SGD's accounting.
         """
-        return self.loss == "logit-adjusted" or (self.loss == "auto" and not self.multilabel)
+        return self.loss == "logit-adjusted" or (self.loss == "auto" and not self.multilabel and not self.dp_enabled)
 
     @property
     def multilabel(self) -> bool:

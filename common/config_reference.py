@@ -102,7 +102,8 @@ MEANINGS: dict[str, str] = {
     "norm-layer": "`batch` (BatchNorm, statistics averaged) or `group` (GroupNorm, the variant DP builds)",
     "norm-groups": "GroupNorm's groups in the GroupNorm variant: gcd(norm-groups, channels) per layer",
     "weight-standardization": "the GroupNorm variant's convolutions use their filters centred and scaled to unit norm",
-    "loss": "`logit-adjusted`: each hospital trains on logits plus the log of its own class frequencies",
+    "loss": "`logit-adjusted`: each hospital trains on logits plus the log of its own class frequencies "
+    "(refused under DP; `auto` is cross-entropy there)",
     "task": "`multiclass` or `multilabel`, as the preset says (`auto`; a contradicting value is an error)",
     "label-threshold": "multi-label decision threshold in the rounds' evaluations: one for all labels, or a "
     "comma-separated one per label; the final model's are fitted on the hospitals' validation splits "

@@ -82,8 +82,6 @@ class PrivateTraining:
     mode: str
     criterion: Callable[[Tensor, Tensor], Any]
     clipper: BookKeepingClipper | None
-    log_prior: Tensor | float = 0.0
-    """Added to the logits before the loss (logit adjustment); 0 for plain cross-entropy."""
     examples_per_pass: int = 0
     """Examples (with their views) one forward pass holds; 0: the whole Poisson batch."""
 
@@ -105,7 +103,7 @@ class PrivateTraining:
             return None
         if self.clipper is None:
             logits = self.model(x)
-            loss = self.criterion(logits + self.log_prior, y)
+            loss = self.criterion(logits, y)
             loss.backward()
             self.optimizer.step()
             return (float(loss.detach()) * len(y), hits(logits.detach(), y), len(y)) if len(y) else None
@@ -118,7 +116,7 @@ class PrivateTraining:
             inputs = x[start : start + part].detach().requires_grad_(True)  # the backward pass reaches every layer
             targets = y[start : start + part]
             logits = self.model(inputs)
-            per_view = task_loss(logits + self.log_prior, targets, reduction="none")
+            per_view = task_loss(logits, targets, reduction="none")
             self.clipper.backward(per_view, inputs)
             loss_sum += float(per_view.detach().mean()) * len(targets)
             correct += hits(logits.detach(), targets)
@@ -211,7 +209,6 @@ def train_private(
     grad_sample_mode: str = "bk",
     momentum: float = 0.9,
     weight_decay: float = 0.0,
-    log_prior: Tensor | None = None,
     optimizer_state: dict[str, Any] | None = None,
     keep_optimizer_state: bool = False,
     lr_factor: Callable[[int, int], float] | None = None,
@@ -245,7 +242,6 @@ def train_private(
         grad_sample_mode: how to clip per example, one of :data:`GRAD_SAMPLE_MODES`.
         momentum: SGD momentum.
         weight_decay: weight decay of every optimizer.
-        log_prior: per-class offsets added to the logits in the loss (logit adjustment), or None.
         optimizer_state: the optimizer's state from this hospital's previous round, or None.
         keep_optimizer_state: return the optimizer's state after the round.
         lr_factor: ``lr_factor(step, steps)`` scales ``lr`` at step ``step`` (0-based) of the round's ``steps``.
@@ -295,8 +291,6 @@ def train_private(
         recipe=recipe,
         expected_batch_size=max(1, int(len(images) * sample_rate)),  # Opacus' own, for batch_size's rate
     )
-    if log_prior is not None:
-        private.log_prior = log_prior.to(device)
     ema = IterateEMA(model.parameters(), decay=recipe.ema_decay) if recipe.ema_decay else None
     steps, seen, loss_sum, correct = 0, 0, 0.0, 0.0
     try:

@@ -364,6 +364,13 @@ def test_class_weights_are_refused_under_dp():
     _assert_names(message, "class-weights", "balanced", "'none' under dp-enabled")
 
 
+def test_logit_adjustment_is_refused_under_dp_and_auto_is_cross_entropy_there():
+    message = _error({"dp-enabled": True, "loss": "logit-adjusted"})
+    _assert_names(message, "loss", "logit-adjusted", "'auto' or 'cross-entropy' under dp-enabled", "accounting")
+    assert not parse_run_config({"dp-enabled": True}).logit_adjusted
+    assert parse_run_config({}).logit_adjusted and parse_run_config({"loss": "cross-entropy"}).logit_adjusted is False
+
+
 def test_train_from_block_names_the_models_blocks():
     message = _error({"model": "resnet18", "train-from-block": 6})
     _assert_names(message, "train-from-block", 6, "0 to 5 for model 'resnet18'", "stem, layer1, layer2")

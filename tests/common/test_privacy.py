@@ -389,19 +389,6 @@ def test_a_kept_optimizer_state_continues_into_the_next_dp_round() -> None:
     assert {int(s["step"]) for s in second.optimizer_state["state"].values()} == {first.steps + second.steps}
 
 
-@pytest.mark.parametrize("mode", ["bk", "hooks", "ghost"])
-def test_dp_training_adds_the_log_prior_to_the_logits(mode: str) -> None:
-    """A prior of +12 on class 0 turns the loss on the other classes' images into about 12 or more."""
-    images = _images(10)
-    assert int((images.labels != 0).sum()) >= 5
-    losses = {}
-    for name, prior in (("plain", None), ("adjusted", torch.tensor([12.0, 0.0, 0.0, 0.0]))):
-        model = make_dp_compatible(build_model("cnn3", num_classes=4, in_channels=1, seed=0))
-        keys = {**TRAIN, "grad_sample_mode": mode, "epochs": 1, "noise_multiplier": 0.0}
-        losses[name] = train_private(model, images, **keys, log_prior=prior).loss
-    assert losses["plain"] < 3 and losses["adjusted"] > 5, losses
-
-
 def test_train_private_is_reproducible_and_modes_agree_with_empty_batches() -> None:
     """3 images at batch 1: Poisson batches are often empty; every mode must still take every step."""
     images = _images(3)
