@@ -69,6 +69,7 @@ BASE: dict[str, Any] = {
     "optimizer": "adam",
     "lr-warmup-rounds": 1,
     "train-from-block": 3,  # layer3, layer4 and the head train; chosen on the validation split with the DP keys
+    "loss": "cross-entropy",  # DP cannot adjust logits by the private class frequencies, so no setting does
     "dp-optimizer": "sgd",
     "dp-learning-rate": 0.2,
     "dp-sample-rate": 0.5,  # one Poisson batch of half a shard per round: few steps, each with little noise
