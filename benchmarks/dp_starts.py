@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PUBLIC_FRACTION", "STARTS", "VALIDATION_FRACTION", "hospital_tree", "starting_weights"]
+from common.data.synth import write_synthetic_tree
+
+__all__ = ["PUBLIC_FRACTION", "STARTS", "VALIDATION_FRACTION", "hospital_tree", "quick_data", "starting_weights"]
 
 PUBLIC_FRACTION = 0.2
 VALIDATION_FRACTION = 0.15
@@ -59,6 +61,13 @@ def _link(files: Files, folder: Path) -> int:
         for path in paths:
             (folder / name / path.name).symlink_to(path.resolve())
     return sum(len(p) for p in files.values())
+
+
+def quick_data(root: Path) -> Path:
+    """Generated ``brain-mri/`` and ``chest-xray/`` trees at 32 px under ``root``, for a ``--quick`` run."""
+    for dataset in ("brain-mri", "chest-xray"):
+        write_synthetic_tree(root / dataset, modality=dataset, train_per_class=60, test_per_class=20, size=32, seed=1)
+    return root
 
 
 def hospital_tree(

@@ -39,12 +39,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from accuracy_store import load_piece, piece_path, trained_keys, write_piece  # noqa: E402
-from dp_starts import CHAINED, STARTS, hospital_tree, starting_weights  # noqa: E402
+from dp_starts import CHAINED, STARTS, hospital_tree, quick_data, starting_weights  # noqa: E402
 from dp_utility_figure import plot_utility  # noqa: E402
 from in_process_run import run_federation  # noqa: E402
 from provenance import provenance  # noqa: E402
 
-from common.data.synth import write_synthetic_tree  # noqa: E402
 from common.privacy.utility import epsilon_spent  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -213,13 +212,8 @@ def main() -> None:
     name = "dp_utility-quick" if args.quick else "dp_utility-validation" if args.validation else "dp_utility"
     folder, work = RESULTS / name, args.work / ("quick" if args.quick else "full")
     with tempfile.TemporaryDirectory() as tmp:
-        data = args.data_dir
-        if args.quick:
-            data = Path(tmp) / "data"
-            for dataset in ("brain-mri", "chest-xray"):
-                write_synthetic_tree(data / dataset, modality=dataset, train_per_class=60, test_per_class=20, size=32,
-                                     seed=1)  # fmt: skip
-        elif data is None:
+        data = quick_data(Path(tmp) / "data") if args.quick else args.data_dir
+        if data is None:
             parser.error("--data-dir is required (or --quick)")
         slice_tree = Path(tmp) / "public-slice-data"  # each process its own: runs may go side by side
         if {"public-slice", *CHAINED} & set(args.starts.split(",")):

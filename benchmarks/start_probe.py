@@ -28,13 +28,12 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dp_starts import CHAINED, hospital_tree, starting_weights  # noqa: E402
+from dp_starts import CHAINED, hospital_tree, quick_data, starting_weights  # noqa: E402
 from dp_utility import PRETRAIN, PRETRAIN_BY_START, QUICK_PRETRAIN  # noqa: E402
 from provenance import provenance  # noqa: E402
 
 from common.config import RunConfig  # noqa: E402
 from common.data import build_transform  # noqa: E402
-from common.data.synth import write_synthetic_tree  # noqa: E402
 from common.experiment import initial_model, load_run_split, preset_for  # noqa: E402
 from common.inference import loader  # noqa: E402
 from common.models import CLASSIFIER_HEADS  # noqa: E402
@@ -100,13 +99,8 @@ def main() -> None:
     work = args.work / ("quick" if args.quick else "full")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        data = args.data_dir
-        if args.quick:
-            data = Path(tmp) / "data"
-            for dataset in ("brain-mri", "chest-xray"):
-                write_synthetic_tree(data / dataset, modality=dataset, train_per_class=60, test_per_class=20, size=32,
-                                     seed=1)  # fmt: skip
-        elif data is None:
+        data = quick_data(Path(tmp) / "data") if args.quick else args.data_dir
+        if data is None:
             parser.error("--data-dir is required (or --quick)")
         slice_tree = Path(tmp) / "public-slice-data"
         hospital_tree(data, "brain-mri", slice_tree, validation=False, carve_public=True)

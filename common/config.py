@@ -40,7 +40,6 @@ STRATEGIES = ("auto", "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fed
 """The server steps (Flower's strategies of the same names); ``auto`` is FedAvgM, or FedAvg under HE."""
 WEIGHTED_SUM_STRATEGIES = ("fedavg", "fedprox")
 """The server steps that are a weighted sum of the updates, hence possible on ciphertexts."""
-PRIOR_OUTSIDE_DP = "logit adjustment reads each hospital's class frequencies outside DP-SGD's accounting"
 
 
 MOMENTUM_FOR_DEFAULT_LIMIT, LIMIT_UNDER_HIGH_MOMENTUM = 0.5, 8.0
@@ -219,7 +218,7 @@ class RunConfig(BaseModel):
         if self.dp_enabled and self.class_weights != "none":
             raise KeyConflict("class-weights", "'none' under dp-enabled (DP-SGD trains on the unweighted loss)")
         if self.dp_enabled and self.loss == "logit-adjusted":
-            raise KeyConflict("loss", f"'auto' or 'cross-entropy' under dp-enabled ({PRIOR_OUTSIDE_DP})")
+            raise KeyConflict("loss", "'auto' or 'cross-entropy' under dp-enabled (its class frequencies are private)")
         return self
 
     @model_validator(mode="after")
@@ -316,8 +315,7 @@ class RunConfig(BaseModel):
         """Whether hospitals train on logits plus the log of their own class frequencies.
 
         ``loss = "auto"`` is logit adjustment for one-class-per-image tasks (it corrects each
-        hospital's label skew) and BCE for multi-label ones. Under DP it is plain cross-entropy:
-        the class frequencies would be read from the private images outside DP-SGD's accounting.
+        hospital's label skew) and BCE for multi-label ones; under DP, cross-entropy (private frequencies).
         """
         return self.loss == "logit-adjusted" or (self.loss == "auto" and not self.multilabel and not self.dp_enabled)
 

@@ -366,7 +366,7 @@ def test_class_weights_are_refused_under_dp():
 
 def test_logit_adjustment_is_refused_under_dp_and_auto_is_cross_entropy_there():
     message = _error({"dp-enabled": True, "loss": "logit-adjusted"})
-    _assert_names(message, "loss", "logit-adjusted", "'auto' or 'cross-entropy' under dp-enabled", "accounting")
+    _assert_names(message, "loss", "logit-adjusted", "'auto' or 'cross-entropy' under dp-enabled", "private")
     assert not parse_run_config({"dp-enabled": True}).logit_adjusted
     assert parse_run_config({}).logit_adjusted and parse_run_config({"loss": "cross-entropy"}).logit_adjusted is False
 
