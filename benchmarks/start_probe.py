@@ -42,9 +42,9 @@ RESULTS = Path(__file__).parent / "results"
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 
 
-def features(cfg: RunConfig, root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """What the start's classifier head receives for every image of ``split``, and the labels."""
-    model = initial_model(cfg).eval()
+def features(model: torch.nn.Module, cfg: RunConfig, root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """What ``model``'s classifier head receives for every image of ``split`` (in eval mode), and the labels."""
+    model.eval()
     head = model.get_submodule(CLASSIFIER_HEADS[cfg.model][0].rstrip("."))
     seen: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda _module, inputs: seen.append(inputs[0].flatten(1)))
@@ -115,10 +115,11 @@ def main() -> None:
                                            xray=data / "chest-xray", pretrain=pretraining)  # fmt: skip
                 cfg = RunConfig(dataset=dataset, model=pretrain["model"], norm_layer="group",
                                 image_size=pretrain["image-size"], pretrained_weights=weights)  # fmt: skip
-                fit_part = features(cfg, trees["validation"] / "hospitals", "train")
-                held = features(cfg, trees["validation"] / "hospitals", "test")
-                whole = features(cfg, trees["test"] / "hospitals", "train")
-                test = features(cfg, trees["test"] / "hospitals", "test")
+                model = initial_model(cfg)
+                fit_part = features(model, cfg, trees["validation"] / "hospitals", "train")
+                held = features(model, cfg, trees["validation"] / "hospitals", "test")
+                whole = features(model, cfg, trees["test"] / "hospitals", "train")
+                test = features(model, cfg, trees["test"] / "hospitals", "test")
                 row = probe(fit_part, held, whole, test)
                 results.setdefault(dataset, {})[start] = row
                 print(f"{dataset} {start}: C {row['C']}, test macro AUROC {row['test_auroc_macro']:.4f}, "

@@ -31,7 +31,7 @@ def test_features_are_the_heads_input(tmp_path: Path) -> None:
     save_model_dir(tmp_path / "start", build_from_spec(model_spec(start), seed=3), model_spec(start))
     cfg = RunConfig(dataset="chest-xray", model="cnn3", norm_layer="group", image_size=32,
                     pretrained_weights=str(tmp_path / "start"))  # fmt: skip
-    got, labels = features(cfg, root, "test")
+    got, labels = features(initial_model(cfg), cfg, root, "test")
     model = initial_model(cfg).eval()
     model.classifier = torch.nn.Identity()
     images = load_run_split(cfg, root, "test")
