@@ -94,6 +94,27 @@ def hospital_tree(
     return counts
 
 
+def _ensure_feature_stats(model_dir: Path, data: Path, dataset: str, options: dict[str, Any]) -> None:
+    """Give a start that ``medsilo pretrain`` wrote before it kept feature statistics those of its own data."""
+    from common.feature_standardization import STATS_FILE
+
+    if (model_dir / STATS_FILE).is_file():
+        return
+    import torch
+
+    from common.config import parse_run_config
+    from common.experiment import load_run_split
+    from common.models import load_model_dir
+    from common.pretrain import write_public_feature_stats
+
+    keys = ("model", "norm-layer", "image-size", "batch-size")
+    cfg = parse_run_config({"dataset": dataset, **{k: options[k] for k in keys}}, source="dp_starts")
+    model, _ = load_model_dir(model_dir)
+    images = load_run_split(cfg, data, "train")
+    write_public_feature_stats(model_dir, model, images, cfg=cfg, device=torch.device("cpu"))
+    print(f"  feature statistics of {len(images)} images written to {model_dir / STATS_FILE}", flush=True)
+
+
 def starting_weights(
     start: str,
     *,
@@ -124,6 +145,7 @@ def starting_weights(
     made = out / "request.json"
     if made.is_file() and json.loads(made.read_text()) == request and (out / "model" / "model.json").is_file():
         print(f"start {start}: kept ({out / 'model'})", flush=True)
+        _ensure_feature_stats(out / "model", data, dataset, pretrain(start))
         return str(out / "model")
     command = [str(Path(sys.executable).parent / "medsilo"), "pretrain", "--data", str(data), "--out",
                str(out / "model"), "--dataset", dataset, "--overwrite"]  # fmt: skip

@@ -114,6 +114,7 @@ class RunConfig(BaseModel):
     norm_layer: Literal["batch", "group"] = "batch"
     norm_groups: Int = Field(32, ge=1, le=1024)
     weight_standardization: Annotated[bool, Field(strict=True)] = False
+    feature_standardization: Annotated[bool, Field(strict=True)] = False
     loss: Literal["auto", "cross-entropy", "logit-adjusted"] = "auto"
     task: Literal["auto", "multiclass", "multilabel"] = "auto"
     label_threshold: Annotated[str, AfterValidator(thresholds_list)] = "0.5"
@@ -148,13 +149,12 @@ class RunConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _imagenet_weights_exist(self) -> RunConfig:
+    def _starting_weights_fit(self) -> RunConfig:
+        if self.feature_standardization and self.pretrained_weights in ("", "imagenet"):
+            raise KeyConflict("feature-standardization", "false unless pretrained-weights names a pretrain model")
         if self.pretrained_weights == "imagenet" and self.model not in IMAGENET_ARCHITECTURES:
-            raise KeyConflict(
-                "pretrained-weights",
-                f"a model directory or a local weights file for model {self.model!r} (torchvision has no ImageNet "
-                f"weights for it)",
-            )
+            why = f"{self.model!r} (torchvision has no ImageNet weights for it)"
+            raise KeyConflict("pretrained-weights", f"a model directory or a local weights file for {why}")
         return self
 
     @model_validator(mode="after")

@@ -102,6 +102,8 @@ MEANINGS: dict[str, str] = {
     "norm-layer": "`batch` (BatchNorm, statistics averaged) or `group` (GroupNorm, the variant DP builds)",
     "norm-groups": "GroupNorm's groups in the GroupNorm variant: gcd(norm-groups, channels) per layer",
     "weight-standardization": "the GroupNorm variant's convolutions use their filters centred and scaled to unit norm",
+    "feature-standardization": "the head's input is standardised by the feature mean and spread that `medsilo "
+    "pretrain` measured on its public images (`pretrained-weights` names its model); outputs start unchanged",
     "loss": "`logit-adjusted`: each hospital trains on logits plus the log of its own class frequencies "
     "(refused under DP; `auto` is cross-entropy there)",
     "task": "`multiclass` or `multilabel`, as the preset says (`auto`; a contradicting value is an error)",

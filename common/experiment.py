@@ -10,6 +10,7 @@ from torch import nn
 from common.config import RunConfig
 from common.data.images import ImageSet, load_split
 from common.data.labels_csv import load_labels_csv
+from common.feature_standardization import fold_statistics, read_feature_stats, standardize_head
 from common.models import ModelSpec, build_from_spec
 from common.presets import DatasetPreset, get_preset
 from common.pretrained import IMAGENET, load_pretrained, pretrained_on
@@ -36,6 +37,7 @@ def model_spec(cfg: RunConfig) -> ModelSpec:
         multilabel=cfg.multilabel,
         norm_groups=cfg.norm_groups,
         weight_standardization=cfg.weight_standardization,
+        feature_standardization=cfg.feature_standardization,
     )
 
 
@@ -60,11 +62,19 @@ def _starting_weights(cfg: RunConfig) -> str | Path:
 
 
 def initial_model(cfg: RunConfig) -> nn.Module:
-    """The run's starting model: seeded fresh weights, then ``pretrained-weights`` where it names some."""
-    spec = model_spec(cfg)
+    """The run's starting model: seeded fresh weights, then ``pretrained-weights`` where it names some.
+
+    With ``feature-standardization`` the head then gets the starting model's public feature
+    statistics, re-parametrised so the model's outputs stay the same.
+    """
+    spec = replace(model_spec(cfg), feature_standardization=False)
     model = build_from_spec(spec, seed=cfg.seed)
     if cfg.pretrained_weights:
         load_pretrained(model, _starting_weights(cfg), spec=spec)
+    if cfg.feature_standardization:
+        mean, scale = read_feature_stats(_starting_weights(cfg))
+        standardize_head(model, cfg.model)
+        fold_statistics(model, cfg.model, mean, scale)
     return model
 
 

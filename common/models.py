@@ -179,7 +179,8 @@ class Pretraining:
 class ModelSpec:
     """Everything needed to rebuild a model and feed it images (``model.json``).
 
-    ``norm_groups`` and ``weight_standardization`` shape the GroupNorm variant (``dp_compatible``).
+    ``norm_groups`` and ``weight_standardization`` shape the GroupNorm variant (``dp_compatible``);
+    ``feature_standardization`` puts fixed feature statistics in front of the classifier head.
     """
 
     architecture: str
@@ -192,6 +193,7 @@ class ModelSpec:
     multilabel: bool = False
     norm_groups: int = 32
     weight_standardization: bool = False
+    feature_standardization: bool = False
     pretrained_on: Pretraining | None = None
 
     def to_json(self) -> dict[str, object]:
@@ -221,6 +223,10 @@ def build_from_spec(spec: ModelSpec, *, seed: int | None = None) -> nn.Module:
         from common.privacy.compat import make_dp_compatible  # opacus is imported only when DP is on
 
         model = make_dp_compatible(model, groups=spec.norm_groups, weight_standardization=spec.weight_standardization)
+    if spec.feature_standardization:
+        from common.feature_standardization import standardize_head  # it imports this module's head table
+
+        standardize_head(model, spec.architecture)
     return model
 
 

@@ -4,7 +4,8 @@ One process holds every image, so this is a plain supervised loop: the run's los
 logit adjustment (cross-entropy; BCE for a multi-label preset), the run's learning-rate
 schedule with epochs in place of rounds, and the run's precision (bf16 autocast where the
 hardware has it). It writes a model directory whose ``model.json`` records what the model
-was pretrained on (``pretrained_on``); ``pretrained-weights`` accepts it.
+was pretrained on (``pretrained_on``), and the head input's statistics on the pretraining images
+(``feature_stats.safetensors``, for ``feature-standardization``); ``pretrained-weights`` accepts it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 from common.config import RunConfig
 from common.data import ImageSet, build_transform
 from common.experiment import load_run_split, model_spec, preset_for
+from common.feature_standardization import feature_statistics, write_feature_stats
 from common.inference import loader
 from common.models import Pretraining, build_from_spec, save_model_dir
 from common.optimizers import build_optimizer, lr_factor
@@ -31,7 +33,7 @@ from common.pretrained import load_pretrained, pretrained_on
 from common.report.summary import pretraining_text
 from common.tasks import AUX_LOSS_WEIGHT, hits, split_outputs, task_loss
 
-__all__ = ["EpochResult", "pretrain", "pretrain_classes"]
+__all__ = ["EpochResult", "pretrain", "pretrain_classes", "write_public_feature_stats"]
 
 
 @dataclass(frozen=True)
@@ -201,4 +203,20 @@ def pretrain(
         date=datetime.now(UTC).date().isoformat(),
         started_from=started_from,
     )
-    return save_model_dir(out, model, replace(spec, pretrained_on=record))
+    directory = save_model_dir(out, model, replace(spec, pretrained_on=record))
+    write_public_feature_stats(directory, model, images, cfg=cfg, device=device)
+    return directory
+
+
+def write_public_feature_stats(
+    directory: Path, model: nn.Module, images: ImageSet, *, cfg: RunConfig, device: torch.device
+) -> Path:
+    """Write the head input's statistics on ``images`` (the pretraining set, unaugmented) into ``directory``.
+
+    ``feature-standardization`` reads them: public statistics, so a DP run that uses them spends nothing.
+    """
+    model.to(device).eval()
+    batches = loader(images, build_transform(preset_for(cfg), train=False), batch_size=cfg.batch_size, device=device)
+    moved = ((x.to(device), y) for x, y in batches)
+    mean, scale = feature_statistics(model, cfg.model, moved)
+    return write_feature_stats(directory, mean, scale, images=len(images))

@@ -44,6 +44,7 @@ MUST_MATCH = (
     "norm-layer",
     "norm-groups",
     "weight-standardization",
+    "feature-standardization",
     "batch-size",
     "dp-sample-rate",
     "train-from-block",

@@ -80,6 +80,7 @@ DEFAULTS = {
     "norm-layer": "batch",
     "norm-groups": 32,
     "weight-standardization": False,
+    "feature-standardization": False,
     "loss": "auto",
     "task": "auto",
     "label-threshold": "0.5",

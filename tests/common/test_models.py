@@ -37,6 +37,7 @@ SPEC_KEYS = {
     "multilabel",
     "norm_groups",
     "weight_standardization",
+    "feature_standardization",
     "pretrained_on",
     "format_version",
 }
@@ -150,6 +151,7 @@ def test_model_json_contents(tmp_path):
         "multilabel": False,
         "norm_groups": 32,
         "weight_standardization": False,
+        "feature_standardization": False,
         "pretrained_on": None,
     }
 
@@ -157,7 +159,7 @@ def test_model_json_contents(tmp_path):
 def test_a_model_json_written_before_the_group_norm_options_loads_with_their_defaults(tmp_path):
     directory, _, spec = _saved(tmp_path)
     data = json.loads((directory / "model.json").read_text())
-    del data["norm_groups"], data["weight_standardization"]
+    del data["norm_groups"], data["weight_standardization"], data["feature_standardization"]
     (directory / "model.json").write_text(json.dumps(data))
     assert load_model_dir(directory)[1] == spec
 

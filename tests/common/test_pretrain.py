@@ -66,7 +66,7 @@ def test_it_prints_one_line_per_epoch_and_records_what_it_trained_on(pretrained)
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", record.pop("date"))
     assert record == {"data": "public-mri", "classes": list(CLASSES), "images": 24, "epochs": 2, "image_size": 32,
                       "started_from": ""}  # fmt: skip
-    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["feature_stats.safetensors", "model.json", "model.safetensors"]
 
 
 def test_its_model_loads_through_pretrained_weights_and_the_report_names_its_data(pretrained, tmp_path) -> None:
