@@ -108,7 +108,7 @@ def _ensure_feature_stats(model_dir: Path, data: Path, dataset: str, options: di
     from common.pretrain import write_public_feature_stats
 
     keys = ("model", "norm-layer", "image-size", "batch-size")
-    cfg = parse_run_config({"dataset": dataset, **{k: options[k] for k in keys}}, source="dp_starts")
+    cfg = parse_run_config({"dataset": dataset, **{k: options[k] for k in keys if k in options}}, source="dp_starts")
     model, _ = load_model_dir(model_dir)
     images = load_run_split(cfg, data, "train")
     write_public_feature_stats(model_dir, model, images, cfg=cfg, device=torch.device("cpu"))

@@ -74,3 +74,6 @@ def test_a_tagged_start_is_pretrained_beside_the_plain_one_and_both_are_kept(tmp
     assert start("public-slice", "", 1) == plain and start("public-xray-slice", "longer", 2) == tagged
     assert {p: p.stat().st_mtime_ns for p in made} == made  # kept, not pretrained again
     assert json.loads((plain / "model.json").read_text())["pretrained_on"]["epochs"] == 1
+    (plain / "feature_stats.safetensors").unlink()  # a start pretrained before pretrain wrote the statistics
+    assert start("public-slice", "", 1) == plain and (plain / "feature_stats.safetensors").is_file()
+    assert {p: p.stat().st_mtime_ns for p in made} == made  # given its statistics, not pretrained again
