@@ -339,7 +339,7 @@ def run_dataset(
             continue
         def checkpoint(label: str, stem: str = path.stem, request: dict[str, Any] = request) -> RoundCheckpoint | None:
             name = f"{folder.name}--{stem}{'--' + label if label else ''}.pt"
-            return RoundCheckpoint(checkpoints / name, request) if checkpoints else None
+            return RoundCheckpoint(checkpoints / name, request, RunConfig().to_run_config()) if checkpoints else None
 
         results = _run_setting(setting, cfg, per_epoch, train=train, evaluation=evaluation, epochs=epochs,
                                checkpoint=checkpoint)  # fmt: skip

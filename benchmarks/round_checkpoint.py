@@ -6,7 +6,8 @@ optimiser state, the curve so far, the seconds spent and the machines that train
 file (``torch.save``, read back with ``weights_only=True``: nothing is unpickled). A rerun of
 the same request goes on after the saved round with the same per-round seeds, so the resumed
 curve is the one an uninterrupted run draws; a checkpoint of another request is ignored (a
-non-private run's DP keys aside, :func:`accuracy_store.trained_request`).
+non-private run's DP keys, and keys the run config gained since at their defaults, aside:
+:func:`accuracy_store.same_request`).
 The file is removed once the setting's piece is written.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from accuracy_store import trained_request
+from accuracy_store import same_request
 from provenance import provenance
 
 __all__ = ["RoundCheckpoint", "SavedRounds"]
@@ -34,17 +35,22 @@ SavedRounds = dict[str, Any]
 class RoundCheckpoint:
     """The checkpoint file of one training loop of one request."""
 
-    def __init__(self, path: Path, request: dict[str, Any]) -> None:
+    def __init__(self, path: Path, request: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
         self.path = path
         self.request = json.dumps(request, sort_keys=True)
-        self._trained = trained_request(request)
+        self._request = request
+        self._defaults = defaults or {}
 
     def load(self) -> SavedRounds | None:
-        """The saved state when the file holds this request's; else ``None`` (start afresh)."""
+        """The saved state when the file holds this request's; else ``None`` (start afresh).
+
+        As for a piece (:func:`accuracy_store.same_request`), rounds saved before the run config
+        gained a key are this request's when the key is at its default (``defaults``).
+        """
         if not self.path.is_file():
             return None
         saved = torch.load(self.path, weights_only=True)
-        if trained_request(json.loads(saved.get("request", "{}"))) != self._trained:
+        if not same_request(json.loads(saved.get("request", "{}")), self._request, self._defaults):
             log.warning("%s holds another request's rounds; starting afresh", self.path)
             return None
         saved["server_state"] = {k: v.numpy() for k, v in saved["server_state"].items()}

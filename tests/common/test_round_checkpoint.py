@@ -68,3 +68,8 @@ def test_a_stopped_setting_goes_on_to_the_uninterrupted_curve(tmp_path: Path, mo
     assert RoundCheckpoint(checkpoint.path, {"keys": dp_recipe}).load() is not None  # DP is off: nothing it trained
     private = {**cfg.to_run_config(), "dp-enabled": True}
     assert RoundCheckpoint(checkpoint.path, {"keys": private}).load() is None
+    defaults = {"a-later-key": False}  # a key the run config gained after these rounds were saved
+    later = {"keys": {**cfg.to_run_config(), "a-later-key": False}}
+    assert RoundCheckpoint(checkpoint.path, later, defaults).load() is not None  # at its default: the same training
+    changed = {"keys": {**cfg.to_run_config(), "a-later-key": True}}
+    assert RoundCheckpoint(checkpoint.path, changed, defaults).load() is None
