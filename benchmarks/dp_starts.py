@@ -19,8 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from common.config import parse_run_config
 from common.data.synth import write_synthetic_tree
+from common.experiment import load_run_split
+from common.feature_standardization import STATS_FILE
+from common.models import load_model_dir
+from common.pretrain import write_public_feature_stats
 
 __all__ = ["PUBLIC_FRACTION", "STARTS", "VALIDATION_FRACTION", "hospital_tree", "quick_data", "starting_weights"]
 
@@ -96,17 +102,8 @@ def hospital_tree(
 
 def _ensure_feature_stats(model_dir: Path, data: Path, dataset: str, options: dict[str, Any]) -> None:
     """Give a start that ``medsilo pretrain`` wrote before it kept feature statistics those of its own data."""
-    from common.feature_standardization import STATS_FILE
-
     if (model_dir / STATS_FILE).is_file():
         return
-    import torch
-
-    from common.config import parse_run_config
-    from common.experiment import load_run_split
-    from common.models import load_model_dir
-    from common.pretrain import write_public_feature_stats
-
     keys = ("model", "norm-layer", "image-size", "batch-size")
     cfg = parse_run_config({"dataset": dataset, **{k: options[k] for k in keys if k in options}}, source="dp_starts")
     model, _ = load_model_dir(model_dir)

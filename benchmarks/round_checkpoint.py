@@ -37,8 +37,7 @@ class RoundCheckpoint:
 
     def __init__(self, path: Path, request: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
         self.path = path
-        self.request = json.dumps(request, sort_keys=True)
-        self._request = request
+        self.request = request
         self._defaults = defaults or {}
 
     def load(self) -> SavedRounds | None:
@@ -50,7 +49,7 @@ class RoundCheckpoint:
         if not self.path.is_file():
             return None
         saved = torch.load(self.path, weights_only=True)
-        if not same_request(json.loads(saved.get("request", "{}")), self._request, self._defaults):
+        if not same_request(json.loads(saved.get("request", "{}")), self.request, self._defaults):
             log.warning("%s holds another request's rounds; starting afresh", self.path)
             return None
         saved["server_state"] = {k: v.numpy() for k, v in saved["server_state"].items()}
@@ -72,7 +71,7 @@ class RoundCheckpoint:
         tmp = self.path.with_suffix(".tmp")
         torch.save(
             {
-                "request": self.request,
+                "request": json.dumps(self.request, sort_keys=True),
                 "round": server_round,
                 "arrays": arrays,
                 "server_state": {k: torch.from_numpy(np.array(v)) for k, v in server_state.items()},

@@ -35,8 +35,8 @@ from provenance import provenance  # noqa: E402
 from common.config import RunConfig  # noqa: E402
 from common.data import build_transform  # noqa: E402
 from common.experiment import initial_model, load_run_split, preset_for  # noqa: E402
+from common.feature_standardization import classifier_head  # noqa: E402
 from common.inference import loader  # noqa: E402
-from common.models import CLASSIFIER_HEADS  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 C_GRID = (0.01, 0.1, 1.0, 10.0)
@@ -45,7 +45,7 @@ C_GRID = (0.01, 0.1, 1.0, 10.0)
 def features(model: torch.nn.Module, cfg: RunConfig, root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """What ``model``'s classifier head receives for every image of ``split`` (in eval mode), and the labels."""
     model.eval()
-    head = model.get_submodule(CLASSIFIER_HEADS[cfg.model][0].rstrip("."))
+    head = classifier_head(model, cfg.model)
     seen: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda _module, inputs: seen.append(inputs[0].flatten(1)))
     images = load_run_split(cfg, root, split)

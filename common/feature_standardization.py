@@ -26,6 +26,7 @@ from common.models import CLASSIFIER_HEADS
 __all__ = [
     "STATS_FILE",
     "FeatureStandardizer",
+    "classifier_head",
     "feature_statistics",
     "fold_statistics",
     "read_feature_stats",
@@ -55,6 +56,11 @@ def _head_path(architecture: str) -> str:
     return CLASSIFIER_HEADS[architecture][0].rstrip(".")
 
 
+def classifier_head(model: nn.Module, architecture: str) -> nn.Module:
+    """The module that computes ``architecture``'s class outputs (the main head of a model with two)."""
+    return model.get_submodule(_head_path(architecture))
+
+
 def standardize_head(model: nn.Module, architecture: str) -> None:
     """Put a :class:`FeatureStandardizer` with identity statistics in front of the head, in place.
 
@@ -65,7 +71,7 @@ def standardize_head(model: nn.Module, architecture: str) -> None:
         ValueError: the head is not a single linear layer.
     """
     path = _head_path(architecture)
-    head = model.get_submodule(path)
+    head = classifier_head(model, architecture)
     if not isinstance(head, nn.Linear):
         raise ValueError(f"{architecture}'s head {path!r} is a {type(head).__name__}; expected a Linear layer")
     parent, _, name = path.rpartition(".")
@@ -78,7 +84,7 @@ def fold_statistics(model: nn.Module, architecture: str, mean: torch.Tensor, sca
     The linear layer is rescaled with them (``W' = W_raw * scale``, ``b' = b_raw + W_raw @ mean``),
     so the model's outputs stay what they were; only the head's parametrisation changes.
     """
-    standardizer, linear = model.get_submodule(_head_path(architecture))
+    standardizer, linear = classifier_head(model, architecture)
     with torch.no_grad():
         raw_weight = linear.weight / standardizer.scale
         raw_bias = linear.bias - raw_weight @ standardizer.mean
@@ -106,7 +112,7 @@ def feature_statistics(
         squares = (x * x).sum(0) if squares is None else squares + (x * x).sum(0)
         count += len(x)
 
-    hook = model.get_submodule(_head_path(architecture)).register_forward_pre_hook(record)
+    hook = classifier_head(model, architecture).register_forward_pre_hook(record)
     try:
         with torch.no_grad():
             for x, _ in batches:
