@@ -5,7 +5,8 @@ One process, no Flower runtime: every hospital trains with medsilo's own ``train
 server optimisers behind the reply vetting), called exactly as the ServerApp calls them.
 Settings, per dataset, all from the same seed, model, augmentation and epochs of data:
 
-- ``centralised``: the union of the hospitals' data, one optimizer for the whole run;
+- ``centralised``: the union of the hospitals' data, one optimizer for the whole run, with the
+  best configuration's loss and learning-rate schedule (its warm-up in epochs of data);
 - ``fedavg-iid`` / ``fedavg-dirichlet``: the defaults of a plain FedAvg run (fresh Adam
   each round, constant learning rate, BatchNorm averaged);
 - ``local-only-mean`` / ``local-only-worst``: each hospital alone (Dirichlet split);
@@ -256,6 +257,16 @@ def _clean_index(root: Path, test: ImageSet, folder: Path, dataset: str) -> np.n
     return np.array([i for i, path in enumerate(test.paths) if path not in twinned], dtype=np.int64)
 
 
+def _recipe_for_one_optimizer() -> dict[str, Any]:
+    """The best configuration's loss and learning-rate schedule, for pooled training (a round is an epoch).
+
+    The warm-up lasts as many epochs of data as the federated one does (``BEST``'s warm-up
+    rounds times its ``local-epochs``), and at least one.
+    """
+    warmup_epochs = BEST["lr-warmup-rounds"] * min(BEST["local-epochs"], 1.0)
+    return {"loss": BEST["loss"], "lr-schedule": BEST["lr-schedule"], "lr-warmup-rounds": max(1, round(warmup_epochs))}
+
+
 def _setting_config(
     setting: str, *, base: dict[str, Any], overrides: dict[str, Any], epochs: int
 ) -> tuple[RunConfig, int]:
@@ -265,6 +276,8 @@ def _setting_config(
     if setting.startswith("best"):
         keys.update(BEST)
         keys.update(overrides)
+    if setting == "centralised":
+        keys.update(_recipe_for_one_optimizer())
     if setting in ("centralised", "local-only"):
         return parse_run_config({**keys, "optimizer-state": "keep", "num-server-rounds": epochs}), 1
     per_epoch = round(1 / keys["local-epochs"]) if keys["local-epochs"] < 1 else 1

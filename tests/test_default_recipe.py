@@ -41,3 +41,19 @@ def test_the_benchmarked_best_configuration_is_the_default() -> None:
         for key, value in recipe.items():
             default = repr(defaults[key])
             assert value == default, f"{dataset} {name}: {key}={value}, pyproject.toml has {default}"
+
+
+def test_the_centralised_baseline_trains_with_the_recipes_loss_and_schedule() -> None:
+    """Pooled training gets the defaults' loss and schedule, its warm-up as many epochs of data as theirs."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import accuracy
+
+    defaults = _defaults()
+    cfg, rounds_per_epoch = accuracy._setting_config("centralised", base=accuracy.BASE, overrides={}, epochs=20)
+    assert rounds_per_epoch == 1 and cfg.num_server_rounds == 20
+    assert (cfg.loss, cfg.lr_schedule) == (defaults["loss"], defaults["lr-schedule"])
+    assert cfg.lr_warmup_rounds == defaults["lr-warmup-rounds"] * defaults["local-epochs"] == 1
+    plain, _ = accuracy._setting_config("fedavg-dirichlet", base=accuracy.BASE, overrides={}, epochs=20)
+    assert (plain.loss, plain.lr_schedule, plain.lr_warmup_rounds) == ("cross-entropy", "constant", 0)
