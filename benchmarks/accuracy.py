@@ -95,7 +95,7 @@ BASE = {
     "norm-layer": "batch",
 }
 BEST_KEYS = ("optimizer-state", "loss", "local-epochs", "lr-schedule", "lr-warmup-rounds", "strategy",
-             "server-learning-rate", "server-momentum", "proximal-mu", "norm-layer")
+             "server-learning-rate", "server-momentum", "proximal-mu", "norm-layer", "batchnorm-freeze")
 BEST = {key: value for key, value in RunConfig().to_run_config().items() if key in BEST_KEYS}
 """The best federated configuration, chosen on the validation split: the run-config defaults of these keys."""
 SETTINGS = ("centralised", "fedavg-iid", "fedavg-dirichlet", "local-only", "best-iid", "best-dirichlet")

@@ -18,7 +18,7 @@ from common.optimizers import build_optimizer, lr_factor
 from common.precision import Precision, channels_last, resolve_precision
 from common.presets import DatasetPreset
 from common.tasks import AUX_LOSS_WEIGHT, hits, label_accuracy, split_outputs, task_loss
-from common.trainable import freeze_blocks, train_mode
+from common.trainable import freeze_batchnorm_statistics, freeze_blocks, train_mode
 
 __all__ = [
     "TrainResult",
@@ -130,6 +130,7 @@ def train_local(
     ``seed`` fixes the shuffling and the augmentation, so a round is reproducible. Only blocks
     ``cfg.train_from_block`` onwards train; the frozen ones run in eval mode, so not even their
     BatchNorm statistics move.
+    From ``cfg.batchnorm_freeze`` of the run on, BatchNorm uses and keeps the global model's statistics.
     ``optimizer_state`` (this hospital's from its previous round, with ``optimizer-state =
     "keep"``) continues the optimizer's moments; the result carries the new state. The
     forward pass runs under ``precision`` (default: ``cfg.precision`` on ``device``), in
@@ -144,6 +145,8 @@ def train_local(
         model, architecture=cfg.model, train_from=cfg.train_from_block, norm_only=cfg.trainable_params == "norm"
     )
     train_mode(model.to(device))
+    if cfg.batchnorm_freeze and server_round > cfg.batchnorm_freeze * cfg.num_server_rounds:
+        freeze_batchnorm_statistics(model)
     with channels_last(model, enabled=precision.channels_last(cfg.image_size)):
         optimizer = make_optimizer(model, cfg)
         if optimizer_state is not None:

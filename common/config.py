@@ -113,6 +113,7 @@ class RunConfig(BaseModel):
     lr_warmup_rounds: Int = Field(4, ge=0)
     norm_layer: Literal["batch", "group"] = "batch"
     norm_groups: Int = Field(32, ge=1, le=1024)
+    batchnorm_freeze: Float = Field(0.0, ge=0.0, lt=1.0)
     weight_standardization: Annotated[bool, Field(strict=True)] = False
     feature_standardization: Annotated[bool, Field(strict=True)] = False
     loss: Literal["auto", "cross-entropy", "logit-adjusted"] = "auto"
@@ -146,6 +147,8 @@ class RunConfig(BaseModel):
             raise KeyConflict("norm-groups", f"32 {variant}")
         if self.weight_standardization and not (self.dp_enabled or self.norm_layer == "group"):
             raise KeyConflict("weight-standardization", f"false {variant}")
+        if self.batchnorm_freeze and (self.dp_enabled or self.norm_layer == "group"):
+            raise KeyConflict("batchnorm-freeze", "0.0 unless the model has BatchNorm (norm-layer 'batch', no DP)")
         return self
 
     @model_validator(mode="after")

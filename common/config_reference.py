@@ -101,6 +101,8 @@ MEANINGS: dict[str, str] = {
     "lr-warmup-rounds": "rounds of linear learning-rate warm-up",
     "norm-layer": "`batch` (BatchNorm, statistics averaged) or `group` (GroupNorm, the variant DP builds)",
     "norm-groups": "GroupNorm's groups in the GroupNorm variant: gcd(norm-groups, channels) per layer",
+    "batchnorm-freeze": "from this share of the rounds on, hospitals train with the global model's BatchNorm "
+    "statistics, which then stay fixed (FixBN); 0 keeps batch statistics all run",
     "weight-standardization": "the GroupNorm variant's convolutions use their filters centred and scaled to unit norm",
     "feature-standardization": "the head's input is standardised by the feature mean and spread that `medsilo "
     "pretrain` measured on its public images (`pretrained-weights` names its model); outputs start unchanged",

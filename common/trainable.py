@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from common.architectures import BLOCKS
 
-__all__ = ["block_of", "freeze_blocks", "train_mode"]
+__all__ = ["block_of", "freeze_batchnorm_statistics", "freeze_blocks", "train_mode"]
 
 
 def block_of(name: str, architecture: str) -> int:
@@ -79,3 +79,19 @@ def train_mode(model: nn.Module) -> None:
         own = list(module.parameters(recurse=False))
         if own and not any(p.requires_grad for p in own):
             module.eval()
+
+
+def freeze_batchnorm_statistics(model: nn.Module) -> int:
+    """Put every BatchNorm layer in eval mode: it normalises by its running statistics and stops updating them.
+
+    Its scale and shift still train. This is FixBN's second phase (Zhong et al., 2023): under
+    label skew, each hospital's batch statistics differ from the federation's, so late in a run
+    every hospital trains with the global model's statistics instead, as the model is then used.
+
+    Returns:
+        The number of BatchNorm layers frozen.
+    """
+    layers = [module for module in model.modules() if isinstance(module, _BatchNorm)]
+    for module in layers:
+        module.eval()
+    return len(layers)

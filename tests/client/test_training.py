@@ -238,3 +238,34 @@ def test_evaluation_under_bf16_is_close_to_fp32_with_float32_outputs(images) -> 
     assert probs.dtype == np.float64 and np.allclose(probs.sum(axis=1), 1.0)
     assert np.abs(probs - exact).max() < 0.02 and loss == pytest.approx(exact_loss, rel=2e-2)
     assert all(t.is_contiguous() for t in model.state_dict().values())
+
+
+def _batchnorm_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+
+
+def test_batchnorm_freeze_trains_late_rounds_on_the_global_statistics(images) -> None:  # type: ignore[no-untyped-def]
+    """Rounds after ``batchnorm-freeze`` of the run normalise by, and keep, the running statistics."""
+    cfg = _cfg(**{"batchnorm-freeze": 0.5, "num-server-rounds": 4, "local-steps": 2, "learning-rate": 0.01})
+    model = initial_model(cfg)
+    checked: list[bool] = []
+
+    def against_eval_mode(layer, inputs, output) -> None:  # type: ignore[no-untyped-def]
+        reference = torch.nn.functional.batch_norm(  # what an eval-mode BatchNorm computes, independently
+            inputs[0], layer.running_mean, layer.running_var, layer.weight, layer.bias, training=False, eps=layer.eps
+        )
+        checked.append(torch.allclose(output, reference, atol=1e-5))
+
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert layers
+    for server_round, frozen in ((2, False), (3, True), (4, True)):
+        before, weights = _batchnorm_state(model), [p.detach().clone() for p in model.parameters()]
+        hooks = [layer.register_forward_hook(against_eval_mode) for layer in layers]
+        checked.clear()
+        _train(model, images, cfg, server_round)
+        for hook in hooks:
+            hook.remove()
+        after = _batchnorm_state(model)
+        assert all(torch.equal(before[k], after[k]) for k in before) is frozen
+        assert all(checked) is frozen and len(checked) == 2 * len(layers)
+        assert all(not torch.equal(w, p) for w, p in zip(weights, model.parameters(), strict=True))  # all still train

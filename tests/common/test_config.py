@@ -80,6 +80,7 @@ DEFAULTS = {
     "norm-layer": "batch",
     "norm-groups": 32,
     "weight-standardization": False,
+    "batchnorm-freeze": 0.0,
     "feature-standardization": False,
     "loss": "auto",
     "task": "auto",
@@ -299,6 +300,8 @@ def test_non_finite_float_is_rejected(key):
         ("norm-groups", 0, "a value >= 1"),
         ("norm-groups", 2048, "a value <= 1024"),
         ("weight-standardization", 1, "true or false"),
+        ("batchnorm-freeze", 1.0, "a value < 1"),
+        ("batchnorm-freeze", -0.5, "a value >= 0"),
     ],
 )
 def test_out_of_range_is_rejected(key, value, expected):
@@ -385,6 +388,13 @@ def test_group_norm_options_need_the_group_norm_variant(key, value, expected):
     _assert_names(_error({key: value}), key, value, f"{expected} unless the model is the GroupNorm variant")
     for variant in ({"dp-enabled": True}, {"norm-layer": "group"}):
         assert parse_run_config({key: value, **variant}).to_run_config()[key] == value
+
+
+@pytest.mark.parametrize("variant", [{"dp-enabled": True}, {"norm-layer": "group"}])
+def test_batchnorm_freeze_needs_batchnorm(variant):
+    message = _error({"batchnorm-freeze": 0.5, **variant})
+    _assert_names(message, "batchnorm-freeze", 0.5, "0.0 unless the model has BatchNorm")
+    assert parse_run_config({"batchnorm-freeze": 0.5}).batchnorm_freeze == 0.5
 
 
 def test_the_dp_recipe_keys_are_kept_without_dp():
