@@ -34,7 +34,6 @@ stopped goes on from its last scored round (``--checkpoints``, :mod:`round_check
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -52,19 +51,18 @@ from flwr.supercore.task_identity import TaskIdentity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from accuracy_scoring import clean_index, score_sets, split_validation  # noqa: E402
 from accuracy_store import assemble, load_piece, piece_path, write_piece  # noqa: E402
 from round_checkpoint import RoundCheckpoint  # noqa: E402
 
 from client.training import train_local  # noqa: E402
 from common import records as rk  # noqa: E402
 from common.config import RunConfig, parse_run_config  # noqa: E402
-from common.data import ImageSet, build_transform, load_split  # noqa: E402
-from common.data.check import check_data_root  # noqa: E402
+from common.data import ImageSet, load_split  # noqa: E402
 from common.data.partition import partition_indices  # noqa: E402
 from common.data.synth import write_synthetic_tree  # noqa: E402
 from common.experiment import initial_model, preset_for  # noqa: E402
-from common.inference import predict, resolve_device  # noqa: E402
-from common.metrics import classification_report  # noqa: E402
+from common.inference import resolve_device  # noqa: E402
 from common.models import state_dict_to_cpu  # noqa: E402
 from server.history import RunHistory  # noqa: E402
 from server.server_steps import load_server_state, make_strategy, server_state  # noqa: E402
@@ -109,37 +107,6 @@ class _Grid:
 
     def get_node_ids(self) -> list[int]:
         return self.nodes
-
-
-def _score(model: torch.nn.Module, images: ImageSet, cfg: RunConfig) -> dict[str, Any]:
-    probs, loss = predict(
-        model, images, build_transform(preset_for(cfg), train=False), batch_size=64, device=resolve_device(cfg.device)
-    )
-    report = classification_report(images.labels.numpy(), probs, images.classes, loss=loss)
-    return {"accuracy": report["accuracy"], "loss": float(loss), "balanced_accuracy": report["balanced_accuracy"],
-            "macro_f1": report["macro"]["f1"], "recall": {c: report["per_class"][c]["recall"] for c in images.classes},
-            "predicted": probs.argmax(axis=1)}
-
-
-def _score_sets(model: torch.nn.Module, sets: dict[str, ImageSet], cfg: RunConfig) -> dict[str, Any]:
-    """The scores on the evaluation set, and its accuracy on the near-twin-clean subset (``clean_accuracy``)."""
-    scores = _score(model, sets["evaluation"], cfg)
-    predicted = scores.pop("predicted")
-    clean = sets.get("clean_index")
-    if clean is not None and len(clean):
-        labels = sets["evaluation"].labels.numpy()
-        scores["clean_accuracy"] = float((predicted[clean] == labels[clean]).mean())
-    return scores
-
-
-def _split_validation(train: ImageSet, *, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
-    """A stratified, seeded hold-out of ``train`` for choosing hyperparameters."""
-    rng = np.random.default_rng(seed)
-    labels = train.labels.numpy()
-    held = sorted(int(i) for c in np.unique(labels) for i in
-                  rng.permutation(np.flatnonzero(labels == c))[: int(round(fraction * (labels == c).sum()))])
-    keep = sorted(set(range(len(train))) - set(held))
-    return train.subset(keep), train.subset(held)
 
 
 @dataclass
@@ -205,7 +172,7 @@ def _train_rounds(
             if server_round % score_every:
                 continue
             model.cpu().load_state_dict({k: torch.from_numpy(a.numpy().copy()) for k, a in arrays.items()})
-            curve.append(_score_sets(model, evaluation, cfg))
+            curve.append(score_sets(model, evaluation, cfg))
             logging.info("round %d/%d: accuracy %.4f", server_round, rounds, curve[-1]["accuracy"])
             if checkpoint is not None:
                 checkpoint.save(server_round=server_round, arrays=state_dict_to_cpu(model),
@@ -238,23 +205,6 @@ def _summary(trained: Trained, epochs: int, **extra: Any) -> dict[str, Any]:
         summary["sensitivity"] = summary["recall_last2_mean"]["PNEUMONIA"]
         summary["specificity"] = summary["recall_last2_mean"]["NORMAL"]
     return summary
-
-
-def _clean_index(root: Path, test: ImageSet, folder: Path, dataset: str) -> np.ndarray:
-    """Positions of the test images with no duplicate or near-twin in ``train/`` (``medsilo data check``'s groups).
-
-    The audit of the whole root is cached in ``folder/<dataset>-near-twins.json``.
-    """
-    cache = folder / f"{dataset}-near-twins.json"
-    if cache.is_file():
-        across = json.loads(cache.read_text())["across"]
-    else:
-        audit = check_data_root(root)
-        across = audit["near_twins"]["across"] + audit["duplicates_across"]
-        folder.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"root": root.name, "across": across}, indent=1))
-    twinned = {path for group in across for path in group}
-    return np.array([i for i, path in enumerate(test.paths) if path not in twinned], dtype=np.int64)
 
 
 def _recipe_for_one_optimizer() -> dict[str, Any]:
@@ -337,9 +287,9 @@ def run_dataset(
     train, test = load_split(root, "train", **kwargs), load_split(root, "test", **kwargs)
     evaluation: dict[str, Any] = {"evaluation": test}
     if validation:
-        train, evaluation["evaluation"] = _split_validation(train, fraction=0.15, seed=cfg0.seed)
+        train, evaluation["evaluation"] = split_validation(train, fraction=0.15, seed=cfg0.seed)
     else:
-        evaluation["clean_index"] = _clean_index(root, test, folder, dataset)
+        evaluation["clean_index"] = clean_index(root, test, folder, dataset)
     for setting in settings:
         cfg, per_epoch = _setting_config(setting, base=base, overrides=overrides, epochs=epochs)
         keys = {k: v for k, v in cfg.to_run_config().items() if k != "data-root"}

@@ -41,7 +41,7 @@ def test_a_stopped_setting_goes_on_to_the_uninterrupted_curve(tmp_path: Path, mo
     whole = accuracy._train_rounds(cfg, shards, evaluation, 6, score_every=2)
 
     checkpoint = RoundCheckpoint(tmp_path / "ckpt" / "setting.pt", {"keys": cfg.to_run_config()})
-    scored = accuracy._score_sets
+    scored = accuracy.score_sets
 
     def stop_at_the_third_score(*args: object) -> dict[str, object]:
         if stop_at_the_third_score.calls == 2:
@@ -50,14 +50,14 @@ def test_a_stopped_setting_goes_on_to_the_uninterrupted_curve(tmp_path: Path, mo
         return scored(*args)
 
     stop_at_the_third_score.calls = 0
-    monkeypatch.setattr(accuracy, "_score_sets", stop_at_the_third_score)
+    monkeypatch.setattr(accuracy, "score_sets", stop_at_the_third_score)
     with pytest.raises(Stop):
         accuracy._train_rounds(cfg, shards, evaluation, 6, score_every=2, checkpoint=checkpoint)
     saved = torch.load(checkpoint.path, weights_only=True)
     assert saved["round"] == 4 and len(saved["curve"]) == 2
     assert saved["server_state"] and set(saved["optimizer_states"]) == {1, 2}
 
-    monkeypatch.setattr(accuracy, "_score_sets", scored)
+    monkeypatch.setattr(accuracy, "score_sets", scored)
     resumed = accuracy._train_rounds(cfg, shards, evaluation, 6, score_every=2, checkpoint=checkpoint)
     assert resumed.curve == whole.curve
     assert [(p["first_round"], p["last_round"]) for p in resumed.parts] == [(1, 4), (5, 6)]
