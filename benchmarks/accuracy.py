@@ -26,7 +26,7 @@ made it, the commit and the seconds taken, and ``accuracy.json`` is assembled fr
 A rerun skips every setting whose piece was made by the same request, and a setting that was
 stopped goes on from its last scored round (``--checkpoints``, :mod:`round_checkpoint`).
 
-    python benchmarks/accuracy.py --data-dir DATA          # brain-mri and chest-xray, 128 px
+    python benchmarks/accuracy.py --data-dir DATA          # brain-mri and chest-xray, 128 px, 20 epochs
     python benchmarks/accuracy.py --data-dir DATA --validation --settings best-iid --set "norm-layer='group'"
     python benchmarks/accuracy.py --quick                  # synthetic data, under 5 minutes
 """
@@ -321,7 +321,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, help="folder holding brain-mri/ and chest-xray/")
     parser.add_argument("--datasets", default="brain-mri,chest-xray")
     parser.add_argument("--settings", default=",".join(SETTINGS))
-    parser.add_argument("--epochs", type=int, default=6, help="epochs of data (rounds of 1 local epoch)")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs of data (the recipe: 20)")
     parser.add_argument("--validation", action="store_true", help="score a held-out 15%% of train/, not test/")
     parser.add_argument("--set", action="append", default=[], help="override a BEST key: key=value (TOML value)")
     parser.add_argument("--base", action="append", default=[], help="override a key of every setting: key=value")
