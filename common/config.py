@@ -6,18 +6,10 @@ reported as one line naming the key, the value given and what is expected.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    model_validator,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from common.architectures import ARCHITECTURES, BLOCKS, IMAGENET_ARCHITECTURES, MIN_IMAGE_SIZE
 from common.config_values import (
@@ -31,10 +23,11 @@ from common.config_values import (
     rounds_list,
     thresholds_list,
 )
+from common.key_validation import validate_keys
 from common.presets import PRESETS, positive_classes
 from common.robust import ROBUST_STRATEGIES, updates_needed
 
-__all__ = ["STRATEGIES", "WEIGHTED_SUM_STRATEGIES", "ConfigError", "RunConfig", "parse_run_config", "validate_keys"]
+__all__ = ["STRATEGIES", "WEIGHTED_SUM_STRATEGIES", "ConfigError", "RunConfig", "parse_run_config"]
 
 STRATEGIES = ("auto", "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", *ROBUST_STRATEGIES)
 """The server steps (Flower's strategies of the same names); ``auto`` is FedAvgM, or FedAvg under HE."""
@@ -339,58 +332,6 @@ class RunConfig(BaseModel):
     def to_run_config(self) -> dict[str, Any]:
         """The resolved config as Flower-style kebab-case keys."""
         return self.model_dump(by_alias=True)
-
-
-_EXPECTED = {
-    "int_type": "an integer",
-    "int_parsing": "an integer",
-    "int_from_float": "an integer",
-    "float_type": "a number",
-    "float_parsing": "a number",
-    "finite_number": "a finite number",
-    "string_type": "a string",
-    "bool_type": "true or false",
-    "greater_than": "a value > {gt}",
-    "greater_than_equal": "a value >= {ge}",
-    "less_than": "a value < {lt}",
-    "less_than_equal": "a value <= {le}",
-    "literal_error": "one of {expected}",
-    "string_too_short": "a non-empty string",
-}
-
-
-def _describe(error: Mapping[str, Any]) -> str:
-    template = _EXPECTED.get(error["type"])
-    if template is not None:
-        return template.format(**error.get("ctx", {}))
-    message = str(error["msg"])
-    return message.removeprefix("Value error, ")
-
-
-def validate_keys(model: type[BaseModel], values: Mapping[str, Any], *, source: str) -> Any:
-    """Validate ``values`` into ``model``: one line per problem, the closest key for an unknown one.
-
-    Raises:
-        ConfigError: naming the key, the value given and what is expected.
-    """
-    known = {field.alias or name for name, field in model.model_fields.items()}
-    for key in values:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(known))}"
-            raise ConfigError(f"{source}: unknown key {key!r}{hint}")
-    try:
-        return model.model_validate(dict(values))
-    except KeyConflict as err:
-        given = values.get(err.key, model.model_fields[err.key.replace("-", "_")].default)
-        raise ConfigError(f"{source}: {err.key!r} = {given!r} is invalid; expected {err.expected}") from None
-    except ValidationError as err:
-        lines = []
-        for error in err.errors():
-            key = str(error["loc"][0])
-            given = values.get(key, error.get("input"))
-            lines.append(f"{source}: {key!r} = {given!r} is invalid; expected {_describe(error)}")
-        raise ConfigError("\n".join(lines)) from None
 
 
 def parse_run_config(values: Mapping[str, Any], *, source: str = "run config") -> RunConfig:

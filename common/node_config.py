@@ -16,7 +16,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from common.config import ConfigError, validate_keys
+from common.config_values import ConfigError
+from common.key_validation import validate_keys
 
 __all__ = ["MISSING_STATE_DIR", "NodeConfig", "parse_node_config"]
 

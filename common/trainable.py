@@ -81,17 +81,13 @@ def train_mode(model: nn.Module) -> None:
             module.eval()
 
 
-def freeze_batchnorm_statistics(model: nn.Module) -> int:
+def freeze_batchnorm_statistics(model: nn.Module) -> None:
     """Put every BatchNorm layer in eval mode: it normalises by its running statistics and stops updating them.
 
     Its scale and shift still train. This is FixBN's second phase (Zhong et al., 2023): under
     label skew, each hospital's batch statistics differ from the federation's, so late in a run
     every hospital trains with the global model's statistics instead, as the model is then used.
-
-    Returns:
-        The number of BatchNorm layers frozen.
     """
-    layers = [module for module in model.modules() if isinstance(module, _BatchNorm)]
-    for module in layers:
-        module.eval()
-    return len(layers)
+    for module in model.modules():
+        if isinstance(module, _BatchNorm):
+            module.eval()
