@@ -17,8 +17,11 @@ Central accuracy is recorded after every epoch of data (every round, or every ``
 rounds when the best configuration trains a fraction of an epoch per round), on ``test/``
 and on its near-twin-clean part (``last2_mean_clean``: the test images with no duplicate or
 near-twin in ``train/``, by ``medsilo data check``'s audit); chest X-ray adds the PNEUMONIA
-``sensitivity`` and NORMAL ``specificity``. Hyperparameters are chosen with ``--validation``
-(15 % of ``train/`` held out, stratified, seeded); ``test/`` is scored only once they are fixed.
+``sensitivity`` and NORMAL ``specificity``. With ``--operating-point``, the hospitals hold out
+``local-val-fraction`` of their shards as a run does, and each score adds the decision at the
+threshold picked there for that sensitivity (what ``target-sensitivity`` deploys).
+Hyperparameters are chosen with ``--validation`` (15 % of ``train/`` held out, stratified,
+seeded); ``test/`` is scored only once they are fixed.
 
 It runs in pieces: each (dataset, setting, seed) is written to its own file under
 ``results/accuracy/`` (``accuracy-validation/``, ``accuracy-quick/``) with the request that
@@ -28,6 +31,7 @@ stopped goes on from its last scored round (``--checkpoints``, :mod:`round_check
 
     python benchmarks/accuracy.py --data-dir DATA          # brain-mri and chest-xray, 128 px, 20 epochs
     python benchmarks/accuracy.py --data-dir DATA --validation --settings best-iid --set "norm-layer='group'"
+    python benchmarks/accuracy.py --data-dir DATA --datasets chest-xray --operating-point 0.95
     python benchmarks/accuracy.py --quick                  # synthetic data, under 5 minutes
 """
 
@@ -35,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
 import tempfile
 import time
@@ -51,7 +54,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from accuracy_scoring import clean_index, score_sets, split_validation  # noqa: E402
+from accuracy_scoring import OperatingPoint, clean_index, score_sets, split_validation, summarise_curve  # noqa: E402
 from accuracy_store import assemble, load_piece, piece_path, write_piece  # noqa: E402
 from round_checkpoint import RoundCheckpoint  # noqa: E402
 
@@ -59,7 +62,7 @@ from client.training import train_local  # noqa: E402
 from common import records as rk  # noqa: E402
 from common.config import RunConfig, parse_run_config  # noqa: E402
 from common.data import ImageSet, load_split  # noqa: E402
-from common.data.partition import partition_indices  # noqa: E402
+from common.data.partition import partition_indices, split_train_val  # noqa: E402
 from common.data.synth import write_synthetic_tree  # noqa: E402
 from common.experiment import initial_model, preset_for  # noqa: E402
 from common.inference import resolve_device  # noqa: E402
@@ -116,6 +119,10 @@ class Trained:
     curve: list[dict[str, Any]]
     seconds: float
     parts: list[dict[str, Any]]
+
+    def summary(self, epochs: int, **extra: Any) -> dict[str, Any]:
+        """The piece's row: the last-2 means and the curve (:func:`summarise_curve`)."""
+        return summarise_curve(self.curve, epochs=epochs, seconds=self.seconds, parts=self.parts, **extra)
 
 
 def _train_rounds(
@@ -182,31 +189,6 @@ def _train_rounds(
     return Trained(curve, earlier + time.perf_counter() - started, [*parts, RoundCheckpoint.part(first, rounds)])
 
 
-def _summary(trained: Trained, epochs: int, **extra: Any) -> dict[str, Any]:
-    curve = trained.curve
-    last = curve[-1]
-    summary = {
-        "final": last["accuracy"],
-        "last2_mean": statistics.fmean(c["accuracy"] for c in curve[-2:]),
-        "balanced_accuracy": last["balanced_accuracy"],
-        "macro_f1": last["macro_f1"],
-        "epochs": epochs,
-        "per_round": [round(c["accuracy"], 4) for c in curve],
-        "recall_last2_mean": {k: statistics.fmean(c["recall"][k] for c in curve[-2:]) for k in last["recall"]},
-        "seconds": round(trained.seconds, 1),
-        **extra,
-    }
-    if len(trained.parts) > 1:  # a stopped run that went on, maybe on another machine
-        summary["parts"] = trained.parts
-    if "clean_accuracy" in last:
-        summary["last2_mean_clean"] = statistics.fmean(c["clean_accuracy"] for c in curve[-2:])
-        summary["per_round_clean"] = [round(c["clean_accuracy"], 4) for c in curve]
-    if set(last["recall"]) == {"NORMAL", "PNEUMONIA"}:  # chest X-ray: the clinical pair, mean of the last 2
-        summary["sensitivity"] = summary["recall_last2_mean"]["PNEUMONIA"]
-        summary["specificity"] = summary["recall_last2_mean"]["NORMAL"]
-    return summary
-
-
 def _recipe_for_one_optimizer() -> dict[str, Any]:
     """The best configuration's loss and learning-rate schedule, for pooled training (a round is an epoch).
 
@@ -245,18 +227,32 @@ def _run_setting(
     evaluation: dict[str, Any],
     epochs: int,
     checkpoint: Callable[[str], RoundCheckpoint | None],
+    target_sensitivity: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Train one setting; ``{name: summary}`` (``local-only`` reports a mean and a worst hospital).
 
     ``checkpoint(label)`` gives each training loop of the setting its checkpoint ('' for the one loop).
+    With ``target_sensitivity``, every hospital trains on all but its ``local-val-fraction`` (pooled
+    training on the union of what they train on) and each score adds the operating point picked
+    on the held-out images for that pooled validation sensitivity.
     """
     parts = partition_indices(train.labels.tolist(), num_partitions=HOSPITALS, partitioner=cfg.partitioner,
                               alpha=cfg.dirichlet_alpha, seed=cfg.seed)
+    pooled = train
+    if target_sensitivity is not None:  # as a run does: each hospital holds out local-val-fraction of its shard
+        if setting == "local-only":
+            raise SystemExit("--operating-point scores the federated and pooled settings, not local-only")
+        fraction = cfg.local_val_fraction
+        splits = [split_train_val(p, val_fraction=fraction, seed=cfg.seed + i) for i, p in enumerate(parts)]
+        parts = [kept for kept, _ in splits]
+        held = train.subset(sorted(i for _, val in splits for i in val))
+        evaluation = {**evaluation, "operating_point": OperatingPoint(held, target_sensitivity)}
+        pooled = train.subset(sorted(i for p in parts for i in p))
     if setting == "centralised":
-        return {setting: _summary(_train_rounds(cfg, [train], evaluation, epochs, checkpoint=checkpoint("")), epochs)}
+        return {setting: _train_rounds(cfg, [pooled], evaluation, epochs, checkpoint=checkpoint("")).summary(epochs)}
     if setting == "local-only":
-        finals = [_summary(_train_rounds(cfg, [train.subset(p)], evaluation, epochs, checkpoint=checkpoint(f"h{i}")),
-                           epochs) for i, p in enumerate(parts)]  # fmt: skip
+        finals = [_train_rounds(cfg, [train.subset(p)], evaluation, epochs, checkpoint=checkpoint(f"h{i}")).summary(
+            epochs) for i, p in enumerate(parts)]  # fmt: skip
         worst = min(finals, key=lambda r: r["last2_mean"])
         mean_curve = [float(np.mean(c)) for c in zip(*(r["per_round"] for r in finals), strict=True)]
         averaged = ("final", "last2_mean", "balanced_accuracy", "macro_f1", "last2_mean_clean")
@@ -266,7 +262,7 @@ def _run_setting(
         return {"local-only-mean": mean, "local-only-worst": worst}
     trained = _train_rounds(cfg, [train.subset(p) for p in parts], evaluation, epochs * per_epoch,
                             score_every=per_epoch, checkpoint=checkpoint(""))  # fmt: skip
-    result = _summary(trained, epochs, rounds=epochs * per_epoch)
+    result = trained.summary(epochs, rounds=epochs * per_epoch)
     if setting.startswith("best"):
         result["config"] = " ".join(f"{k}={v!r}" for k, v in cfg.to_run_config().items() if k in BEST)
     return {setting: result}
@@ -274,7 +270,7 @@ def _run_setting(
 
 def run_dataset(
     root: Path, dataset: str, *, settings: list[str], epochs: int, overrides: dict[str, Any], validation: bool,
-    base: dict[str, Any], folder: Path, checkpoints: Path | None,
+    base: dict[str, Any], folder: Path, checkpoints: Path | None, target_sensitivity: float | None = None,
 ) -> None:
     """Every requested setting on one dataset, each written as its own piece; a piece with the same request is kept.
 
@@ -295,6 +291,8 @@ def run_dataset(
         keys = {k: v for k, v in cfg.to_run_config().items() if k != "data-root"}
         request = {"keys": keys, "data": root.name, "epochs": epochs, "rounds_per_epoch": per_epoch,
                    "scored_on": "validation (15% of train/)" if validation else "test/", "hospitals": HOSPITALS}
+        if target_sensitivity is not None:
+            request["operating_point"] = {"target_sensitivity": target_sensitivity, "hospitals_hold_out": True}
         path = piece_path(folder, dataset, setting, cfg.seed)
         results = load_piece(path, request, defaults=RunConfig().to_run_config())
         if results is not None:
@@ -305,9 +303,12 @@ def run_dataset(
             return RoundCheckpoint(checkpoints / name, request, RunConfig().to_run_config()) if checkpoints else None
 
         results = _run_setting(setting, cfg, per_epoch, train=train, evaluation=evaluation, epochs=epochs,
-                               checkpoint=checkpoint)  # fmt: skip
+                               checkpoint=checkpoint, target_sensitivity=target_sensitivity)  # fmt: skip
         for name, result in results.items():
             clean = f" clean {result['last2_mean_clean']:.4f}" if "last2_mean_clean" in result else ""
+            if point := result.get("operating_point"):
+                clean += (f" (at the operating point: sensitivity {point['sensitivity']:.3f}, "
+                          f"specificity {point['specificity']:.3f})")
             print(f"{dataset:12s} {name:18s} last2 {result['last2_mean']:.4f}{clean} final {result['final']:.4f} "
                   f"per round {result['per_round']}", flush=True)
         write_piece(path, request, results)
@@ -326,6 +327,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="override a BEST key: key=value (TOML value)")
     parser.add_argument("--base", action="append", default=[], help="override a key of every setting: key=value")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--operating-point", type=float, metavar="SENSITIVITY",
+                        help="hospitals hold out local-val-fraction, as a run does, and each score adds the "
+                             "decision at the threshold picked there for this pooled sensitivity (target-sensitivity)")
     parser.add_argument("--quick", action="store_true", help="synthetic data, cnn3 at 32 px: under 5 minutes")
     parser.add_argument("--out", type=Path, help="the folder of pieces (default results/accuracy[-validation|-quick])")
     parser.add_argument("--checkpoints", type=Path, default=Path.home() / ".cache" / "medsilo" / "accuracy",
@@ -358,7 +362,8 @@ def main() -> None:
         for dataset, root in roots.items():
             run_dataset(root, dataset, settings=args.settings.split(","), epochs=epochs, overrides=overrides,
                         validation=args.validation, base=base, folder=folder,
-                        checkpoints=None if args.quick or not str(args.checkpoints) else args.checkpoints)
+                        checkpoints=None if args.quick or not str(args.checkpoints) else args.checkpoints,
+                        target_sensitivity=args.operating_point)
     out = folder.parent / f"{folder.name}.json"
     results = assemble(folder, out)
     for dataset, rows in results.items():

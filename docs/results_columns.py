@@ -88,13 +88,17 @@ ACCURACY: list[Column] = [
     ("last2_mean_clean", "accuracy", "the same on the test images with no duplicate or near-twin in `train/`"),
     ("sensitivity", "accuracy", "PNEUMONIA recall, mean of the last 2 epochs"),
     ("specificity", "accuracy", "NORMAL recall, mean of the last 2 epochs"),
+    ("operating_point.accuracy", "accuracy", "accuracy at the threshold picked on the hospitals' validation images"),
+    ("operating_point.sensitivity", "accuracy", "abnormal-class recall at that threshold, mean of the last 2 epochs"),
+    ("operating_point.specificity", "accuracy", "normal-class recall at that threshold, mean of the last 2 epochs"),
     ("macro_f1", "accuracy", "macro F1 of the final model"),
     ("gap_pt", "points", "points: `last2_mean` − centralised `last2_mean` (computed here)"),
     ("machine", "text", "the CPU the row was measured on"),
     ("date", "date", "when (UTC)"),
     ("commit", "commit", "the code measured"),
 ]
-OPTIONAL = {"rounds", "last2_mean_clean", "sensitivity", "specificity"}  # a column only where some row has it
+OPTIONAL = {"rounds", "last2_mean_clean", "sensitivity", "specificity", "operating_point.accuracy",
+            "operating_point.sensitivity", "operating_point.specificity"}  # a column only where some row has it
 ORDER = (
     "centralised",
     "best-iid",

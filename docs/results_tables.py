@@ -174,7 +174,7 @@ def accuracy(name: str, data: Any) -> str:
             if setting != "centralised" and isinstance(central, int | float) and isinstance(last2, int | float):
                 gap = 100 * (last2 - central)
             rows.append((f"`{setting}`", {**row, "gap_pt": gap}))
-        columns = [c for c in ACCURACY if c[0] not in OPTIONAL or any(c[0] in row for _, row in ranked)]
+        columns = [c for c in ACCURACY if c[0] not in OPTIONAL or any(get(row, c[0]) is not None for _, row in ranked)]
         configs = "\n".join(f"- `{setting}`: `{row['config']}`" for setting, row in ranked if "config" in row)
         parts += [f"**`{dataset}`**", rows_table("setting", rows, columns)]
         parts += [f"Configuration of the tuned settings:\n\n{configs}"] if configs else []

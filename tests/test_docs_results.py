@@ -104,3 +104,17 @@ def test_missing_keys_and_rows_show_as_a_dash(monkeypatch: pytest.MonkeyPatch) -
     for name in results_tables.BUILDERS:
         for data in ({}, [], {"runs": [{}], "results": {"x": {}}, "models": {"m": {}}}, {"d": {"centralised": {}}}):
             assert "—" in results_tables.section(name, data), name
+
+
+def test_operating_point_columns_appear_only_where_a_row_has_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "docs"))
+    import results_tables
+
+    plain = {"chest-xray": {"centralised": {"last2_mean": 0.9, "specificity": 0.7}}}
+    assert "threshold picked" not in results_tables.section("accuracy", plain)
+    point = {"accuracy": 0.9123, "sensitivity": 0.9612, "specificity": 0.7734}
+    scored = {"chest-xray": {"centralised": {"last2_mean": 0.9, "operating_point": point},
+                             "best-dirichlet": {"last2_mean": 0.89}}}  # fmt: skip
+    page = results_tables.section("accuracy", scored)
+    assert "threshold picked" in page
+    assert all(f"{value:.4f}" in page for value in point.values())
