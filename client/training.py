@@ -164,7 +164,7 @@ def train_local(
         )
         steps_per_round = cfg.local_steps or max(1, round(cfg.local_epochs * len(batches)))
         step = (server_round - 1) * steps_per_round
-        mu = cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0
+        mu = cfg.proximal_mu  # FedProx's local objective, under whichever server step aggregates
         anchor = [p.detach().clone() for p in model.parameters() if p.requires_grad] if mu > 0 else []
         prior = (  # logit adjustment (Menon et al., ICLR 2021): train on logits + log p_local(y)
             class_log_prior(images.labels, len(cfg.class_names)).to(device) if cfg.logit_adjusted else 0.0

@@ -210,11 +210,13 @@ class RunConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _class_weights_fit_privacy(self) -> RunConfig:
+    def _losses_fit_privacy(self) -> RunConfig:
         if self.dp_enabled and self.class_weights != "none":
             raise KeyConflict("class-weights", "'none' under dp-enabled (DP-SGD trains on the unweighted loss)")
         if self.dp_enabled and self.loss == "logit-adjusted":
             raise KeyConflict("loss", "'auto' or 'cross-entropy' under dp-enabled (its class frequencies are private)")
+        if self.dp_enabled and self.proximal_mu:
+            raise KeyConflict("proximal-mu", "0.0 under dp-enabled (DP-SGD trains without the proximal term)")
         return self
 
     @model_validator(mode="after")

@@ -85,7 +85,9 @@ MEANINGS: dict[str, str] = {
     "`fedmedian`, `fedtrimmedavg`, `krum`, `multikrum` and `bulyan` tolerate hostile hospitals",
     "server-learning-rate": "server learning rate of FedAvgM, FedAdam, FedYogi and FedAdagrad",
     "server-momentum": "FedAvgM's server momentum",
-    "proximal-mu": "FedProx's μ: each hospital adds (μ/2)‖w − w_global‖² to its loss",
+    "proximal-mu": "FedProx's μ: each hospital adds (μ/2)‖w − w_global‖² to its loss, whichever `strategy` "
+    "aggregates (`fedprox` is FedAvg's weighted average; with `auto` the proximal term meets server momentum); "
+    "0 under DP",
     "trim-fraction": "FedTrimmedAvg's β: the share of updates cut from each end of every coordinate "
     "(min-train-nodes × β must cut at least one)",
     "num-malicious-nodes": "f, the hostile hospitals Krum, MultiKrum and Bulyan tolerate: Krum and MultiKrum need "

@@ -162,11 +162,12 @@ def test_a_diverged_model_is_named(images) -> None:  # type: ignore[no-untyped-d
     assert "holds NaN or Inf values" in str(non_finite_reason(0.5, model))
 
 
-def test_fedprox_pulls_towards_the_global_model(images) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("strategy", ["fedprox", "auto"])
+def test_the_proximal_term_pulls_towards_the_global_model_under_any_server_step(images, strategy) -> None:  # type: ignore[no-untyped-def]
     start = initial_model(_cfg())
     distances = []
     for mu in (0.0, 10.0):
-        cfg = _cfg(strategy="fedprox", **{"proximal-mu": mu, "learning-rate": 0.01})
+        cfg = _cfg(strategy=strategy, **{"proximal-mu": mu, "learning-rate": 0.01})
         model = initial_model(cfg)
         _train(model, images, cfg, 1)
         pairs = zip(model.parameters(), start.parameters(), strict=True)

@@ -368,6 +368,12 @@ def test_class_weights_are_refused_under_dp():
     _assert_names(message, "class-weights", "balanced", "'none' under dp-enabled")
 
 
+def test_the_proximal_term_is_refused_under_dp_and_meets_any_other_server_step():
+    message = _error({"dp-enabled": True, "proximal-mu": 0.01})
+    _assert_names(message, "proximal-mu", 0.01, "0.0 under dp-enabled", "proximal term")
+    assert parse_run_config({"proximal-mu": 0.01}).server_step == "fedavgm"
+
+
 def test_logit_adjustment_is_refused_under_dp_and_auto_is_cross_entropy_there():
     message = _error({"dp-enabled": True, "loss": "logit-adjusted"})
     _assert_names(message, "loss", "logit-adjusted", "'auto' or 'cross-entropy' under dp-enabled", "private")
