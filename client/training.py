@@ -183,9 +183,10 @@ def train_local(
                 with precision.autocast():
                     output = model(x)
                 logits, aux = split_outputs(output)
-                loss = task_loss(logits.float() + prior, y, weight=weight)
+                loss = task_loss(logits.float() + prior, y, weight=weight, label_smoothing=cfg.label_smoothing)
                 if aux is not None:  # InceptionV3's auxiliary classifier, weighted 0.4 as in Szegedy et al. (2016)
-                    loss = loss + AUX_LOSS_WEIGHT * task_loss(aux.float() + prior, y, weight=weight)
+                    aux_loss = task_loss(aux.float() + prior, y, weight=weight, label_smoothing=cfg.label_smoothing)
+                    loss = loss + AUX_LOSS_WEIGHT * aux_loss
                 objective = loss + 0.5 * mu * _proximal_term(model, anchor) if mu > 0 else loss
                 if scaler is None:
                     objective.backward()

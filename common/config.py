@@ -103,6 +103,7 @@ class RunConfig(BaseModel):
     lr_step_rounds: Annotated[str, AfterValidator(rounds_list)] = ""
     lr_step_factor: Float = Field(0.1, gt=0.0, le=1.0)
     class_weights: Literal["none", "balanced"] = "none"
+    label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0)
     lr_warmup_rounds: Int = Field(4, ge=0)
     norm_layer: Literal["batch", "group"] = "batch"
     norm_groups: Int = Field(32, ge=1, le=1024)
@@ -215,6 +216,8 @@ class RunConfig(BaseModel):
             raise KeyConflict("class-weights", "'none' under dp-enabled (DP-SGD trains on the unweighted loss)")
         if self.dp_enabled and self.loss == "logit-adjusted":
             raise KeyConflict("loss", "'auto' or 'cross-entropy' under dp-enabled (its class frequencies are private)")
+        if self.dp_enabled and self.label_smoothing:
+            raise KeyConflict("label-smoothing", "0.0 under dp-enabled (DP-SGD trains on the plain loss)")
         if self.dp_enabled and self.proximal_mu:
             raise KeyConflict("proximal-mu", "0.0 under dp-enabled (DP-SGD trains without the proximal term)")
         return self
@@ -235,6 +238,8 @@ class RunConfig(BaseModel):
             )
         if self.class_weights != "none":
             raise KeyConflict("class-weights", "'none' under task 'multilabel' (it trains on BCE with logits)")
+        if self.label_smoothing:
+            raise KeyConflict("label-smoothing", "0.0 under task 'multilabel' (it trains on BCE with logits)")
         if len(self.label_threshold.split(",")) not in (1, len(self.class_names)):
             raise KeyConflict("label-threshold", f"one threshold, or one per label ({len(self.class_names)})")
         return self

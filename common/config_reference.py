@@ -100,6 +100,8 @@ MEANINGS: dict[str, str] = {
     "lr-step-rounds": "`step` schedule: the rounds after which the learning rate is multiplied by `lr-step-factor`",
     "lr-step-factor": "`step` schedule: the factor",
     "class-weights": "`balanced`: each hospital weights its loss by its own shard's class counts (refused under DP)",
+    "label-smoothing": "ε of label smoothing: the training target spreads ε evenly over the classes, 1 − ε stays on "
+    "the label (refused under DP and for multi-label data)",
     "lr-warmup-rounds": "rounds of linear learning-rate warm-up",
     "norm-layer": "`batch` (BatchNorm, statistics averaged) or `group` (GroupNorm, the variant DP builds)",
     "norm-groups": "GroupNorm's groups in the GroupNorm variant: gcd(norm-groups, channels) per layer",

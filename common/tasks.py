@@ -31,13 +31,19 @@ AUX_LOSS_WEIGHT = 0.4
 
 
 def task_loss(
-    logits: torch.Tensor, target: torch.Tensor, *, reduction: str = "mean", weight: torch.Tensor | None = None
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    reduction: str = "mean",
+    weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """Cross-entropy for class indices, BCE with logits (mean over labels per image) for 0/1 flags."""
+    """Cross-entropy for class indices (optionally label-smoothed), BCE with logits (mean over labels per image)
+    for 0/1 flags."""
     if target.ndim == 2:
         per_image = F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none").mean(dim=1)
         return {"none": per_image, "sum": per_image.sum(), "mean": per_image.mean()}[reduction]
-    return F.cross_entropy(logits, target, weight=weight, reduction=reduction)
+    return F.cross_entropy(logits, target, weight=weight, reduction=reduction, label_smoothing=label_smoothing)
 
 
 def split_outputs(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -19,6 +19,7 @@ from common.experiment import initial_model, preset_for
 from common.inference import predict
 from common.optimizers import lr_factor
 from common.precision import Precision
+from common.tasks import task_loss
 
 CPU = torch.device("cpu")
 
@@ -270,3 +271,20 @@ def test_batchnorm_freeze_trains_late_rounds_on_the_global_statistics(images) ->
         assert all(torch.equal(before[k], after[k]) for k in before) is frozen
         assert all(checked) is frozen and len(checked) == 2 * len(layers)
         assert all(not torch.equal(w, p) for w, p in zip(weights, model.parameters(), strict=True))  # all still train
+
+
+def test_label_smoothing_is_the_uniform_mixture_of_targets(images, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    logits, y, eps = torch.randn(5, 4), torch.tensor([0, 3, 1, 2, 3]), 0.2
+    log_p = torch.log_softmax(logits, dim=1)  # reference: (1 - eps) * NLL + eps * mean over classes of -log p
+    expected = ((1 - eps) * -log_p[torch.arange(5), y] + eps * -log_p.mean(dim=1)).mean()
+    assert float(task_loss(logits, y, label_smoothing=eps)) == pytest.approx(float(expected), rel=1e-6)
+
+    seen = []
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(kwargs["label_smoothing"])
+        return task_loss(*args, **kwargs)
+
+    monkeypatch.setattr("client.training.task_loss", recording)
+    cfg = _cfg(**{"label-smoothing": eps, "local-steps": 2})
+    _train(initial_model(cfg), images, cfg, 1)
+    assert seen == [eps, eps]

@@ -68,6 +68,7 @@ DEFAULTS = {
     "server-learning-rate": 1.0,
     "server-momentum": 0.5,
     "proximal-mu": 0.0,
+    "label-smoothing": 0.0,
     "trim-fraction": 0.2,
     "num-malicious-nodes": 1,
     "update-norm-limit": 2.5,
@@ -273,6 +274,8 @@ def test_non_finite_float_is_rejected(key):
         ("lr-step-factor", 0.0, "a value > 0"),
         ("lr-step-factor", 2.0, "a value <= 1"),
         ("class-weights", "inverse", "one of 'none' or 'balanced'"),
+        ("label-smoothing", 1.0, "a value < 1"),
+        ("label-smoothing", -0.1, "a value >= 0"),
         ("lr-warmup-rounds", -1, "a value >= 0"),
         ("lr-warmup-rounds", 1.5, "an integer"),
         ("norm-layer", "layer", "one of 'batch' or 'group'"),
@@ -366,6 +369,13 @@ def test_step_rounds_and_the_step_schedule_go_together():
 def test_class_weights_are_refused_under_dp():
     message = _error({"dp-enabled": True, "class-weights": "balanced"})
     _assert_names(message, "class-weights", "balanced", "'none' under dp-enabled")
+
+
+def test_label_smoothing_is_refused_under_dp_and_for_multilabel_data():
+    _assert_names(_error({"dp-enabled": True, "label-smoothing": 0.1}), "label-smoothing", 0.1, "under dp-enabled")
+    message = _error({"dataset": "nih-chestxray", "label-smoothing": 0.1})
+    _assert_names(message, "label-smoothing", 0.1, "0.0 under task 'multilabel'")
+    assert parse_run_config({"label-smoothing": 0.1}).label_smoothing == 0.1
 
 
 def test_the_proximal_term_is_refused_under_dp_and_meets_any_other_server_step():
