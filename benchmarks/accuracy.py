@@ -58,11 +58,12 @@ from accuracy_scoring import OperatingPoint, clean_index, score_sets, split_vali
 from accuracy_store import assemble, load_piece, piece_path, write_piece  # noqa: E402
 from round_checkpoint import RoundCheckpoint  # noqa: E402
 
+from client.site import local_split  # noqa: E402
 from client.training import train_local  # noqa: E402
 from common import records as rk  # noqa: E402
 from common.config import RunConfig, parse_run_config  # noqa: E402
 from common.data import ImageSet, load_split  # noqa: E402
-from common.data.partition import partition_indices, split_train_val  # noqa: E402
+from common.data.partition import partition_indices  # noqa: E402
 from common.data.synth import write_synthetic_tree  # noqa: E402
 from common.experiment import initial_model, preset_for  # noqa: E402
 from common.inference import resolve_device  # noqa: E402
@@ -242,8 +243,7 @@ def _run_setting(
     if target_sensitivity is not None:  # as a run does: each hospital holds out local-val-fraction of its shard
         if setting == "local-only":
             raise SystemExit("--operating-point scores the federated and pooled settings, not local-only")
-        fraction = cfg.local_val_fraction
-        splits = [split_train_val(p, val_fraction=fraction, seed=cfg.seed + i) for i, p in enumerate(parts)]
+        splits = [local_split(cfg, train, p, cfg.seed + i) for i, p in enumerate(parts)]  # client/site.py's own
         parts = [kept for kept, _ in splits]
         held = train.subset(sorted(i for _, val in splits for i in val))
         evaluation = {**evaluation, "operating_point": OperatingPoint(held, target_sensitivity)}

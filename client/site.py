@@ -24,7 +24,9 @@ from common.data.partition import partition_by_group, split_train_val_by_group
 from common.experiment import load_run_split, preset_for, resolve_path
 from common.node_config import MISSING_STATE_DIR, NodeConfig, parse_node_config
 
-__all__ = ["HospitalData", "NodeIdentity", "central_test_set", "hospital_data", "node_identity", "state_dir"]
+__all__ = [
+    "HospitalData", "NodeIdentity", "central_test_set", "hospital_data", "local_split", "node_identity", "state_dir",
+]
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def node_identity(cfg: RunConfig, node_config: Mapping[str, object]) -> NodeIden
     return _simulated_identity(cfg, node)
 
 
-def _split(cfg: RunConfig, images: ImageSet, mine: list[int], seed: int) -> tuple[list[int], list[int]]:
+def local_split(cfg: RunConfig, images: ImageSet, mine: list[int], seed: int) -> tuple[list[int], list[int]]:
     """A hospital's local train/validation split: by patient when the images name them."""
     if images.groups:
         return split_train_val_by_group(mine, images.groups, val_fraction=cfg.local_val_fraction, seed=seed)
@@ -125,7 +127,7 @@ def _partition(cfg: RunConfig, pid: int, num: int) -> HospitalData:
     else:
         images, parts = _all_partitions(cfg, num)
         mine, name = parts[pid], f"hospital-{pid}"
-    train, val = _split(cfg, images, mine, cfg.seed + pid)
+    train, val = local_split(cfg, images, mine, cfg.seed + pid)
     return HospitalData(name=name, train=images.subset(train), val=images.subset(val))
 
 
@@ -152,7 +154,7 @@ def _own_folder(cfg: RunConfig, node: NodeConfig) -> HospitalData:
             f"node config: 'data-path' = {node.data_path!r} holds no readable images of the classes "
             f"{', '.join(cfg.class_names)}; expected {expected}"
         )
-    train, val = _split(cfg, images, list(range(len(images))), cfg.seed + node.seed_offset)
+    train, val = local_split(cfg, images, list(range(len(images))), cfg.seed + node.seed_offset)
     return HospitalData(name=node.name, train=images.subset(train), val=images.subset(val))
 
 
