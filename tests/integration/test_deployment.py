@@ -50,6 +50,14 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 300) -
         time.sleep(0.3)
 
 
+def _written_at(checkpoint: Path) -> float:
+    """When the server wrote ``checkpoint`` (``time.time()``): the next round's ClientApps start after it.
+
+    Not the moment the test sees the folder: a hospital can take the next round's message before then.
+    """
+    return max(f.stat().st_mtime for f in checkpoint.iterdir())
+
+
 def _supernode(consortium: Consortium, like: str, *, key: str, ca: bool = True) -> str:
     """A ``flower-supernode`` line like the README's for ``like``, with another key and port, and maybe no CA."""
     command = consortium.commands[like].replace(f"pki/nodes/{like}/node.key", key)
@@ -105,11 +113,12 @@ def test_the_readme_run_rides_out_a_crash_stops_when_none_remain_and_resumes_wit
         f"dp-noise-multiplier={SIGMA} dp-delta={DELTA} dp-target-epsilon={target} {RECIPE} run-name='fault'"
     )
     run = consortium.start("run", consortium.commands["run"], TRAINING=training)
-    _wait_for(run_dir / "checkpoints" / "round-0000", run)  # round 0's central evaluation: training comes next
-    consortium.wait_busy("hospital-b", since=time.time())  # it has taken round 1's message...
+    checkpoints = run_dir / "checkpoints"
+    _wait_for(checkpoints / "round-0000", run)  # round 0's central evaluation: training comes next
+    consortium.wait_busy("hospital-b", since=_written_at(checkpoints / "round-0000"))  # round 1's message...
     consortium.kill("hospital-b")  # ...and dies with it: round 1 never gets its reply
-    _wait_for(run_dir / "checkpoints" / "round-0001", run)
-    consortium.wait_busy("hospital-a", since=time.time())  # round 2's message
+    _wait_for(checkpoints / "round-0001", run)
+    consortium.wait_busy("hospital-a", since=_written_at(checkpoints / "round-0001"))  # round 2's message
     consortium.shut_down("hospital-a")
     stopped = time.monotonic()
     run.wait(timeout=TIMEOUT + 60 + 30)
@@ -124,7 +133,7 @@ def test_the_readme_run_rides_out_a_crash_stops_when_none_remain_and_resumes_wit
     assert sorted(rounds[1]["hospitals"]) == ["hospital-a"]
     dropped = [f for f in rounds[1]["failures"] if f["stage"] == "train"]
     assert len(dropped) == 1 and _dropped_out(dropped[0]["reason"], TIMEOUT)
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["round-0000", "round-0001"]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["round-0000", "round-0001"]
 
     consortium.restart(*HOSPITALS)
     resumed = consortium.start("resumed", consortium.commands["run"], TRAINING=f"{training} resume-from='{run_dir}'")
