@@ -71,6 +71,7 @@ from common.models import state_dict_to_cpu  # noqa: E402
 from server.history import RunHistory  # noqa: E402
 from server.server_steps import load_server_state, make_strategy, server_state  # noqa: E402
 
+log = logging.getLogger("accuracy")
 RESULTS = Path(__file__).parent / "results"
 HOSPITALS = 4
 BASE = {
@@ -156,7 +157,7 @@ def _train_rounds(
             load_server_state(strategy, saved["server_state"])
             optimizer_states, curve = saved["optimizer_states"], saved["curve"]
             first, earlier, parts = saved["round"] + 1, saved["seconds"], saved["parts"]
-            logging.warning("going on after round %d of %d from %s", saved["round"], rounds, checkpoint.path)
+            log.warning("going on after round %d of %d from %s", saved["round"], rounds, checkpoint.path)
         for server_round in range(first, rounds + 1):
             sent = list(strategy.configure_train(server_round, arrays, ConfigRecord(), _Grid(nodes)))
             replies = []
@@ -181,7 +182,8 @@ def _train_rounds(
                 continue
             model.cpu().load_state_dict({k: torch.from_numpy(a.numpy().copy()) for k, a in arrays.items()})
             curve.append(score_sets(model, evaluation, cfg))
-            logging.info("round %d/%d: accuracy %.4f", server_round, rounds, curve[-1]["accuracy"])
+            log.info("%s: round %d/%d, accuracy %.4f, %.0f s", checkpoint.path.stem if checkpoint else cfg.dataset,
+                     server_round, rounds, curve[-1]["accuracy"], earlier + time.perf_counter() - started)
             if checkpoint is not None:
                 checkpoint.save(server_round=server_round, arrays=state_dict_to_cpu(model),
                                 server_state=server_state(strategy), optimizer_states=optimizer_states, curve=curve,
@@ -337,6 +339,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("flwr").setLevel(logging.WARNING)
+    log.setLevel(logging.INFO)  # a line per epoch of data: a long setting shows its progress
     torch.set_num_threads(args.threads)
     import tomllib
 
