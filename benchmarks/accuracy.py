@@ -264,10 +264,7 @@ def _run_setting(
         return {"local-only-mean": mean, "local-only-worst": worst}
     trained = _train_rounds(cfg, [train.subset(p) for p in parts], evaluation, epochs * per_epoch,
                             score_every=per_epoch, checkpoint=checkpoint(""))  # fmt: skip
-    result = trained.summary(epochs, rounds=epochs * per_epoch)
-    if setting.startswith("best"):
-        result["config"] = " ".join(f"{k}={v!r}" for k, v in cfg.to_run_config().items() if k in BEST)
-    return {setting: result}
+    return {setting: trained.summary(epochs, rounds=epochs * per_epoch)}
 
 
 def run_dataset(
@@ -307,6 +304,9 @@ def run_dataset(
         results = _run_setting(setting, cfg, per_epoch, train=train, evaluation=evaluation, epochs=epochs,
                                checkpoint=checkpoint, target_sensitivity=target_sensitivity)  # fmt: skip
         for name, result in results.items():
+            if name.startswith("best"):  # the recipe's keys and those --set changed
+                shown = {**BEST, **overrides}
+                result["config"] = " ".join(f"{k}={v!r}" for k, v in cfg.to_run_config().items() if k in shown)
             clean = f" clean {result['last2_mean_clean']:.4f}" if "last2_mean_clean" in result else ""
             if point := result.get("operating_point"):
                 clean += (f" (at the operating point: sensitivity {point['sensitivity']:.3f}, "

@@ -93,12 +93,15 @@ ACCURACY: list[Column] = [
     ("operating_point.specificity", "accuracy", "normal-class recall at that threshold, mean of the last 2 epochs"),
     ("macro_f1", "accuracy", "macro F1 of the final model"),
     ("gap_pt", "points", "points: `last2_mean` − centralised `last2_mean` (computed here)"),
+    ("baseline_gap_pt", "points", "points: `last2_mean` − the `defaults` row's, same split and seed (a screening)"),
     ("machine", "text", "the CPU the row was measured on"),
     ("date", "date", "when (UTC)"),
     ("commit", "commit", "the code measured"),
 ]
-OPTIONAL = {"rounds", "last2_mean_clean", "sensitivity", "specificity", "operating_point.accuracy",
-            "operating_point.sensitivity", "operating_point.specificity"}  # a column only where some row has it
+OPTIONAL = {  # a column only where some row has it
+    "rounds", "last2_mean_clean", "gap_pt", "baseline_gap_pt", "sensitivity", "specificity",
+    "operating_point.accuracy", "operating_point.sensitivity", "operating_point.specificity",
+}  # fmt: skip
 ORDER = (
     "centralised",
     "best-iid",
