@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import re
 import tomllib
 from pathlib import Path
 
 import pytest
+from config_errors import assert_names, config_error
 from pydantic import ValidationError
 
 from common.config import ConfigError, RunConfig, parse_run_config
@@ -93,26 +93,6 @@ DEFAULTS = {
 }
 
 
-def _error(values: dict) -> str:
-    with pytest.raises(ConfigError) as info:
-        parse_run_config(values)
-    message = str(info.value)
-    assert "\n" not in message, f"message is not one line: {message!r}"
-    assert isinstance(info.value, ValueError)
-    return message
-
-
-def _assert_names(message: str, key: str, value: object, *expected: str) -> None:
-    assert repr(key) in message, message
-    given = repr(value)
-    if given.startswith("'"):
-        assert given in message, message
-    else:  # a number or bool appears as a token of its own, not e.g. as the "0" of "0.5"
-        assert re.search(rf"(?<![\w.]){re.escape(given)}(?![\w.])", message), message
-    for fragment in expected:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-
-
 # ---------------------------------------------------------------- defaults and overrides
 
 
@@ -187,40 +167,40 @@ def test_to_run_config_round_trips():
     ],
 )
 def test_string_for_int_is_rejected(key, value):
-    _assert_names(_error({key: value}), key, value, "an integer")
+    assert_names(config_error({key: value}), key, value, "an integer")
 
 
 @pytest.mark.parametrize("key", ["batch-size", "seed"])
 def test_bool_for_int_is_rejected(key):
-    _assert_names(_error({key: True}), key, True, "not a boolean")
+    assert_names(config_error({key: True}), key, True, "not a boolean")
 
 
 @pytest.mark.parametrize("key", ["learning-rate", "momentum", "local-epochs"])
 def test_bool_for_float_is_rejected(key):
-    _assert_names(_error({key: False}), key, False, "not a boolean")
+    assert_names(config_error({key: False}), key, False, "not a boolean")
 
 
 @pytest.mark.parametrize("value", [1.5, 2.0])
 def test_float_for_int_is_rejected(value):
-    _assert_names(_error({"batch-size": value}), "batch-size", value, "an integer")
+    assert_names(config_error({"batch-size": value}), "batch-size", value, "an integer")
 
 
 @pytest.mark.parametrize("value", ["true", 1, 0])
 def test_non_bool_for_bool_is_rejected(value):
-    _assert_names(_error({"he-enabled": value}), "he-enabled", value, "true or false")
+    assert_names(config_error({"he-enabled": value}), "he-enabled", value, "true or false")
 
 
 def test_int_for_string_is_rejected():
-    _assert_names(_error({"run-name": 3}), "run-name", 3, "a string")
+    assert_names(config_error({"run-name": 3}), "run-name", 3, "a string")
 
 
 def test_string_for_float_is_rejected():
-    _assert_names(_error({"learning-rate": "0.01"}), "learning-rate", "0.01", "a number")
+    assert_names(config_error({"learning-rate": "0.01"}), "learning-rate", "0.01", "a number")
 
 
 @pytest.mark.parametrize("key", ["weight-decay", "dirichlet-alpha"])
 def test_non_finite_float_is_rejected(key):
-    _error({key: math.inf})
+    config_error({key: math.inf})
 
 
 # ---------------------------------------------------------------- out of range
@@ -308,170 +288,37 @@ def test_non_finite_float_is_rejected(key):
     ],
 )
 def test_out_of_range_is_rejected(key, value, expected):
-    _assert_names(_error({key: value}), key, value, expected)
-
-
-@pytest.mark.parametrize("strategy", ["fedavgm", "fedadam", "fedyogi", "fedadagrad"])
-def test_a_server_optimiser_is_refused_under_encryption(strategy):
-    message = _error({"he-enabled": True, "strategy": strategy})
-    _assert_names(message, "strategy", strategy, "under he-enabled", "not a weighted sum", "'fedavg', 'fedprox'")
-
-
-@pytest.mark.parametrize(("keys", "step"), [
-    ({}, "fedavgm"), ({"he-enabled": True}, "fedavg"), ({"strategy": "fedprox"}, "fedprox"),
-    ({"strategy": "fedavg"}, "fedavg"), ({"he-enabled": True, "strategy": "fedprox"}, "fedprox"),
-])
-def test_auto_is_server_momentum_in_plaintext_and_fedavg_under_encryption(keys, step):
-    assert parse_run_config(keys).server_step == step
-
-
-@pytest.mark.parametrize("strategy", ["fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan"])
-def test_a_robust_strategy_is_refused_under_encryption(strategy):
-    message = _error({"he-enabled": True, "strategy": strategy, "min-train-nodes": 20})
-    _assert_names(message, "strategy", strategy, "under he-enabled", "must look at each hospital's update")
-
-
-@pytest.mark.parametrize(
-    ("keys", "fewest", "rule"),
-    [
-        ({"strategy": "fedmedian"}, 3, "the median of two updates is their mean"),
-        ({"strategy": "fedtrimmedavg"}, 5, "trim-fraction 0.2 must cut at least one update from each end"),
-        ({"strategy": "fedtrimmedavg", "trim-fraction": 0.34}, 3, "trim-fraction 0.34 must cut at least one"),
-        ({"strategy": "krum"}, 5, "Krum needs n > 2f + 2 with f = num-malicious-nodes = 1"),
-        ({"strategy": "multikrum", "num-malicious-nodes": 0}, 3, "Krum needs n > 2f + 2 with f = num-malicious-nodes"),
-        ({"strategy": "bulyan", "num-malicious-nodes": 2}, 11, "Bulyan needs n >= 4f + 3 with f = num-malicious-nodes"),
-    ],
-)
-def test_a_robust_strategy_needs_enough_hospitals(keys, fewest, rule):
-    message = _error({**keys, "min-train-nodes": fewest - 1})
-    _assert_names(message, "min-train-nodes", fewest - 1, f">= {fewest} for strategy {keys['strategy']!r}", rule)
-    assert parse_run_config({**keys, "min-train-nodes": fewest}).min_train_nodes == fewest
-
-
-def test_high_server_momentum_needs_a_looser_guard_or_none():
-    message = _error({"strategy": "fedavgm", "server-momentum": 0.9})
-    _assert_names(message, "update-norm-limit", 2.5, ">= 8 or 0 (off) with server-momentum 0.9")
-    for keys in ({"update-norm-limit": 8.0}, {"update-norm-limit": 0.0}, {"server-momentum": 0.5}):
-        assert parse_run_config({"strategy": "fedavgm", "server-momentum": 0.9, **keys}).server_step == "fedavgm"
-    assert parse_run_config({"strategy": "fedavg", "server-momentum": 0.9}).update_norm_limit == 2.5
-
-
-def test_the_robust_settings_mean_nothing_to_other_strategies():
-    assert parse_run_config({"num-malicious-nodes": 5, "trim-fraction": 0.1}).min_train_nodes == 2
-
-
-def test_step_rounds_and_the_step_schedule_go_together():
-    _assert_names(_error({"lr-schedule": "step"}), "lr-step-rounds", "", "the rounds after which", "'80,120'")
-    _assert_names(_error({"lr-step-rounds": "5"}), "lr-step-rounds", "5", "unless lr-schedule is 'step'")
-    assert parse_run_config({"lr-schedule": "step", "lr-step-rounds": "3,6"}).lr_step_rounds == "3,6"
-
-
-def test_class_weights_are_refused_under_dp():
-    message = _error({"dp-enabled": True, "class-weights": "balanced"})
-    _assert_names(message, "class-weights", "balanced", "'none' under dp-enabled")
-
-
-def test_label_smoothing_is_refused_under_dp_and_for_multilabel_data():
-    _assert_names(_error({"dp-enabled": True, "label-smoothing": 0.1}), "label-smoothing", 0.1, "under dp-enabled")
-    message = _error({"dataset": "nih-chestxray", "label-smoothing": 0.1})
-    _assert_names(message, "label-smoothing", 0.1, "0.0 under task 'multilabel'")
-    assert parse_run_config({"label-smoothing": 0.1}).label_smoothing == 0.1
-
-
-def test_the_proximal_term_is_refused_under_dp_and_meets_any_other_server_step():
-    message = _error({"dp-enabled": True, "proximal-mu": 0.01})
-    _assert_names(message, "proximal-mu", 0.01, "0.0 under dp-enabled", "proximal term")
-    assert parse_run_config({"proximal-mu": 0.01}).server_step == "fedavgm"
-
-
-def test_logit_adjustment_is_refused_under_dp_and_auto_is_cross_entropy_there():
-    message = _error({"dp-enabled": True, "loss": "logit-adjusted"})
-    _assert_names(message, "loss", "logit-adjusted", "'auto' or 'cross-entropy' under dp-enabled", "private")
-    assert not parse_run_config({"dp-enabled": True}).logit_adjusted
-    assert parse_run_config({}).logit_adjusted and parse_run_config({"loss": "cross-entropy"}).logit_adjusted is False
-
-
-def test_train_from_block_names_the_models_blocks():
-    message = _error({"model": "resnet18", "train-from-block": 6})
-    _assert_names(message, "train-from-block", 6, "0 to 5 for model 'resnet18'", "stem, layer1, layer2")
-    assert parse_run_config({"model": "cnn3", "train-from-block": 3}).train_from_block == 3
-
-
-@pytest.mark.parametrize(
-    ("key", "value", "expected"), [("norm-groups", 16, "32"), ("weight-standardization", True, "false")]
-)
-def test_group_norm_options_need_the_group_norm_variant(key, value, expected):
-    _assert_names(_error({key: value}), key, value, f"{expected} unless the model is the GroupNorm variant")
-    for variant in ({"dp-enabled": True}, {"norm-layer": "group"}):
-        assert parse_run_config({key: value, **variant}).to_run_config()[key] == value
-
-
-@pytest.mark.parametrize("variant", [{"dp-enabled": True}, {"norm-layer": "group"}])
-def test_batchnorm_freeze_needs_batchnorm(variant):
-    message = _error({"batchnorm-freeze": 0.5, **variant})
-    _assert_names(message, "batchnorm-freeze", 0.5, "0.0 unless the model has BatchNorm")
-    assert parse_run_config({"batchnorm-freeze": 0.5}).batchnorm_freeze == 0.5
-
-
-def test_the_dp_recipe_keys_are_kept_without_dp():
-    """A no-DP baseline may share the DP run's config: the recipe keys then train nothing differently."""
-    recipe = {"dp-sample-rate": 0.5, "dp-augmentation-multiplicity": 8, "dp-clipping": "normalize",
-              "dp-ema-decay": 0.99, "dp-optimizer": "sgd", "dp-learning-rate": 2.0}  # fmt: skip
-    assert {k: parse_run_config(recipe).to_run_config()[k] for k in recipe} == recipe
-
-
-def test_local_steps_are_refused_under_dp():
-    message = _error({"dp-enabled": True, "local-steps": 10})
-    _assert_names(message, "local-steps", 10, "0 under dp-enabled", "Poisson")
-
-
-@pytest.mark.parametrize("strategy", ["fedavg", "fedprox"])
-def test_weighted_sums_run_under_encryption(strategy):
-    assert parse_run_config({"he-enabled": True, "strategy": strategy}).strategy == strategy
+    assert_names(config_error({key: value}), key, value, expected)
 
 
 @pytest.mark.parametrize("key", ["data-root", "output-dir"])
 def test_empty_required_path_is_rejected(key):
-    _assert_names(_error({key: ""}), key, "", "non-empty")
+    assert_names(config_error({key: ""}), key, "", "non-empty")
 
 
 # ---------------------------------------------------------------- literals and registries
 
 
 def test_bad_optimizer_lists_the_choices():
-    _assert_names(_error({"optimizer": "rmsprop"}), "optimizer", "rmsprop", "'sgd'", "'adam'", "'adamw'")
+    assert_names(config_error({"optimizer": "rmsprop"}), "optimizer", "rmsprop", "'sgd'", "'adam'", "'adamw'")
 
 
 def test_bad_partitioner_lists_the_choices():
-    _assert_names(_error({"partitioner": "foo"}), "partitioner", "foo", "'iid'", "'dirichlet'", "'natural'")
+    assert_names(config_error({"partitioner": "foo"}), "partitioner", "foo", "'iid'", "'dirichlet'", "'natural'")
 
 
 def test_bad_device_lists_the_choices():
-    _assert_names(_error({"device": "tpu"}), "device", "tpu", "'auto'", "'cpu'", "'cuda'")
+    assert_names(config_error({"device": "tpu"}), "device", "tpu", "'auto'", "'cpu'", "'cuda'")
 
 
 def test_unknown_dataset_lists_the_presets():
-    message = _error({"dataset": "xray"})
-    _assert_names(message, "dataset", "xray", *(repr(name) for name in PRESETS))
+    message = config_error({"dataset": "xray"})
+    assert_names(message, "dataset", "xray", *(repr(name) for name in PRESETS))
 
 
 def test_unknown_model_lists_the_architectures():
-    message = _error({"model": "vit"})
-    _assert_names(message, "model", "vit", "'cnn3'", "'resnet18'", "'densenet121'")
-
-
-# ---------------------------------------------------------------- cross-field checks
-
-
-@pytest.mark.parametrize(("model", "minimum"), [("inception_v3", 75), ("alexnet", 63)])
-def test_image_size_below_model_minimum_is_rejected(model, minimum):
-    message = _error({"model": model, "image-size": minimum - 1})
-    _assert_names(message, "image-size", minimum - 1, str(minimum), repr(model))
-    assert parse_run_config({"model": model, "image-size": minimum}).image_size == minimum
-
-
-def test_small_image_size_is_fine_for_other_models():
-    assert parse_run_config({"model": "cnn3", "image-size": 32}).image_size == 32
+    message = config_error({"model": "vit"})
+    assert_names(message, "model", "vit", "'cnn3'", "'resnet18'", "'densenet121'")
 
 
 # ---------------------------------------------------------------- classes
@@ -479,16 +326,16 @@ def test_small_image_size_is_fine_for_other_models():
 
 @pytest.mark.parametrize("value", [",,", "a,", ",a,b", "a,,b"])
 def test_classes_with_empty_names_are_rejected(value):
-    _assert_names(_error({"classes": value}), "classes", value, "non-empty")
+    assert_names(config_error({"classes": value}), "classes", value, "non-empty")
 
 
 @pytest.mark.parametrize("value", ["a,a", "a, a", "x,y,x"])
 def test_duplicate_classes_are_rejected(value):
-    _assert_names(_error({"classes": value}), "classes", value, "distinct")
+    assert_names(config_error({"classes": value}), "classes", value, "distinct")
 
 
 def test_single_class_is_rejected():
-    _assert_names(_error({"classes": "tumor"}), "classes", "tumor", "at least two")
+    assert_names(config_error({"classes": "tumor"}), "classes", "tumor", "at least two")
 
 
 def test_class_names_come_from_the_preset():
@@ -506,18 +353,18 @@ def test_class_names_come_from_the_classes_override():
 
 
 def test_unknown_key_with_close_match_suggests_it():
-    message = _error({"learning-rat": 0.1})
+    message = config_error({"learning-rat": 0.1})
     assert "'learning-rat'" in message
     assert "did you mean 'learning-rate'" in message
 
 
 def test_snake_case_key_suggests_kebab_case():
-    message = _error({"batch_size": 8})
+    message = config_error({"batch_size": 8})
     assert "'batch_size'" in message and "'batch-size'" in message
 
 
 def test_unknown_key_without_close_match_lists_valid_keys():
-    message = _error({"zzzzqqq": 1})
+    message = config_error({"zzzzqqq": 1})
     assert "'zzzzqqq'" in message
     assert "did you mean" not in message
     for key in DEFAULTS:
@@ -589,6 +436,6 @@ def test_pyproject_value_equals_run_config_default(key):
     ],
 )
 def test_a_local_baseline_without_validation_images_or_under_dp_is_refused(keys, why):
-    message = _error({"local-baseline": True, **keys})
-    _assert_names(message, "local-baseline", True, "expected false", why)
+    message = config_error({"local-baseline": True, **keys})
+    assert_names(message, "local-baseline", True, "expected false", why)
     assert "\n" not in message
