@@ -1,8 +1,7 @@
-"""Tests for common.data: image loading, MedMNIST npz, partitioning, transforms, synth, check."""
+"""Tests for common.data: image loading, MedMNIST npz, synth, check."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import struct
@@ -16,10 +15,9 @@ from PIL import Image
 
 from common.data.check import check_data_root
 from common.data.images import ImageSet, TensorImageDataset, load_folder, load_npz, load_split, resolve_test_folder
-from common.data.partition import partition_indices, split_train_val
 from common.data.synth import write_synthetic_tree
 from common.data.transforms import build_transform
-from common.presets import PRESETS, get_preset
+from common.presets import PRESETS
 
 MRI = PRESETS["brain-mri"]
 HISTO = PRESETS["histology"]
@@ -315,133 +313,6 @@ def test_load_split_missing_npz_raises(tmp_path):
         load_split(tmp_path / "absent.npz", "train", classes=MRI.classes, channels=1, size=28)
 
 
-# ---------------------------------------------------------------- partitioning
-
-
-LABELS = np.repeat(np.arange(4), 60)  # 240 samples, 4 balanced classes
-np.random.default_rng(0).shuffle(LABELS)
-
-
-def _covers_once(parts: list[list[int]], n: int) -> None:
-    flat = [i for part in parts for i in part]
-    assert len(flat) == n
-    assert sorted(flat) == list(range(n))
-    for part in parts:
-        assert part == sorted(part)
-
-
-@pytest.mark.parametrize("partitioner", ["iid", "dirichlet"])
-def test_partition_reproducible_and_covering(partitioner):
-    labels = LABELS.tolist()
-    a = partition_indices(labels, num_partitions=4, partitioner=partitioner, alpha=0.5, seed=7)
-    b = partition_indices(labels, num_partitions=4, partitioner=partitioner, alpha=0.5, seed=7)
-    c = partition_indices(labels, num_partitions=4, partitioner=partitioner, alpha=0.5, seed=8)
-    assert a == b
-    assert a != c
-    assert len(a) == 4 and len(c) == 4
-    assert all(len(part) > 0 for part in a)
-    _covers_once(a, len(labels))
-    _covers_once(c, len(labels))
-
-
-def test_iid_parts_are_balanced_in_size():
-    parts = partition_indices(LABELS.tolist(), num_partitions=3, partitioner="iid", seed=1)
-    assert [len(p) for p in parts] == [80, 80, 80]
-
-
-def _mean_distance_from_global(parts: list[list[int]]) -> float:
-    """Mean total-variation distance of each part's label distribution from the global one."""
-    overall = np.bincount(LABELS, minlength=4) / len(LABELS)
-    dists = []
-    for part in parts:
-        hist = np.bincount(LABELS[part], minlength=4) / len(part)
-        dists.append(0.5 * np.abs(hist - overall).sum())
-    return float(np.mean(dists))
-
-
-def test_dirichlet_small_alpha_is_non_iid():
-    labels = LABELS.tolist()
-    iid = partition_indices(labels, num_partitions=4, partitioner="iid", seed=3)
-    skewed = partition_indices(labels, num_partitions=4, partitioner="dirichlet", alpha=0.1, seed=3)
-    _covers_once(skewed, len(labels))
-    assert _mean_distance_from_global(iid) < 0.15
-    assert _mean_distance_from_global(skewed) > 0.3
-    # at least one hospital misses a class entirely, or nearly
-    assert min(np.bincount(LABELS[p], minlength=4).min() for p in skewed) <= 2
-
-
-def test_single_partition_is_everything():
-    assert partition_indices([0, 1, 1, 0], num_partitions=1, partitioner="iid") == [[0, 1, 2, 3]]
-
-
-@pytest.mark.parametrize(
-    ("labels", "num", "partitioner", "match"),
-    [
-        ([0, 1, 0, 1], 0, "iid", "num_partitions"),
-        ([0, 1, 0, 1], -2, "dirichlet", "num_partitions"),
-        ([0, 1, 0], 4, "iid", "cannot be split"),
-        ([], 1, "dirichlet", "cannot be split"),
-        ([0, 1, 0, 1], 2, "foo", "partitioner"),
-        ([0, 1, 0, 1], 2, "natural", "partitioner"),
-    ],
-)
-def test_partition_bad_inputs_raise(labels, num, partitioner, match):
-    with pytest.raises(ValueError, match=match):
-        partition_indices(labels, num_partitions=num, partitioner=partitioner)
-
-
-def test_split_train_val_disjoint_covering_reproducible():
-    indices = list(range(100, 300, 2))  # 100 arbitrary index values
-    train, val = split_train_val(indices, val_fraction=0.2, seed=5)
-    assert set(train).isdisjoint(val)
-    assert sorted(train + val) == indices
-    assert len(val) == 20 and len(train) == 80
-    assert train == sorted(train) and val == sorted(val)
-    assert split_train_val(indices, val_fraction=0.2, seed=5) == (train, val)
-    assert split_train_val(indices, val_fraction=0.2, seed=6) != (train, val)
-
-
-@pytest.mark.parametrize(
-    ("n", "fraction", "n_val"),
-    [(10, 0.0, 0), (10, 0.1, 1), (10, 0.5, 5), (3, 0.1, 1), (2, 0.5, 1), (1, 0.5, 0), (40, 0.25, 10)],
-)
-def test_split_train_val_fraction(n, fraction, n_val):
-    train, val = split_train_val(list(range(n)), val_fraction=fraction, seed=0)
-    assert len(val) == n_val and len(train) == n - n_val
-
-
-# ---------------------------------------------------------------- transforms
-
-
-@pytest.mark.parametrize("preset", [MRI, HISTO], ids=lambda p: p.name)
-def test_eval_transform_normalises_by_hand(preset):
-    values = [200, 10, 128][: preset.channels]
-    image = torch.stack([torch.full((32, 32), v, dtype=torch.uint8) for v in values])
-    out = build_transform(preset, train=False)(image)
-    assert out.dtype == torch.float32 and out.shape == image.shape
-    for c, v in enumerate(values):
-        expected = (v / 255.0 - preset.mean[c]) / preset.std[c]
-        assert torch.allclose(out[c], torch.full((32, 32), expected), atol=1e-6)
-
-
-def test_eval_transform_is_deterministic():
-    image = torch.randint(0, 256, (1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    t = build_transform(MRI, train=False)
-    assert torch.equal(t(image), t(image))
-
-
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_train_transform_keeps_shape_and_augments(name):
-    preset = PRESETS[name]
-    g = torch.Generator().manual_seed(1)
-    image = torch.randint(0, 256, (preset.channels, 40, 40), dtype=torch.uint8, generator=g)
-    train_t, eval_t = build_transform(preset, train=True), build_transform(preset, train=False)
-    torch.manual_seed(0)
-    outs = [train_t(image) for _ in range(8)]
-    assert all(o.shape == image.shape and o.dtype == torch.float32 for o in outs)
-    assert any(not torch.equal(o, eval_t(image)) for o in outs)
-
-
 # ---------------------------------------------------------------- synthetic generator
 
 
@@ -557,18 +428,3 @@ def test_image_set_class_counts_uses_fixed_classes():
     s = ImageSet(torch.zeros((3, 1, 32, 32), dtype=torch.uint8), torch.tensor([2, 2, 0]), ("a", "b", "c"), MRI.classes)
     assert s.class_counts() == [1, 0, 2, 0]
 
-
-def test_histology_colon_rotates_by_right_angles_only_and_jitters_colour() -> None:
-    preset = get_preset("histology-colon")
-    assert preset.channels == 3 and preset.classes == ("colon_aca", "colon_n") and preset.rotation == 0.0
-    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
-    plain = build_transform(preset, train=False)
-    rotations = [plain(torch.rot90(image, k, dims=(1, 2))) for k in range(4)]
-    only_rotation = build_transform(dataclasses.replace(preset, flips=False, color_jitter=0.0), train=True)
-    torch.manual_seed(0)
-    outputs = [only_rotation(image) for _ in range(24)]
-    seen = {next(k for k, r in enumerate(rotations) if torch.equal(out, r)) for out in outputs}
-    assert seen == {0, 1, 2, 3}  # every lossless rotation, nothing in between
-    only_jitter = build_transform(dataclasses.replace(preset, flips=False, right_angles=False), train=True)
-    jittered = only_jitter(image)
-    assert jittered.shape == rotations[0].shape and not torch.equal(jittered, rotations[0])
