@@ -4,7 +4,8 @@ Each folder holds the pieces ``benchmarks/accuracy.py --out FOLDER`` wrote for o
 (one lever set with ``--set``). A candidate's row is named by the run-config keys its request
 changed against the baseline's, read from the pieces themselves, and adds ``baseline_gap_pt``:
 its ``last2_mean`` minus the baseline's, in points. Only pieces that were scored the same way
-(data, epochs, split, hospitals) are compared; anything else stops with one line::
+(data, epochs, split, hospitals; the rounds per epoch may differ, since ``local-epochs`` is a
+lever) are compared; anything else stops with one line::
 
     python benchmarks/accuracy_screening.py --baseline benchmarks/results/tuning/brain-64-val-20ep-defaults \\
         benchmarks/results/tuning/brain-64-val-20ep-ls01 --out benchmarks/results/accuracy-screening-64px.json
@@ -55,8 +56,8 @@ def screening(baseline: Path, candidates: list[Path]) -> dict[str, dict[str, dic
             if key not in reference:
                 raise SystemExit(f"{folder}: {key[0]} {key[1]} has no baseline piece in {baseline}")
             base = reference[key]
-            scored = {k: v for k, v in piece["request"].items() if k != "keys"}
-            if scored != {k: v for k, v in base["request"].items() if k != "keys"}:
+            scored = _scored(piece["request"])
+            if scored != _scored(base["request"]):
                 raise SystemExit(f"{folder}: scored otherwise than the baseline ({scored}); expected the same "
                                  f"data, epochs, split and hospitals")  # fmt: skip
             changes = changed_keys(base["request"], piece["request"])
@@ -68,6 +69,11 @@ def screening(baseline: Path, candidates: list[Path]) -> dict[str, dict[str, dic
             shown = {k: v for k, v in row.items() if k != "config"}  # the row's name says what it changed
             table[key[0]][name] = {**shown, **_made(piece), "baseline_gap_pt": gap}
     return table
+
+
+def _scored(request: dict[str, Any]) -> dict[str, Any]:
+    """What a request scored and on how much data: all but how it trained (its keys, and the rounds they make)."""
+    return {k: v for k, v in request.items() if k not in ("keys", "rounds_per_epoch")}
 
 
 def _made(piece: dict[str, Any]) -> dict[str, Any]:

@@ -16,8 +16,10 @@ from accuracy_store import write_piece  # noqa: E402
 
 from common.data.synth import write_synthetic_tree  # noqa: E402
 
-KEYS = {"seed": 0, "model": "resnet18", "learning-rate": 0.001, "proximal-mu": 0.0, "dp-enabled": False}
-REQUEST = {"keys": KEYS, "data": "brain-mri", "epochs": 20, "scored_on": "validation (15% of train/)"}
+KEYS = {"seed": 0, "model": "resnet18", "learning-rate": 0.001, "proximal-mu": 0.0, "local-epochs": 0.25,
+        "dp-enabled": False}
+REQUEST = {"keys": KEYS, "data": "brain-mri", "epochs": 20, "rounds_per_epoch": 4,
+           "scored_on": "validation (15% of train/)"}
 
 
 def _folder(root: Path, name: str, keys: dict[str, Any], last2: float, *, setting: str = "best-dirichlet",
@@ -32,8 +34,11 @@ def test_each_candidate_is_named_by_what_it_changed_and_measured_against_the_bas
     baseline = _folder(tmp_path, "defaults", {}, 0.9317)
     lr = _folder(tmp_path, "lr", {"learning-rate": 0.002}, 0.9400)
     both = _folder(tmp_path, "both", {"proximal-mu": 0.01, "learning-rate": 0.002, "dp-sample-rate": 0.1}, 0.9200)
-    rows = screening(baseline, [lr, both])["brain-mri"]
-    assert sorted(rows) == ["defaults", "learning-rate=0.002", "learning-rate=0.002 proximal-mu=0.01"]  # not DP keys
+    eighth = _folder(tmp_path, "eighth", {"local-epochs": 0.125}, 0.9335, rounds_per_epoch=8)  # more rounds: a lever
+    rows = screening(baseline, [lr, both, eighth])["brain-mri"]
+    assert sorted(rows) == [
+        "defaults", "learning-rate=0.002", "learning-rate=0.002 proximal-mu=0.01", "local-epochs=0.125"
+    ]  # not the DP keys a non-private run never used
     assert rows["defaults"]["baseline_gap_pt"] == 0.0 and rows["defaults"]["config"] == "local-epochs=0.25"
     assert rows["learning-rate=0.002"]["baseline_gap_pt"] == pytest.approx(0.83)
     assert rows["learning-rate=0.002 proximal-mu=0.01"]["baseline_gap_pt"] == pytest.approx(-1.17)
