@@ -172,7 +172,7 @@ def test_the_proximal_term_pulls_towards_the_global_model_under_any_server_step(
         model = initial_model(cfg)
         _train(model, images, cfg, 1)
         pairs = zip(model.parameters(), start.parameters(), strict=True)
-        distances.append(sum(float(((p - q) ** 2).sum()) for p, q in pairs))
+        distances.append(sum(float(((p.detach() - q.detach()) ** 2).sum()) for p, q in pairs))
     assert distances[1] < distances[0]
 
 
