@@ -15,7 +15,7 @@ from common.config import RunConfig
 from common.data import ImageSet, build_transform
 from common.inference import loader, predict
 from common.optimizers import build_optimizer, lr_factor
-from common.precision import Precision, channels_last, resolve_precision
+from common.precision import Precision, backward_step, channels_last, resolve_precision
 from common.presets import DatasetPreset
 from common.tasks import AUX_LOSS_WEIGHT, hits, label_accuracy, split_outputs, task_loss
 from common.trainable import freeze_batchnorm_statistics, freeze_blocks, train_mode
@@ -188,13 +188,7 @@ def train_local(
                     aux_loss = task_loss(aux.float() + prior, y, weight=weight, label_smoothing=cfg.label_smoothing)
                     loss = loss + AUX_LOSS_WEIGHT * aux_loss
                 objective = loss + 0.5 * mu * _proximal_term(model, anchor) if mu > 0 else loss
-                if scaler is None:
-                    objective.backward()
-                    optimizer.step()
-                else:  # fp16: scale the loss so small gradients do not underflow; skip a step that overflowed
-                    scaler.scale(objective).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
+                backward_step(objective, optimizer, scaler)
                 step, done = step + 1, done + 1
                 seen += len(y)
                 loss_sum += float(loss.detach()) * len(y)

@@ -77,6 +77,23 @@ class Precision:
         return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
 
 
+def backward_step(
+    objective: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None
+) -> None:
+    """Backpropagate ``objective`` and step ``optimizer``; through ``scaler`` when there is one.
+
+    Under fp16 the loss is scaled so that small gradients do not underflow, and a step whose
+    gradients overflowed is skipped.
+    """
+    if scaler is None:
+        objective.backward()
+        optimizer.step()
+        return
+    scaler.scale(objective).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
 @lru_cache(maxsize=1)
 def cpu_bf16_flags() -> tuple[str, ...]:
     """Which of :data:`CPU_BF16_FLAGS` this CPU has.

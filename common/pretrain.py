@@ -27,7 +27,7 @@ from common.feature_standardization import feature_statistics, write_feature_sta
 from common.inference import loader
 from common.models import Pretraining, build_from_spec, save_model_dir
 from common.optimizers import build_optimizer, lr_factor
-from common.precision import channels_last, resolve_precision
+from common.precision import backward_step, channels_last, resolve_precision
 from common.presets import DatasetPreset
 from common.pretrained import load_pretrained, pretrained_on
 from common.report.summary import pretraining_text
@@ -133,13 +133,7 @@ def _train(
                     logits, aux = split_outputs(model(x))
                 loss = task_loss(logits.float(), y)
                 objective = loss + AUX_LOSS_WEIGHT * task_loss(aux.float(), y) if aux is not None else loss
-                if scaler is None:
-                    objective.backward()
-                    optimizer.step()
-                else:  # fp16: scale the loss so small gradients do not underflow; skip a step that overflowed
-                    scaler.scale(objective).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
+                backward_step(objective, optimizer, scaler)
                 step += 1
                 seen += len(y)
                 loss_sum += float(loss.detach()) * len(y)

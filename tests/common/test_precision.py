@@ -9,7 +9,14 @@ import torch
 
 from common import precision as precision_module
 from common.config import ConfigError, parse_run_config
-from common.precision import CPU_BF16_FLAGS, Precision, channels_last, cpu_bf16_flags, resolve_precision
+from common.precision import (
+    CPU_BF16_FLAGS,
+    Precision,
+    backward_step,
+    channels_last,
+    cpu_bf16_flags,
+    resolve_precision,
+)
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
@@ -146,3 +153,24 @@ def test_channels_last_disabled_leaves_the_model_alone() -> None:
     model = torch.nn.Conv2d(3, 4, 3)
     with channels_last(model, enabled=False):
         assert model.weight.is_contiguous()
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_backward_step_takes_the_plain_sgd_step(scaled: bool) -> None:
+    """With or without a gradient scaler, the step is w - lr * d(loss)/dw, worked out by hand."""
+    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    x = torch.tensor([3.0, 0.5])
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0) if scaled else None
+    backward_step((weight * x).sum() ** 2, optimizer, scaler)
+    # d/dw (w.x)^2 = 2 (w.x) x, with w.x = 3 - 1 = 2
+    assert torch.allclose(weight.detach(), torch.tensor([1.0 - 0.1 * 12.0, -2.0 - 0.1 * 2.0]))
+
+
+def test_backward_step_skips_a_step_whose_gradients_overflowed() -> None:
+    """Under a scaler, an infinite gradient leaves the weights as they were and lowers the scale."""
+    weight = torch.nn.Parameter(torch.tensor([1.0]))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    backward_step((weight * float("inf")).sum(), optimizer, scaler)
+    assert weight.item() == 1.0 and scaler.get_scale() < 1024.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,6 @@ from common.he.codec import ParamLayout, decrypt_chunks, encrypt_vector
 from common.he.keys import create_key_pair, load_public_context, load_secret_context
 from common.he.payload import EncryptedPayload
 from common.run_outcome import read_outcome
-from server.app import main as server_main
 from server.encrypted_strategy import EncryptedFedAvg
 from server.history import RunHistory
 from server.keys import check_public_key, refuse_secret_keys
@@ -167,7 +167,7 @@ def test_a_keys_folder_holding_more_than_the_public_key_stops_the_run(tmp_path: 
 
 
 def test_a_simulation_with_the_secret_in_the_servers_keys_folder_stops_before_anything_runs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, server_main_records: Callable[[Context], list[logging.LogRecord]]
 ) -> None:
     """The ServerApp's own entry point: one error line, no run directory, no message to any node."""
     create_key_pair(tmp_path / "keys")
@@ -178,15 +178,7 @@ def test_a_simulation_with_the_secret_in_the_servers_keys_folder_stops_before_an
         "output-dir": str(tmp_path / "runs"),
     }
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    monkeypatch.setattr("server.app.use_flower_logging", lambda: None)  # keep this handler in place
-    logging.getLogger("server.app").addHandler(handler)
-    try:
-        server_main(None, context)  # type: ignore[arg-type]  # a grid it must never touch
-    finally:
-        logging.getLogger("server.app").removeHandler(handler)
+    records = server_main_records(context)
     messages = [r.getMessage() for r in records]
     assert len(messages) == 1 and records[0].levelno == logging.ERROR, messages
     assert "holds 'secret.ctx'" in messages[0] and "move secret.ctx" in messages[0] and "\n" not in messages[0]

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pytest
 from flwr.app import ArrayRecord, Context, RecordDict
 
 from common.config import parse_run_config
 from common.models import ModelSpec, Pretraining, build_from_spec, read_spec, save_model_dir
 from common.run_outcome import read_outcome
-from server.app import main as server_main
 from server.central import CentralEvaluator, Scored
 from server.history import RunHistory
 from server.run_directory import RunDirectory
@@ -22,19 +21,11 @@ RECORD = Pretraining("public-mri", ("a", "b"), images=24, epochs=2, image_size=3
 
 
 def test_offline_imagenet_stops_the_run_with_one_line_before_any_run_directory(
-    tmp_path: Path, offline_torch_home: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, offline_torch_home: Path, server_main_records: Callable[[Context], list[logging.LogRecord]]
 ) -> None:
     run_config = {"model": "resnet18", "image-size": 32, "pretrained-weights": "imagenet", "output-dir": str(tmp_path)}
     context = Context(run_id=4, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    monkeypatch.setattr("server.app.use_flower_logging", lambda: None)  # keep this handler in place
-    logging.getLogger("server.app").addHandler(handler)
-    try:
-        server_main(None, context)  # type: ignore[arg-type]  # a grid it must never touch
-    finally:
-        logging.getLogger("server.app").removeHandler(handler)
+    records = server_main_records(context)
     messages = [r.getMessage() for r in records]
     assert len(messages) == 1 and records[0].levelno == logging.ERROR, messages
     assert "cannot download resnet18-f37072fd.pth" in messages[0] and "\n" not in messages[0]
