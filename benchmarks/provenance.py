@@ -31,13 +31,18 @@ def _commit() -> str:
     return out.stdout.strip() + ("+uncommitted changes" if dirty else "")
 
 
+# The code a benchmark process runs is what was checked out when it started. A long benchmark
+# outlives commits (its own earlier pieces among them), which must not be credited with its results.
+STARTED_AT_COMMIT = _commit()
+
+
 def provenance() -> dict[str, Any]:
-    """``machine`` (CPU model), ``cpus``, ``date`` (UTC, ISO 8601) and ``commit`` of this run."""
+    """``machine`` (CPU model), ``cpus``, ``date`` (UTC, ISO 8601) and the ``commit`` this process started at."""
     return {
         "machine": _cpu_model(),
         "cpus": os.cpu_count(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "commit": _commit(),
+        "commit": STARTED_AT_COMMIT,
     }
 
 

@@ -90,5 +90,7 @@ class RoundCheckpoint:
 
     @staticmethod
     def part(first_round: int, last_round: int) -> dict[str, Any]:
-        """One stretch of rounds trained by one process, with its machine."""
-        return {"machine": provenance()["machine"], "first_round": first_round, "last_round": last_round}
+        """One stretch of rounds trained by one process, with its machine and the commit it ran."""
+        made = provenance()
+        stretch = {"first_round": first_round, "last_round": last_round}
+        return {"machine": made["machine"], "commit": made["commit"], **stretch}

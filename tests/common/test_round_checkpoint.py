@@ -61,6 +61,7 @@ def test_a_stopped_setting_goes_on_to_the_uninterrupted_curve(tmp_path: Path, mo
     resumed = accuracy._train_rounds(cfg, shards, evaluation, 6, score_every=2, checkpoint=checkpoint)
     assert resumed.curve == whole.curve
     assert [(p["first_round"], p["last_round"]) for p in resumed.parts] == [(1, 4), (5, 6)]
+    assert all(p["commit"] and p["machine"] for p in resumed.parts)  # which code and CPU trained each stretch
 
     other = RoundCheckpoint(checkpoint.path, {"keys": {**cfg.to_run_config(), "seed": 1}})
     assert other.load() is None  # another request's rounds are never gone on from
