@@ -124,7 +124,10 @@ def test_the_readme_run_rides_out_a_crash_stops_when_none_remain_and_resumes_wit
     run.wait(timeout=TIMEOUT + 60 + 30)
     assert time.monotonic() - stopped < TIMEOUT + 60, "the run did not stop within round-timeout + 60 s"
     out = consortium.log("run")
-    assert "run stopped: round 2: 0 valid hospital update(s) (0 declined), below min-train-nodes 1" in out
+    # hospital-a's round-2 ClientApp declines at once (its budget is spent): on a fast host its reply can
+    # beat the SIGTERM, so the run stops with 0 valid updates, of which 0 or 1 declined.
+    stop_line = r"run stopped: round 2: 0 valid hospital update\(s\) \([01] declined\), below min-train-nodes 1"
+    assert re.search(stop_line, out), out[-4000:]
     assert f"resume-from='{run_dir}'" in out
     history = json.loads((run_dir / "history.json").read_text())
     assert history["stopped"].startswith("round 2: 0 valid hospital update(s)")
@@ -194,6 +197,7 @@ def test_a_short_soak_keeps_every_round_once_and_every_ledger_exact(consortium: 
         f"{TINY} batch-size=12 num-server-rounds=2 min-train-nodes=1 round-timeout={TIMEOUT} dp-enabled=true "
         f"dp-sample-rate=0 dp-noise-multiplier={SIGMA} dp-delta={DELTA} dp-target-epsilon=20"
     )
+    consortium.restart(*(h for h in HOSPITALS if h not in consortium.procs))  # should an earlier test stop early
     run = FaultedRun(consortium, training, run_name="soak")
     run.launch()
     run.wait_for_round(0)
