@@ -319,6 +319,11 @@ def run_dataset(
                 saved.discard()
 
 
+def checkpoint_folder(text: str) -> Path | None:
+    """``--checkpoints``: a folder, or nowhere for '' (``Path('')`` would be the working directory)."""
+    return Path(text) if text else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, help="folder holding brain-mri/ and chest-xray/")
@@ -334,7 +339,8 @@ def main() -> None:
                              "decision at the threshold picked there for this pooled sensitivity (target-sensitivity)")
     parser.add_argument("--quick", action="store_true", help="synthetic data, cnn3 at 32 px: under 5 minutes")
     parser.add_argument("--out", type=Path, help="the folder of pieces (default results/accuracy[-validation|-quick])")
-    parser.add_argument("--checkpoints", type=Path, default=Path.home() / ".cache" / "medsilo" / "accuracy",
+    parser.add_argument("--checkpoints", type=checkpoint_folder,
+                        default=Path.home() / ".cache" / "medsilo" / "accuracy",
                         help="where a setting saves its rounds, to go on after a stop ('' : nowhere)")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -365,7 +371,7 @@ def main() -> None:
         for dataset, root in roots.items():
             run_dataset(root, dataset, settings=args.settings.split(","), epochs=epochs, overrides=overrides,
                         validation=args.validation, base=base, folder=folder,
-                        checkpoints=None if args.quick or not str(args.checkpoints) else args.checkpoints,
+                        checkpoints=None if args.quick else args.checkpoints,
                         target_sensitivity=args.operating_point)
     out = folder.parent / f"{folder.name}.json"
     results = assemble(folder, out)

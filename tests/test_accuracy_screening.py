@@ -80,3 +80,8 @@ def test_a_best_row_names_the_keys_set_on_it_beside_the_recipe(tmp_path: Path) -
     piece = json.loads((tmp_path / "pieces" / "brain-mri--best-dirichlet--seed0.json").read_text())
     shown = dict(item.split("=", 1) for item in piece["results"]["best-dirichlet"]["config"].split())
     assert shown["label-smoothing"] == "0.1" and set(accuracy.BEST) <= set(shown)
+
+
+def test_an_empty_checkpoints_flag_saves_nowhere_not_in_the_working_directory() -> None:
+    assert accuracy.checkpoint_folder("") is None
+    assert accuracy.checkpoint_folder("ckpt") == Path("ckpt")
