@@ -102,6 +102,8 @@ MEANINGS: dict[str, str] = {
     "class-weights": "`balanced`: each hospital weights its loss by its own shard's class counts (refused under DP)",
     "label-smoothing": "ε of label smoothing: the training target spreads ε evenly over the classes, 1 − ε stays on "
     "the label (refused under DP and for multi-label data)",
+    "augmentation-strength": "scales the dataset's training augmentation (rotation, zoom, shift, colour jitter); "
+    "0 turns it off, flips included",
     "lr-warmup-rounds": "rounds of linear learning-rate warm-up",
     "norm-layer": "`batch` (BatchNorm, statistics averaged) or `group` (GroupNorm, the variant DP builds)",
     "norm-groups": "GroupNorm's groups in the GroupNorm variant: gcd(norm-groups, channels) per layer",

@@ -6,8 +6,11 @@ import dataclasses
 
 import pytest
 import torch
+from torchvision.transforms import v2
 
+from common.config import parse_run_config
 from common.data.transforms import build_transform
+from common.experiment import preset_for
 from common.presets import PRESETS, get_preset
 
 MRI = PRESETS["brain-mri"]
@@ -59,3 +62,26 @@ def test_histology_colon_rotates_by_right_angles_only_and_jitters_colour() -> No
     only_jitter = build_transform(dataclasses.replace(preset, flips=False, right_angles=False), train=True)
     jittered = only_jitter(image)
     assert jittered.shape == rotations[0].shape and not torch.equal(jittered, rotations[0])
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_augmentation_strength_zero_trains_on_the_evaluation_transform(name: str) -> None:
+    preset = preset_for(parse_run_config({"dataset": name, "augmentation-strength": 0.0}))
+    g = torch.Generator().manual_seed(2)
+    image = torch.randint(0, 256, (preset.channels, 40, 40), dtype=torch.uint8, generator=g)
+    torch.manual_seed(0)
+    assert all(torch.equal(build_transform(preset, train=True)(image), build_transform(preset, train=False)(image))
+               for _ in range(8))  # fmt: skip
+
+
+def test_augmentation_strength_scales_rotation_shift_zoom_and_colour_jitter() -> None:
+    assert preset_for(parse_run_config({"dataset": "brain-mri"})) is MRI  # 1: the preset itself
+    doubled = build_transform(preset_for(parse_run_config({"dataset": "brain-mri", "augmentation-strength": 2.0})),
+                              train=True).transforms  # fmt: skip
+    affine = next(t for t in doubled if isinstance(t, v2.RandomAffine))
+    assert affine.degrees == [-40.0, 40.0] and affine.translate == (0.2, 0.2)
+    assert affine.scale == pytest.approx((0.8, 1.2))
+    assert sum(isinstance(t, (v2.RandomHorizontalFlip, v2.RandomVerticalFlip)) for t in doubled) == 2
+    colon = preset_for(parse_run_config({"dataset": "histology-colon", "augmentation-strength": 3.0}))
+    jitter = next(t for t in build_transform(colon, train=True).transforms if isinstance(t, v2.ColorJitter))
+    assert jitter.brightness == pytest.approx((0.7, 1.3)) and jitter.hue == pytest.approx((-0.075, 0.075))
