@@ -20,15 +20,12 @@ __all__ = ["initial_model", "load_run_split", "model_spec", "preset_for", "resol
 
 def preset_for(cfg: RunConfig) -> DatasetPreset:
     """The dataset preset of the run, its training augmentation scaled by ``augmentation-strength``."""
-    preset = get_preset(cfg.dataset)
-    strength = cfg.augmentation_strength
-    if strength == 1.0:
-        return preset
+    preset, strength = get_preset(cfg.dataset), cfg.augmentation_strength
     return replace(
         preset,
         rotation=preset.rotation * strength,
-        zoom=min(preset.zoom * strength, 0.9),  # RandomAffine's scale stays positive
-        shift=min(preset.shift * strength, 1.0),
+        zoom=preset.zoom * strength,
+        shift=preset.shift * strength,
         color_jitter=preset.color_jitter * strength,
         flips=preset.flips and strength > 0,
         right_angles=preset.right_angles and strength > 0,

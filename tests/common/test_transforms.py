@@ -75,7 +75,7 @@ def test_augmentation_strength_zero_trains_on_the_evaluation_transform(name: str
 
 
 def test_augmentation_strength_scales_rotation_shift_zoom_and_colour_jitter() -> None:
-    assert preset_for(parse_run_config({"dataset": "brain-mri"})) is MRI  # 1: the preset itself
+    assert preset_for(parse_run_config({"dataset": "brain-mri"})) == MRI  # 1: the preset's own augmentation
     doubled = build_transform(preset_for(parse_run_config({"dataset": "brain-mri", "augmentation-strength": 2.0})),
                               train=True).transforms  # fmt: skip
     affine = next(t for t in doubled if isinstance(t, v2.RandomAffine))
