@@ -14,7 +14,17 @@ from typing import Any
 
 from provenance import provenance
 
-__all__ = ["assemble", "load_piece", "piece_path", "same_request", "trained_keys", "trained_request", "write_piece"]
+__all__ = [
+    "KEYS_ADDED_AT", "assemble", "load_piece", "piece_path", "same_request", "trained_keys", "trained_request",
+    "write_piece",
+]
+
+KEYS_ADDED_AT = {"augmentation-strength": 1.0}
+"""Keys added after pieces were written, at the value that trains as the code before them did.
+
+A piece without such a key answers a request only at this value, whatever the key's default
+has become since; any other key added later answers at its default.
+"""
 
 
 def piece_path(folder: Path, dataset: str, setting: str, seed: int) -> Path:
@@ -39,18 +49,19 @@ def same_request(stored: dict[str, Any], request: dict[str, Any], defaults: dict
 
     Equal requests do, once a non-private run's DP keys are set aside (:func:`trained_keys`); so
     does one whose run-config ``keys`` add only keys the piece's code did not have yet, each at
-    its default (``defaults``), since such a key changes nothing it trained.
+    the value that trains as that code did (:data:`KEYS_ADDED_AT`, else its default in
+    ``defaults``), since such a key changes nothing it trained.
     """
     if trained_request(stored) == trained_request(request):
         return True
     old, new = trained_keys(stored.get("keys", {})), trained_keys(request.get("keys", {}))
     rest_equal = {k: v for k, v in stored.items() if k != "keys"} == {k: v for k, v in request.items() if k != "keys"}
-    added = set(new) - set(old)
+    added, before = set(new) - set(old), {**defaults, **KEYS_ADDED_AT}
     return (
         rest_equal
         and set(old) <= set(new)
         and all(new[k] == old[k] for k in old)
-        and all(k in defaults and new[k] == defaults[k] for k in added)
+        and all(k in before and new[k] == before[k] for k in added)
     )
 
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from accuracy_store import load_piece, same_request, write_piece  # noqa: E402
+from accuracy_store import KEYS_ADDED_AT, load_piece, same_request, write_piece  # noqa: E402
 
 DEFAULTS = {"seed": 42, "trainable-params": "all", "dp-lr-schedule": "constant"}
 STORED = {"keys": {"seed": 0, "model": "resnet18"}, "epochs": 15}
@@ -41,3 +41,12 @@ def test_the_dp_recipe_of_a_non_private_piece_changes_nothing_it_trained(tmp_pat
     assert load_piece(path, {"keys": {**private["keys"], "dp-sample-rate": 0.5}, "epochs": 15}, DEFAULTS) is None
     assert load_piece(path, {"keys": {**plain["keys"], "dp-enabled": True}, "epochs": 15}, DEFAULTS) is not None
     assert load_piece(path, plain, DEFAULTS) is None  # DP on against off
+
+
+def test_a_key_added_since_answers_only_at_the_value_the_older_code_trained_at(tmp_path: Path) -> None:
+    path = tmp_path / "brain-mri--best-iid--seed0.json"
+    write_piece(path, STORED, {"best-iid": {"last2_mean": 0.9}})
+    key, before = next(iter(KEYS_ADDED_AT.items()))
+    moved_default = {**DEFAULTS, key: before / 2}  # the key's default has changed since the piece was written
+    assert load_piece(path, {"keys": {**STORED["keys"], key: before}, "epochs": 15}, moved_default) is not None
+    assert load_piece(path, {"keys": {**STORED["keys"], key: before / 2}, "epochs": 15}, moved_default) is None
