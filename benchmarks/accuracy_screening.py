@@ -2,7 +2,8 @@
 
 Each folder holds the pieces ``benchmarks/accuracy.py --out FOLDER`` wrote for one candidate
 (one lever set with ``--set``). A candidate's row is named by the run-config keys its request
-changed against the baseline's, read from the pieces themselves, and adds ``baseline_gap_pt``:
+changed against the baseline's, read from the pieces themselves (a key the baseline's code did not
+have yet counts only where it trains otherwise than that code did), and adds ``baseline_gap_pt``:
 its ``last2_mean`` minus the baseline's, in points. Only pieces that were scored the same way
 (data, epochs, split, hospitals; the rounds per epoch may differ, since ``local-epochs`` is a
 lever) are compared; anything else stops with one line::
@@ -15,10 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from accuracy_store import trained_keys
+from accuracy_store import trained_as_before, trained_keys
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common.config import RunConfig  # noqa: E402
 
 __all__ = ["BASELINE", "changed_keys", "screening"]
 
@@ -38,9 +44,17 @@ def _pieces(folder: Path) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def changed_keys(baseline: dict[str, Any], candidate: dict[str, Any]) -> dict[str, Any]:
-    """The run-config keys whose value ``candidate``'s request trained with and ``baseline``'s did not."""
+    """The run-config keys whose value ``candidate``'s request trained with and ``baseline``'s did not.
+
+    A key the baseline's request lacks counts unless it trains as the baseline's code did
+    (:func:`accuracy_store.trained_as_before`, against the run-config defaults).
+    """
     old, new = trained_keys(baseline["keys"]), trained_keys(candidate["keys"])
-    return {key: value for key, value in new.items() if old.get(key) != value}
+    defaults = RunConfig().to_run_config()
+    return {
+        key: value for key, value in new.items()
+        if (old[key] != value if key in old else not trained_as_before(key, value, defaults))
+    }  # fmt: skip
 
 
 def screening(baseline: Path, candidates: list[Path]) -> dict[str, dict[str, dict[str, Any]]]:

@@ -15,8 +15,8 @@ from typing import Any
 from provenance import provenance
 
 __all__ = [
-    "KEYS_ADDED_AT", "assemble", "load_piece", "piece_path", "same_request", "trained_keys", "trained_request",
-    "write_piece",
+    "KEYS_ADDED_AT", "assemble", "load_piece", "piece_path", "same_request", "trained_as_before", "trained_keys",
+    "trained_request", "write_piece",
 ]
 
 KEYS_ADDED_AT = {"augmentation-strength": 1.0}
@@ -25,6 +25,15 @@ KEYS_ADDED_AT = {"augmentation-strength": 1.0}
 A piece without such a key answers a request only at this value, whatever the key's default
 has become since; any other key added later answers at its default.
 """
+
+
+def trained_as_before(key: str, value: Any, defaults: dict[str, Any]) -> bool:
+    """Whether ``key``, added since a piece was written, at ``value`` trains as the piece's code did.
+
+    That is :data:`KEYS_ADDED_AT`'s value where it names the key, else the key's default in ``defaults``.
+    """
+    before = {**defaults, **KEYS_ADDED_AT}
+    return key in before and value == before[key]
 
 
 def piece_path(folder: Path, dataset: str, setting: str, seed: int) -> Path:
@@ -56,12 +65,12 @@ def same_request(stored: dict[str, Any], request: dict[str, Any], defaults: dict
         return True
     old, new = trained_keys(stored.get("keys", {})), trained_keys(request.get("keys", {}))
     rest_equal = {k: v for k, v in stored.items() if k != "keys"} == {k: v for k, v in request.items() if k != "keys"}
-    added, before = set(new) - set(old), {**defaults, **KEYS_ADDED_AT}
+    added = set(new) - set(old)
     return (
         rest_equal
         and set(old) <= set(new)
         and all(new[k] == old[k] for k in old)
-        and all(k in before and new[k] == before[k] for k in added)
+        and all(trained_as_before(k, new[k], defaults) for k in added)
     )
 
 

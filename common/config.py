@@ -104,7 +104,7 @@ class RunConfig(BaseModel):
     lr_step_factor: Float = Field(0.1, gt=0.0, le=1.0)
     class_weights: Literal["none", "balanced"] = "none"
     label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0)
-    augmentation_strength: Float = Field(1.0, ge=0.0, le=4.0)
+    augmentation_strength: Float = Field(0.5, ge=0.0, le=4.0)
     lr_warmup_rounds: Int = Field(4, ge=0)
     norm_layer: Literal["batch", "group"] = "batch"
     norm_groups: Int = Field(32, ge=1, le=1024)

@@ -35,9 +35,12 @@ def test_each_candidate_is_named_by_what_it_changed_and_measured_against_the_bas
     lr = _folder(tmp_path, "lr", {"learning-rate": 0.002}, 0.9400)
     both = _folder(tmp_path, "both", {"proximal-mu": 0.01, "learning-rate": 0.002, "dp-sample-rate": 0.1}, 0.9200)
     eighth = _folder(tmp_path, "eighth", {"local-epochs": 0.125}, 0.9335, rounds_per_epoch=8)  # more rounds: a lever
-    rows = screening(baseline, [lr, both, eighth])["brain-mri"]
+    # keys the baseline's code did not have yet: the one at the value that code trained at is no change
+    added = _folder(tmp_path, "added", {"label-smoothing": 0.0, "augmentation-strength": 0.5}, 0.9475)
+    rows = screening(baseline, [lr, both, eighth, added])["brain-mri"]
     assert sorted(rows) == [
-        "defaults", "learning-rate=0.002", "learning-rate=0.002 proximal-mu=0.01", "local-epochs=0.125"
+        "augmentation-strength=0.5", "defaults", "learning-rate=0.002", "learning-rate=0.002 proximal-mu=0.01",
+        "local-epochs=0.125",
     ]  # not the DP keys a non-private run never used
     assert rows["defaults"]["baseline_gap_pt"] == 0.0 and rows["defaults"]["config"] == "local-epochs=0.25"
     assert rows["learning-rate=0.002"]["baseline_gap_pt"] == pytest.approx(0.83)

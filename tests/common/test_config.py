@@ -69,7 +69,7 @@ DEFAULTS = {
     "server-momentum": 0.5,
     "proximal-mu": 0.0,
     "label-smoothing": 0.0,
-    "augmentation-strength": 1.0,
+    "augmentation-strength": 0.5,
     "trim-fraction": 0.2,
     "num-malicious-nodes": 1,
     "update-norm-limit": 2.5,

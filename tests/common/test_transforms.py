@@ -75,7 +75,9 @@ def test_augmentation_strength_zero_trains_on_the_evaluation_transform(name: str
 
 
 def test_augmentation_strength_scales_rotation_shift_zoom_and_colour_jitter() -> None:
-    assert preset_for(parse_run_config({"dataset": "brain-mri"})) == MRI  # 1: the preset's own augmentation
+    assert preset_for(parse_run_config({"dataset": "brain-mri", "augmentation-strength": 1.0})) == MRI  # its own
+    halved = preset_for(parse_run_config({"dataset": "brain-mri"}))  # the default: half the preset's
+    assert (halved.rotation, halved.shift) == (MRI.rotation / 2, MRI.shift / 2) and halved.flips == MRI.flips
     doubled = build_transform(preset_for(parse_run_config({"dataset": "brain-mri", "augmentation-strength": 2.0})),
                               train=True).transforms  # fmt: skip
     affine = next(t for t in doubled if isinstance(t, v2.RandomAffine))
